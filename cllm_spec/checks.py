@@ -1,0 +1,166 @@
+"""Input validators shared by the reference backend and every backend wrapper.
+
+Each check raises the spec's typed error with a message that names the argument,
+what was expected and what was given. Nothing here casts, broadcasts or copies:
+the spec is strict, so a backend that validates with these functions rejects
+exactly what the reference rejects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from cllm_spec.errors import (
+    ConfigError,
+    DTypeError,
+    EmptyInputError,
+    IdRangeError,
+    NonFiniteError,
+    ShapeError,
+)
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+INT_DTYPES = (np.dtype(np.int32), np.dtype(np.int64))
+
+
+def as_array(name: str, x: object) -> np.ndarray:
+    """Return ``x`` if it is an ndarray; anything else is a DTypeError."""
+    if not isinstance(x, np.ndarray):
+        raise DTypeError(f"{name}: expected a numpy.ndarray, got {type(x).__name__}")
+    return x
+
+
+def expect_float(name: str, x: object) -> np.ndarray:
+    """``x`` is a float32 or float64 ndarray."""
+    arr = as_array(name, x)
+    if arr.dtype not in FLOAT_DTYPES:
+        raise DTypeError(f"{name}: expected float32 or float64, got {arr.dtype}")
+    return arr
+
+
+def expect_int(name: str, x: object) -> np.ndarray:
+    """``x`` is an int32 or int64 ndarray (ids, targets)."""
+    arr = as_array(name, x)
+    if arr.dtype not in INT_DTYPES:
+        raise DTypeError(f"{name}: expected int32 or int64 ids, got {arr.dtype}")
+    return arr
+
+
+def expect_bool(name: str, x: object) -> np.ndarray:
+    """``x`` is a bool ndarray (masks)."""
+    arr = as_array(name, x)
+    if arr.dtype != np.bool_:
+        raise DTypeError(f"{name}: expected a bool mask, got {arr.dtype}")
+    return arr
+
+
+def expect_same_dtype(names: Sequence[str], arrays: Sequence[np.ndarray]) -> np.dtype:
+    """All float arrays share one dtype (no silent promotion)."""
+    dtypes = {a.dtype for a in arrays}
+    if len(dtypes) != 1:
+        given = ", ".join(f"{n}={a.dtype}" for n, a in zip(names, arrays, strict=True))
+        raise DTypeError(f"arguments must share one float dtype, got {given}")
+    return arrays[0].dtype
+
+
+def expect_rank(name: str, x: np.ndarray, rank: int | tuple[int, ...]) -> None:
+    """``x.ndim`` is ``rank`` (or one of the ranks given)."""
+    ranks = (rank,) if isinstance(rank, int) else rank
+    if x.ndim not in ranks:
+        want = " or ".join(str(r) for r in ranks)
+        raise ShapeError(f"{name}: expected rank {want}, got shape {x.shape}")
+
+
+def expect_min_rank(name: str, x: np.ndarray, rank: int) -> None:
+    """``x.ndim >= rank``."""
+    if x.ndim < rank:
+        raise ShapeError(f"{name}: expected rank >= {rank}, got shape {x.shape}")
+
+
+def expect_shape(name: str, x: np.ndarray, shape: tuple[int | None, ...]) -> None:
+    """``x.shape`` equals ``shape``; ``None`` entries match any size."""
+    ok = x.ndim == len(shape) and all(
+        want is None or want == got for want, got in zip(shape, x.shape, strict=False)
+    )
+    if not ok:
+        want = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
+        raise ShapeError(f"{name}: expected shape {want}, got {x.shape}")
+
+
+def expect_nonempty(name: str, x: np.ndarray) -> None:
+    """``x`` has at least one element."""
+    if x.size == 0:
+        raise EmptyInputError(f"{name}: expected at least one element, got {x.shape}")
+
+
+def expect_finite(name: str, x: np.ndarray) -> None:
+    """Every element of ``x`` is finite."""
+    if not np.all(np.isfinite(x)):
+        bad = int(np.size(x) - np.count_nonzero(np.isfinite(x)))
+        raise NonFiniteError(f"{name}: {bad} non-finite value(s) (NaN or inf)")
+
+
+def expect_ids(
+    name: str, ids: np.ndarray, vocab_size: int, *, ignore_index: int | None = None
+) -> None:
+    """Every id lies in [0, vocab_size), except ids equal to ``ignore_index``."""
+    if ids.size == 0:
+        return
+    valid = ids if ignore_index is None else ids[ids != ignore_index]
+    if valid.size and (valid.min() < 0 or valid.max() >= vocab_size):
+        bad = valid[(valid < 0) | (valid >= vocab_size)]
+        raise IdRangeError(
+            f"{name}: ids must lie in [0, {vocab_size}), found {int(bad[0])} "
+            f"({bad.size} out of range)"
+        )
+
+
+def expect_contiguous(name: str, x: np.ndarray) -> None:
+    """``x`` is C-contiguous (backends that hand pointers to C need this)."""
+    if not x.flags.c_contiguous:
+        raise ShapeError(
+            f"{name}: expected a C-contiguous array",
+            hint="pass np.ascontiguousarray(x)",
+        )
+
+
+def expect_positive_int(name: str, value: object) -> int:
+    """``value`` is an int >= 1 (sizes, counts, capacities)."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise ConfigError(f"{name}: expected an int, got {type(value).__name__}")
+    if value < 1:
+        raise ConfigError(f"{name}: expected >= 1, got {value}")
+    return int(value)
+
+
+def expect_in_range(
+    name: str,
+    value: object,
+    lo: float,
+    hi: float,
+    *,
+    lo_open: bool = False,
+    hi_open: bool = False,
+) -> float:
+    """``value`` is a finite real in [lo, hi] (open ends where asked)."""
+    if isinstance(value, bool) or not isinstance(value, int | float | np.floating):
+        raise ConfigError(f"{name}: expected a number, got {type(value).__name__}")
+    v = float(value)
+    too_low = v <= lo if lo_open else v < lo
+    too_high = v >= hi if hi_open else v > hi
+    if not np.isfinite(v) or too_low or too_high:
+        left = "(" if lo_open else "["
+        right = ")" if hi_open else "]"
+        raise ConfigError(
+            f"{name}: expected a value in {left}{lo}, {hi}{right}, got {v}"
+        )
+    return v
+
+
+def expect_choice(name: str, value: object, choices: Sequence[str]) -> str:
+    """``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ConfigError(f"{name}: expected one of {list(choices)}, got {value!r}")
+    return str(value)

@@ -1,0 +1,66 @@
+"""The ``cllm`` command line.
+
+cllm --version
+cllm backends [--json]      every registered backend: version, availability, build
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import cllm_spec
+from cllm_spec.registry import default_backend_name, describe_backends
+
+
+def _format_build(info: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(info.items()))
+
+
+def cmd_backends(args: argparse.Namespace) -> int:
+    rows = describe_backends()
+    if args.json:
+        print(json.dumps(rows, indent=2, sort_keys=True))
+        return 0
+    default = default_backend_name()
+    for row in rows:
+        mark = "*" if row["name"] == default else " "
+        if row["available"]:
+            status = f"available  {_format_build(row['build_info'])}"
+        else:
+            status = f"unavailable: {row['reason']}"
+        print(f"{mark} {row['name']:<8} {row['version'] or '-':<8} {status}")
+    print("(* = default, chosen by CLLM_BACKEND or 'numpy')")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cllm",
+        description="Train, sample and check small transformer language models.",
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"cllm {cllm_spec.__version__}"
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    p = sub.add_parser("backends", help="list the backends and whether they load")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_backends)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return 2
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

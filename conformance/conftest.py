@@ -1,0 +1,382 @@
+"""The conformance plugin: backend selection, fixtures, expectations and report.
+
+    pytest conformance --backend=numpy          one backend
+    CLLM_BACKEND=c pytest conformance           the same, from the environment
+    pytest conformance --backend=all            every registered backend
+    pytest conformance --cllm-report=out.json   one JSON row per component
+
+A backend that cannot load stops the run with a usage error that lists the
+available backends; it is never skipped.
+
+Fixtures for tests:
+
+- ``backend``: the backend under test (parametrized, with ``dtype``, over the
+  dtypes the backend declares; test ids read ``[numpy-float32]``);
+- ``oracle``: the NumPy reference backend, to be called in float64;
+- ``rng``: a ``numpy.random.Generator`` seeded from ``--cllm-seed`` and the test id;
+- ``check``: the comparator bound to this test (``check.close``, ``check.exact``,
+  ``check.gradcheck``).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import tomllib
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+
+from cllm_spec.errors import BackendError
+from cllm_spec.registry import available_backends, default_backend_name, get_backend
+from cllm_spec.tolerances import TABLE, Tolerance, tolerance
+from conformance.comparator import compare, describe_failure
+from conformance.gradcheck import numerical_vjp
+
+HERE = Path(__file__).parent
+# Overridable so the suite's own tests can check the strict-expectations rules.
+EXPECTATIONS_DIR = Path(os.environ.get("CLLM_EXPECTATIONS_DIR", HERE / "expectations"))
+ORACLE = "numpy"
+
+settings.register_profile(
+    "ci",
+    derandomize=True,
+    deadline=None,
+    max_examples=30,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile("dev", deadline=None, max_examples=15)
+settings.register_profile("thorough", deadline=None, max_examples=500)
+settings.load_profile(os.environ.get("CLLM_HYPOTHESIS_PROFILE", "ci"))
+
+_backends_key = pytest.StashKey[list[tuple[str, Any]]]()
+_expectations_key = pytest.StashKey[dict[str, list[dict[str, Any]]]]()
+_rows_key = pytest.StashKey[dict[str, dict[str, Any]]]()
+
+
+# ------------------------------------------------------------ options ------
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("cllm", "CLLM conformance")
+    group.addoption(
+        "--backend",
+        default=None,
+        help="backend to check: a registered name, a dotted module path, or 'all' "
+        "(default: $CLLM_BACKEND, else numpy)",
+    )
+    group.addoption(
+        "--cllm-seed",
+        type=int,
+        default=int(os.environ.get("CLLM_SEED", "0")),
+        help="global seed; each test derives its own from this and its id",
+    )
+    group.addoption(
+        "--cllm-report",
+        default=None,
+        metavar="PATH",
+        help="write a JSON report with one row per component",
+    )
+
+
+def _requested(config: pytest.Config) -> list[str]:
+    name = config.getoption("--backend") or default_backend_name()
+    return available_backends() if name == "all" else [name]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    loaded = []
+    for name in _requested(config):
+        try:
+            loaded.append((name, get_backend(name)))
+        except BackendError as exc:
+            raise pytest.UsageError(f"--backend={name}: {exc}") from exc
+    config.stash[_backends_key] = loaded
+    config.stash[_expectations_key] = {
+        b.name: _load_expectations(b.name) for _, b in loaded
+    }
+    config.stash[_rows_key] = {}
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    lines = []
+    for name, b in config.stash[_backends_key]:
+        dts = ", ".join(np.dtype(d).name for d in b.dtypes)
+        lines.append(f"cllm backend: {name} {b.version} [{dts}] {b.build_info()}")
+    lines.append(f"cllm seed: {config.getoption('--cllm-seed')}")
+    return lines
+
+
+# ------------------------------------------------------- parametrizing -----
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    backends = metafunc.config.stash[_backends_key]
+    names = metafunc.fixturenames
+    if "backend" in names and "dtype" in names:
+        pairs = [(b, np.dtype(d)) for _, b in backends for d in b.dtypes]
+        ids = [f"{b.name}-{d.name}" for b, d in pairs]
+        metafunc.parametrize(("backend", "dtype"), pairs, ids=ids, scope="session")
+    elif "backend" in names:
+        metafunc.parametrize(
+            "backend",
+            [b for _, b in backends],
+            ids=[b.name for _, b in backends],
+            scope="session",
+        )
+
+
+@pytest.fixture(scope="session")
+def oracle() -> Any:
+    """The float64 reference backend (found through the registry, like any other)."""
+    return get_backend(ORACLE)
+
+
+def _seed(config: pytest.Config, nodeid: str) -> int:
+    return zlib.crc32(f"{config.getoption('--cllm-seed')}:{nodeid}".encode())
+
+
+@pytest.fixture
+def rng(request: pytest.FixtureRequest) -> np.random.Generator:
+    return np.random.default_rng(_seed(request.config, request.node.nodeid))
+
+
+def component_of(nodeid: str) -> str:
+    """``conformance/test_losses.py::test_x[...]`` -> ``losses``."""
+    stem = Path(nodeid.split("::", 1)[0]).stem
+    return stem.removeprefix("test_")
+
+
+# ------------------------------------------------------------- checker -----
+class Checker:
+    """Numeric assertions bound to one test: they know how to describe a failure."""
+
+    def __init__(self, request: pytest.FixtureRequest) -> None:
+        self.node = request.node
+        self.config = request.config
+        self.component = component_of(request.node.nodeid)
+        params = getattr(request.node, "callspec", None)
+        backend = params.params.get("backend") if params else None
+        self.backend_name = getattr(backend, "name", "?")
+
+    def repro(self) -> str:
+        return (
+            f"pytest '{self.node.nodeid}' --backend={self.backend_name} "
+            f"--cllm-seed={self.config.getoption('--cllm-seed')}"
+        )
+
+    def _record(self, headroom: float) -> None:
+        self.node.user_properties.append(("cllm_headroom", headroom))
+
+    def close(
+        self,
+        actual: Any,
+        expected: Any,
+        output: str,
+        *,
+        tol: Tolerance | None = None,
+        dtype: Any = None,
+    ) -> None:
+        """``actual`` (backend) matches ``expected`` (reference) within tolerance.
+
+        ``dtype`` is the dtype ``actual`` must have (default: its own); the
+        tolerance is looked up for it unless ``tol`` is given.
+        """
+        a, e = np.asarray(actual), np.asarray(expected)
+        where = (
+            f"{self.component}.{output} [backend={self.backend_name} "
+            f"dtype={a.dtype} shape={a.shape}]"
+        )
+        if dtype is not None and a.dtype != np.dtype(dtype):
+            pytest.fail(
+                f"{where}: dtype {a.dtype}, expected {np.dtype(dtype)}\n"
+                f"  reproduce: {self.repro()}"
+            )
+        if a.shape != e.shape:
+            pytest.fail(
+                f"{where}: shape {a.shape}, expected {e.shape}\n"
+                f"  reproduce: {self.repro()}"
+            )
+        source = "explicit" if tol is not None else self._source(output, a.dtype)
+        tol = tol or tolerance(self.component, output, a.dtype)
+        result = compare(a, e, tol)
+        self._record(result.headroom)
+        if not result.ok:
+            pytest.fail(
+                describe_failure(
+                    result,
+                    a,
+                    e,
+                    tol,
+                    where=where,
+                    tol_source=source,
+                    repro=self.repro(),
+                )
+            )
+
+    def _source(self, output: str, dtype: np.dtype) -> str:
+        for key in (
+            (self.component, output, dtype.name),
+            (self.component, "*", dtype.name),
+        ):
+            if key in TABLE:
+                return "table " + "/".join(key)
+        return f"{dtype.name} default"
+
+    def exact(self, actual: Any, expected: Any, output: str) -> None:
+        """Bitwise equality: ints, determinism, queue order."""
+        a, e = np.asarray(actual), np.asarray(expected)
+        if a.shape != e.shape or a.dtype != e.dtype or a.tobytes() != e.tobytes():
+            diff = (
+                "" if a.shape != e.shape else f", {int(np.sum(a != e))} elements differ"
+            )
+            pytest.fail(
+                f"conformance mismatch (exact): {self.component}.{output} "
+                f"[backend={self.backend_name}] actual {a.dtype}{a.shape} vs expected "
+                f"{e.dtype}{e.shape}{diff}\n  reproduce: {self.repro()}"
+            )
+
+    def gradcheck(
+        self,
+        f: Callable[..., np.ndarray],
+        args: list[np.ndarray],
+        dy: np.ndarray,
+        analytic: dict[int, np.ndarray],
+        output: str,
+    ) -> None:
+        """Each ``analytic[i]`` equals the finite-difference gradient of args[i]."""
+        tol = tolerance("gradcheck", output, np.float64)
+        for index, grad in analytic.items():
+            numeric = numerical_vjp(f, args, index, dy)
+            a = np.asarray(grad)
+            where = f"{self.component}.{output} d/darg{index} vs finite differences"
+            result = compare(a, numeric, tol)
+            self._record(result.headroom)
+            if not result.ok:
+                pytest.fail(
+                    describe_failure(
+                        result,
+                        a,
+                        numeric,
+                        tol,
+                        where=where,
+                        tol_source="table gradcheck/*/float64",
+                        repro=self.repro(),
+                    )
+                )
+
+
+@pytest.fixture
+def check(request: pytest.FixtureRequest) -> Checker:
+    return Checker(request)
+
+
+# -------------------------------------------------------- expectations -----
+def _load_expectations(name: str) -> list[dict[str, Any]]:
+    """``conformance/expectations/<backend>.toml``: ``[[expect]]`` tables with
+    ``test`` (fnmatch pattern on the node id without ``conformance/``), ``kind``
+    (xfail | skip) and a required ``reason``."""
+    path = EXPECTATIONS_DIR / f"{name}.toml"
+    if not path.exists():
+        return []
+    with path.open("rb") as fh:
+        entries = tomllib.load(fh).get("expect", [])
+    for entry in entries:
+        if not entry.get("test") or not entry.get("reason"):
+            raise pytest.UsageError(f"{path}: every entry needs 'test' and 'reason'")
+        if entry.get("kind", "xfail") not in ("xfail", "skip"):
+            raise pytest.UsageError(f"{path}: kind must be xfail or skip: {entry}")
+    return entries
+
+
+def pytest_collection_modifyitems(
+    session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
+) -> None:
+    expectations = config.stash[_expectations_key]
+    used: set[tuple[str, int]] = set()
+    modules = {Path(item.nodeid.split("::")[0]).name for item in items}
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        backend = callspec.params.get("backend") if callspec else None
+        if backend is None:
+            continue
+        local = item.nodeid.removeprefix("conformance/")
+        for i, entry in enumerate(expectations.get(backend.name, [])):
+            if fnmatch.fnmatchcase(local, entry["test"]):
+                used.add((backend.name, i))
+                reason = f"{backend.name} expectation: {entry['reason']}"
+                if entry.get("kind", "xfail") == "skip":
+                    item.add_marker(pytest.mark.skip(reason=reason))
+                else:
+                    item.add_marker(pytest.mark.xfail(reason=reason, strict=True))
+    for name, entries in expectations.items():
+        for i, entry in enumerate(entries):
+            module = entry["test"].split("::")[0]
+            if (name, i) not in used and module in modules:
+                raise pytest.UsageError(
+                    f"expectations/{name}.toml: entry {entry['test']!r} matches no "
+                    "test; remove it or fix its pattern"
+                )
+
+
+# -------------------------------------------------------------- report -----
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    config = _CONFIG.get("config")
+    if config is None or not report.nodeid.startswith("conformance/"):
+        return
+    if report.when != "call" and not (
+        report.when == "setup" and report.outcome != "passed"
+    ):
+        return
+    rows = config.stash[_rows_key]
+    row = rows.setdefault(
+        f"{_backend_of(report.nodeid, config)}:{component_of(report.nodeid)}",
+        {"passed": 0, "failed": 0, "skipped": 0, "xfailed": 0, "worst_headroom": 0.0},
+    )
+    if hasattr(report, "wasxfail"):
+        row["xfailed" if report.skipped else "failed"] += 1
+    else:
+        row[report.outcome] += 1
+    for key, value in report.user_properties:
+        if key == "cllm_headroom" and np.isfinite(value):
+            row["worst_headroom"] = max(row["worst_headroom"], float(value))
+
+
+_CONFIG: dict[str, pytest.Config] = {}
+
+
+def _backend_of(nodeid: str, config: pytest.Config) -> str:
+    """The backend a test ran on, read from its parametrization id ``[numpy-...]``."""
+    params = nodeid.rsplit("[", 1)[-1] if "[" in nodeid else ""
+    for _, backend in config.stash[_backends_key]:
+        if params == f"{backend.name}]" or params.startswith(f"{backend.name}-"):
+            return str(backend.name)
+    return "-"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    _CONFIG["config"] = session.config
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    config = session.config
+    path = config.getoption("--cllm-report")
+    if not path or hasattr(config, "workerinput"):
+        return
+    report = {
+        "backends": [
+            {"name": n, "version": b.version, "build_info": b.build_info()}
+            for n, b in config.stash[_backends_key]
+        ],
+        "seed": config.getoption("--cllm-seed"),
+        "exitstatus": int(exitstatus),
+        "components": [
+            {"backend": key.split(":")[0], "component": key.split(":")[1], **row}
+            for key, row in sorted(config.stash[_rows_key].items())
+        ],
+    }
+    Path(path).write_text(json.dumps(report, indent=2) + "\n")

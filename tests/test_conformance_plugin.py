@@ -1,0 +1,184 @@
+"""The conformance plugin itself: backend selection, strictness and the report.
+
+Each test runs pytest in a subprocess on the fast protocol checks, from a
+temporary working directory, so option handling is tested as users meet it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PROTOCOL_TESTS = str(REPO / "conformance" / "test_protocol.py")
+
+
+def run_pytest(tmp_path: Path, *args: str, env: dict[str, str] | None = None):
+    # The caller's CLLM_BACKEND must not leak into runs that test the default.
+    full_env = {k: v for k, v in os.environ.items() if k != "CLLM_BACKEND"}
+    full_env.update(env or {})
+    full_env["PYTHONPATH"] = os.pathsep.join(
+        [str(tmp_path), full_env.get("PYTHONPATH", "")]
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args],
+        cwd=tmp_path,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.fixture
+def fake_backend(tmp_path: Path) -> str:
+    """A backend whose build_info is empty: exactly one protocol test fails."""
+    (tmp_path / "fakeb.py").write_text(
+        textwrap.dedent(
+            """
+            from cllm_numpy import *  # noqa: F403
+            from cllm_numpy import dtypes, version  # noqa: F401
+
+            name = "fakeb"
+
+
+            def build_info():
+                return {}
+            """
+        )
+    )
+    return "fakeb"
+
+
+def test_unknown_backend_is_an_error_naming_the_available_ones(tmp_path):
+    result = run_pytest(tmp_path, PROTOCOL_TESTS, "--backend=nonexistent")
+    assert result.returncode != 0
+    assert "available backends: " in result.stderr
+    assert "numpy" in result.stderr.split("available backends: ", 1)[1]
+
+
+def test_unknown_backend_from_the_environment_is_an_error(tmp_path):
+    result = run_pytest(tmp_path, PROTOCOL_TESTS, env={"CLLM_BACKEND": "nonexistent"})
+    assert result.returncode != 0
+    assert "'nonexistent' could not be loaded" in result.stderr
+
+
+def test_broken_backend_reports_the_import_error(tmp_path):
+    (tmp_path / "brokenb.py").write_text("raise RuntimeError('compiler missing')\n")
+    result = run_pytest(tmp_path, PROTOCOL_TESTS, "--backend=brokenb")
+    assert result.returncode != 0
+    assert "RuntimeError: compiler missing" in result.stderr
+
+
+def test_incomplete_backend_names_the_missing_functions(tmp_path):
+    (tmp_path / "halfb.py").write_text("name = 'halfb'\ndef softmax_forward(x): ...\n")
+    result = run_pytest(tmp_path, PROTOCOL_TESTS, "--backend=halfb")
+    assert result.returncode != 0
+    assert "missing" in result.stderr and "cross_entropy_forward" in result.stderr
+
+
+def test_backend_from_the_environment_runs_from_any_directory(tmp_path):
+    result = run_pytest(tmp_path, PROTOCOL_TESTS, env={"CLLM_BACKEND": "numpy"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "cllm backend: numpy" in result.stdout
+
+
+def test_a_failing_backend_fails_the_run(tmp_path, fake_backend):
+    result = run_pytest(tmp_path, PROTOCOL_TESTS, f"--backend={fake_backend}")
+    assert result.returncode == 1
+    assert "1 failed" in result.stdout
+
+
+def write_expectations(tmp_path: Path, name: str, body: str) -> dict[str, str]:
+    folder = tmp_path / "expect"
+    folder.mkdir(exist_ok=True)
+    (folder / f"{name}.toml").write_text(textwrap.dedent(body))
+    return {"CLLM_EXPECTATIONS_DIR": str(folder)}
+
+
+def test_expected_failure_listed_in_expectations_passes_the_run(tmp_path, fake_backend):
+    env = write_expectations(
+        tmp_path,
+        fake_backend,
+        """
+        [[expect]]
+        test = "test_protocol.py::test_backend_metadata[fakeb]"
+        kind = "xfail"
+        reason = "this backend reports no build info"
+        """,
+    )
+    result = run_pytest(tmp_path, PROTOCOL_TESTS, f"--backend={fake_backend}", env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 xfailed" in result.stdout
+
+
+def test_unexpected_pass_fails_the_run(tmp_path):
+    env = write_expectations(
+        tmp_path,
+        "numpy",
+        """
+        [[expect]]
+        test = "test_protocol.py::test_backend_metadata[numpy]"
+        kind = "xfail"
+        reason = "claimed broken, but it works"
+        """,
+    )
+    result = run_pytest(tmp_path, PROTOCOL_TESTS, "--backend=numpy", env=env)
+    assert result.returncode == 1
+    assert "XPASS(strict)" in result.stdout
+
+
+def test_unmatched_expectation_fails_the_run(tmp_path):
+    env = write_expectations(
+        tmp_path,
+        "numpy",
+        """
+        [[expect]]
+        test = "test_protocol.py::test_that_does_not_exist*"
+        kind = "xfail"
+        reason = "stale entry"
+        """,
+    )
+    result = run_pytest(tmp_path, PROTOCOL_TESTS, "--backend=numpy", env=env)
+    assert result.returncode != 0
+    assert "matches no test" in result.stdout + result.stderr
+
+
+def test_expectation_without_reason_is_rejected(tmp_path):
+    env = write_expectations(
+        tmp_path,
+        "numpy",
+        """
+        [[expect]]
+        test = "test_protocol.py::test_backend_metadata[numpy]"
+        kind = "skip"
+        """,
+    )
+    result = run_pytest(tmp_path, PROTOCOL_TESTS, "--backend=numpy", env=env)
+    assert result.returncode != 0
+    assert "needs 'test' and 'reason'" in result.stderr
+
+
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["serial", "xdist"])
+def test_report_has_one_row_per_component(tmp_path, fake_backend, workers):
+    report = tmp_path / "report.json"
+    result = run_pytest(
+        tmp_path,
+        PROTOCOL_TESTS,
+        f"--backend={fake_backend}",
+        f"--cllm-report={report}",
+        *workers,
+    )
+    assert result.returncode == 1
+    data = json.loads(report.read_text())
+    assert data["backends"][0]["name"] == "fakeb"
+    (row,) = data["components"]
+    assert row["backend"] == "fakeb" and row["component"] == "protocol"
+    assert row["failed"] == 1
+    assert row["passed"] >= 45

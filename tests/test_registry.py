@@ -1,0 +1,54 @@
+"""Backend discovery: entry points, dotted paths, CLLM_BACKEND, and clear errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from cllm_spec import registry
+from cllm_spec.errors import BackendError, CllmError
+
+
+def test_numpy_is_registered_and_loads():
+    assert "numpy" in registry.available_backends()
+    backend = registry.get_backend("numpy")
+    assert backend.name == "numpy"
+    assert registry.missing_functions(backend) == []
+
+
+def test_dotted_module_path_loads_the_same_module():
+    assert registry.get_backend("cllm_numpy") is registry.get_backend("numpy")
+
+
+def test_default_comes_from_the_environment(monkeypatch):
+    monkeypatch.setenv("CLLM_BACKEND", "  cllm_numpy ")
+    assert registry.default_backend_name() == "cllm_numpy"
+    monkeypatch.setenv("CLLM_BACKEND", "")
+    assert registry.default_backend_name() == "numpy"
+    monkeypatch.delenv("CLLM_BACKEND")
+    assert registry.default_backend_name() == "numpy"
+
+
+def test_unknown_backend_names_the_available_ones():
+    with pytest.raises(BackendError, match="available backends: .*numpy") as info:
+        registry.get_backend("no_such_backend_xyz")
+    assert isinstance(info.value, ImportError) and isinstance(info.value, CllmError)
+    assert isinstance(info.value.__cause__, ModuleNotFoundError)
+
+
+def test_invalid_name_is_an_error_not_a_crash():
+    with pytest.raises(BackendError, match="could not be loaded"):
+        registry.get_backend("not a module!")
+
+
+def test_module_without_the_protocol_is_rejected(tmp_path, monkeypatch):
+    (tmp_path / "emptyb.py").write_text("name = 'emptyb'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(BackendError, match="missing .*softmax_forward"):
+        registry.get_backend("emptyb")
+
+
+def test_describe_backends_reports_every_registered_backend():
+    rows = {row["name"]: row for row in registry.describe_backends()}
+    assert rows["numpy"]["available"] is True
+    assert rows["numpy"]["version"]
+    assert "numpy" in rows["numpy"]["build_info"]
