@@ -126,13 +126,23 @@ def expect_contiguous(name: str, x: np.ndarray) -> None:
         )
 
 
-def expect_positive_int(name: str, value: object) -> int:
-    """``value`` is an int >= 1 (sizes, counts, capacities)."""
+def expect_int_at_least(name: str, value: object, minimum: int) -> int:
+    """``value`` is an int (not a bool) >= ``minimum``."""
     if isinstance(value, bool) or not isinstance(value, int | np.integer):
         raise ConfigError(f"{name}: expected an int, got {type(value).__name__}")
-    if value < 1:
-        raise ConfigError(f"{name}: expected >= 1, got {value}")
+    if value < minimum:
+        raise ConfigError(f"{name}: expected >= {minimum}, got {value}")
     return int(value)
+
+
+def expect_positive_int(name: str, value: object) -> int:
+    """``value`` is an int >= 1 (sizes, counts, capacities)."""
+    return expect_int_at_least(name, value, 1)
+
+
+def expect_nonnegative_int(name: str, value: object) -> int:
+    """``value`` is an int >= 0 (seeds, offsets, step counters)."""
+    return expect_int_at_least(name, value, 0)
 
 
 def expect_in_range(

@@ -72,7 +72,7 @@ class CacheFullError(CllmError, RuntimeError):
 class QueueClosedError(CllmError, RuntimeError):
     """put on a closed queue or pool, or get on a closed and drained one."""
 
-    hint = "the producer side has finished; stop consuming"
+    hint = "the queue or pool was closed; stop producing or consuming"
 
 
 class QueueTimeoutError(CllmError, TimeoutError):
@@ -82,7 +82,9 @@ class QueueTimeoutError(CllmError, TimeoutError):
 
 
 class RefCountError(CllmError, RuntimeError):
-    """A pooled batch was released more often than it was acquired or retained."""
+    """A pooled batch handle is used wrongly: released more often than acquired or
+    retained, retained after its last release, stale after its slot was reused,
+    or from another pool."""
 
     hint = "each acquire/retain must be matched by exactly one release"
 

@@ -1,0 +1,293 @@
+"""Run configuration: a TOML file, overridden by ``--set section.key=value``.
+
+Every field has a default, so ``cllm train`` with no arguments is a complete run.
+Values are validated when the config is built; an error names the field
+(``train.batch_size: expected >= 1, got 0``). Unknown sections or keys are errors
+too, so a typo never silently falls back to a default.
+
+    [model]     n_embd, n_layer, n_head, n_hidden, block_size, activation, ...
+    [data]      corpus, tokenizer, vocab_size, val_fraction
+    [optim]     name, lr, betas, eps, weight_decay, momentum, ...
+    [schedule]  name, warmup_steps, min_lr, step_size, gamma
+    [train]     backend, dtype, batch_size, seq_len, steps, grad_accum, clip_norm, ...
+    [parallel]  workers, engine
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import typing
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cllm_spec.checks import expect_choice, expect_in_range, expect_positive_int
+from cllm_spec.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    n_embd: int = 128  # C
+    n_layer: int = 2  # L
+    n_head: int = 4  # NH; C % NH == 0
+    n_hidden: int = 0  # F; 0 means 4 * C
+    block_size: int = 64  # T_max: longest context the position table covers
+    activation: str = "gelu"  # gelu | gelu_tanh | relu
+    tie_embeddings: bool = True  # LM head shares the token embedding
+    init: str = "gpt2"  # gpt2 | lattice
+
+    def validate(self) -> None:
+        for name in ("n_embd", "n_layer", "n_head", "block_size"):
+            expect_positive_int(f"model.{name}", getattr(self, name))
+        if self.n_hidden < 0:
+            raise ConfigError(f"model.n_hidden: expected >= 0, got {self.n_hidden}")
+        if self.n_embd % self.n_head:
+            raise ConfigError(
+                f"model.n_head: must divide model.n_embd={self.n_embd}, "
+                f"got {self.n_head}"
+            )
+        expect_choice(
+            "model.activation", self.activation, ("gelu", "gelu_tanh", "relu")
+        )
+        expect_choice("model.init", self.init, ("gpt2", "lattice"))
+
+
+@dataclass(frozen=True)
+class DataSection:
+    corpus: str = "default"  # a file, a directory, or "default" (the bundled corpus)
+    tokenizer: str = "word"  # word | byte | bpe
+    vocab_size: int = 4096  # upper bound for word and bpe vocabularies
+    val_fraction: float = 0.1  # tail of the token stream held out for validation
+
+    def validate(self) -> None:
+        expect_choice("data.tokenizer", self.tokenizer, ("word", "byte", "bpe"))
+        expect_positive_int("data.vocab_size", self.vocab_size)
+        expect_in_range("data.val_fraction", self.val_fraction, 0.0, 0.5, lo_open=True)
+
+
+@dataclass(frozen=True)
+class OptimSection:
+    name: str = "adamw"  # sgd | adam | adamw | rmsprop | adagrad
+    lr: float = 3e-3
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    weight_decay: float = 0.01
+    momentum: float = 0.0  # sgd and rmsprop
+    dampening: float = 0.0  # sgd
+    nesterov: bool = False  # sgd
+    alpha: float = 0.99  # rmsprop
+    centered: bool = False  # rmsprop
+    lr_decay: float = 0.0  # adagrad
+
+    def validate(self) -> None:
+        expect_choice(
+            "optim.name", self.name, ("sgd", "adam", "adamw", "rmsprop", "adagrad")
+        )
+        expect_in_range("optim.lr", self.lr, 0.0, float("inf"), hi_open=True)
+        if len(self.betas) != 2:
+            raise ConfigError(f"optim.betas: expected two values, got {self.betas}")
+        for i, beta in enumerate(self.betas):
+            expect_in_range(f"optim.betas[{i}]", beta, 0.0, 1.0, hi_open=True)
+        expect_in_range("optim.eps", self.eps, 0.0, 1.0)
+        expect_in_range("optim.weight_decay", self.weight_decay, 0.0, 1e3)
+        expect_in_range("optim.momentum", self.momentum, 0.0, 1.0)
+        expect_in_range("optim.dampening", self.dampening, 0.0, 1.0)
+        expect_in_range("optim.alpha", self.alpha, 0.0, 1.0)
+        expect_in_range("optim.lr_decay", self.lr_decay, 0.0, 1e3)
+
+
+@dataclass(frozen=True)
+class ScheduleSection:
+    name: str = "cosine"  # constant | linear | cosine | step
+    warmup_steps: int = 20  # step s < W uses lr * (s + 1) / W
+    min_lr: float = 3e-4  # floor reached at train.steps (linear, cosine)
+    step_size: int = 100  # step decay: multiply by gamma every step_size steps
+    gamma: float = 0.5
+
+    def validate(self) -> None:
+        expect_choice(
+            "schedule.name", self.name, ("constant", "linear", "cosine", "step")
+        )
+        if self.warmup_steps < 0:
+            raise ConfigError(
+                f"schedule.warmup_steps: expected >= 0, got {self.warmup_steps}"
+            )
+        expect_in_range("schedule.min_lr", self.min_lr, 0.0, float("inf"), hi_open=True)
+        expect_positive_int("schedule.step_size", self.step_size)
+        expect_in_range("schedule.gamma", self.gamma, 0.0, 1.0, lo_open=True)
+
+
+@dataclass(frozen=True)
+class TrainSection:
+    backend: str = ""  # "" means $CLLM_BACKEND, else the C backend if built, else numpy
+    dtype: str = "float32"  # float32 | float64
+    batch_size: int = 16  # B, sequences per micro-batch
+    seq_len: int = 64  # T, tokens per sequence (<= model.block_size)
+    steps: int = 600  # optimizer steps
+    grad_accum: int = 1  # micro-batches summed into one optimizer step
+    clip_norm: float = 1.0  # global L2 clip; 0 disables
+    seed: int = 1337
+    eval_every: int = 100  # steps between validation passes; 0 disables
+    eval_batches: int = 8  # validation micro-batches per pass
+    checkpoint_every: int = 200  # steps between checkpoints; 0 means only at the end
+    keep_last: int = 3  # checkpoints kept in out_dir
+    sample_every: int = 200  # steps between printed samples; 0 disables
+    sample_tokens: int = 32
+    out_dir: str = "runs/default"
+    time_limit: float = 0.0  # seconds; 0 means none. Stops cleanly with a checkpoint
+
+    def validate(self) -> None:
+        expect_choice("train.dtype", self.dtype, ("float32", "float64"))
+        for name in ("batch_size", "seq_len", "steps", "grad_accum", "keep_last"):
+            expect_positive_int(f"train.{name}", getattr(self, name))
+        for name in ("eval_every", "checkpoint_every", "sample_every", "sample_tokens"):
+            if getattr(self, name) < 0:
+                raise ConfigError(
+                    f"train.{name}: expected >= 0, got {getattr(self, name)}"
+                )
+        expect_positive_int("train.eval_batches", self.eval_batches)
+        expect_in_range(
+            "train.clip_norm", self.clip_norm, 0.0, float("inf"), hi_open=True
+        )
+        expect_in_range(
+            "train.time_limit", self.time_limit, 0.0, float("inf"), hi_open=True
+        )
+        if not self.out_dir:
+            raise ConfigError("train.out_dir: expected a directory path, got ''")
+
+
+@dataclass(frozen=True)
+class ParallelSection:
+    workers: int = 1  # worker threads computing gradients
+    engine: str = "threads"  # threads | mpi
+
+    def validate(self) -> None:
+        expect_positive_int("parallel.workers", self.workers)
+        expect_choice("parallel.engine", self.engine, ("threads", "mpi"))
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    schedule: ScheduleSection = field(default_factory=ScheduleSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    parallel: ParallelSection = field(default_factory=ParallelSection)
+
+    def __post_init__(self) -> None:
+        for section in dataclasses.fields(self):
+            getattr(self, section.name).validate()
+        if self.train.seq_len > self.model.block_size:
+            raise ConfigError(
+                f"train.seq_len: must be <= model.block_size={self.model.block_size}, "
+                f"got {self.train.seq_len}"
+            )
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return {
+            name: dataclasses.asdict(getattr(self, name))
+            for name in (f.name for f in dataclasses.fields(self))
+        }
+
+
+def _section_types() -> dict[str, type]:
+    hints = typing.get_type_hints(RunConfig)
+    return {f.name: hints[f.name] for f in dataclasses.fields(RunConfig)}
+
+
+def _coerce(where: str, value: Any, annotation: Any) -> Any:
+    """Convert a TOML or ``--set`` value to the field's type, or fail naming it."""
+    origin = typing.get_origin(annotation)
+    if annotation is bool:
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
+            return value.lower() in ("true", "1")
+        if isinstance(value, bool):
+            return value
+    elif annotation is int:
+        try:
+            if isinstance(value, bool):
+                raise ValueError
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        except (TypeError, ValueError):
+            pass
+    elif annotation is float:
+        try:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        except (TypeError, ValueError):
+            pass
+    elif annotation is str:
+        if isinstance(value, str):
+            return value
+    elif origin is tuple:
+        items = value.split(",") if isinstance(value, str) else value
+        args = typing.get_args(annotation)
+        if isinstance(items, list | tuple) and len(items) == len(args):
+            return tuple(
+                _coerce(f"{where}[{i}]", v, t)
+                for i, (v, t) in enumerate(zip(items, args, strict=True))
+            )
+    name = getattr(annotation, "__name__", str(annotation))
+    raise ConfigError(f"{where}: expected {name}, got {value!r}")
+
+
+def from_dict(data: dict[str, Any]) -> RunConfig:
+    """Build a validated config from nested ``{section: {key: value}}``."""
+    sections = _section_types()
+    kwargs: dict[str, Any] = {}
+    for section_name, values in data.items():
+        if section_name not in sections:
+            raise ConfigError(
+                f"{section_name}: unknown section; expected one of {sorted(sections)}"
+            )
+        if not isinstance(values, dict):
+            raise ConfigError(f"{section_name}: expected a table of keys")
+        cls = sections[section_name]
+        hints = typing.get_type_hints(cls)
+        known = {f.name for f in dataclasses.fields(cls)}
+        converted = {}
+        for key, value in values.items():
+            where = f"{section_name}.{key}"
+            if key not in known:
+                raise ConfigError(
+                    f"{where}: unknown key; expected one of {sorted(known)}"
+                )
+            converted[key] = _coerce(where, value, hints[key])
+        kwargs[section_name] = cls(**converted)
+    return RunConfig(**kwargs)
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, dict[str, Any]]:
+    """``["train.steps=10"]`` -> ``{"train": {"steps": "10"}}``."""
+    nested: dict[str, dict[str, Any]] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        section, dot, name = key.strip().partition(".")
+        if not sep or not dot or not section or not name:
+            raise ConfigError(f"--set {pair!r}: expected section.key=value")
+        nested.setdefault(section, {})[name] = value.strip()
+    return nested
+
+
+def load_config(
+    path: str | Path | None = None, overrides: Sequence[str] = ()
+) -> RunConfig:
+    """Defaults, then the TOML file at ``path``, then ``--set`` overrides."""
+    data: dict[str, dict[str, Any]] = {}
+    if path is not None:
+        try:
+            with Path(path).open("rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError as exc:
+            raise ConfigError(f"--config {path}: no such file") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"--config {path}: not valid TOML: {exc}") from exc
+    for section, values in parse_overrides(list(overrides)).items():
+        data.setdefault(section, {}).update(values)
+    return from_dict(data)
