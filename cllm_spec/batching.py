@@ -158,6 +158,7 @@ import numpy as np
 
 from cllm_spec.checks import (
     as_array,
+    expect_flag,
     expect_in_range,
     expect_nonnegative_int,
     expect_positive_int,
@@ -165,7 +166,6 @@ from cllm_spec.checks import (
     expect_shape,
 )
 from cllm_spec.errors import (
-    ConfigError,
     DTypeError,
     EmptyInputError,
     IdRangeError,
@@ -185,12 +185,6 @@ def _expect_int32(name: str, x: object) -> np.ndarray:
             hint="batches hold int32 ids; convert with x.astype(np.int32)",
         )
     return arr
-
-
-def _expect_flag(name: str, value: object) -> bool:
-    if not isinstance(value, bool | np.bool_):
-        raise ConfigError(f"{name}: expected a bool, got {type(value).__name__}")
-    return bool(value)
 
 
 def validate_batch_arrays(
@@ -319,7 +313,7 @@ def _validate_epoch_args(
     t = expect_positive_int("seq_len", seq_len)
     s = expect_nonnegative_int("seed", seed)
     e = expect_nonnegative_int("epoch", epoch)
-    d = _expect_flag("drop_last", drop_last)
+    d = expect_flag("drop_last", drop_last)
     windows = num_windows(n, t)
     if d and windows < b:
         raise EmptyInputError(

@@ -145,6 +145,13 @@ def expect_nonnegative_int(name: str, value: object) -> int:
     return expect_int_at_least(name, value, 0)
 
 
+def expect_flag(name: str, value: object) -> bool:
+    """``value`` is a bool (Python or NumPy); ints are not accepted as flags."""
+    if not isinstance(value, bool | np.bool_):
+        raise ConfigError(f"{name}: expected a bool, got {type(value).__name__}")
+    return bool(value)
+
+
 def expect_in_range(
     name: str,
     value: object,
