@@ -162,7 +162,9 @@ def expect_in_range(
     hi_open: bool = False,
 ) -> float:
     """``value`` is a finite real in [lo, hi] (open ends where asked)."""
-    if isinstance(value, bool) or not isinstance(value, int | float | np.floating):
+    if isinstance(value, bool) or not isinstance(
+        value, int | float | np.integer | np.floating
+    ):
         raise ConfigError(f"{name}: expected a number, got {type(value).__name__}")
     v = float(value)
     too_low = v <= lo if lo_open else v < lo

@@ -48,7 +48,8 @@ def compare(actual: np.ndarray, expected: np.ndarray, tol: Tolerance) -> Compari
     e = np.asarray(expected, dtype=np.float64)
     special = _special_mismatch(a, e)
     finite = np.isfinite(a) & np.isfinite(e)
-    abs_err = np.where(finite, np.abs(a - e), 0.0)
+    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf where both agree
+        abs_err = np.where(finite, np.abs(a - e), 0.0)
     rel_err = np.where(
         finite, abs_err / np.maximum(np.abs(e), np.finfo(np.float64).tiny), 0.0
     )

@@ -21,7 +21,7 @@ def normal(
     The oracle receives the rounded values upcast to float64, so both sides
     start from identical inputs.
     """
-    return (scale * rng.standard_normal(shape)).astype(dtype)
+    return np.asarray(scale * rng.standard_normal(shape)).astype(dtype)
 
 
 def as_oracle(*arrays: np.ndarray) -> list[np.ndarray]:
