@@ -44,16 +44,23 @@ HERE = Path(__file__).parent
 EXPECTATIONS_DIR = Path(os.environ.get("CLLM_EXPECTATIONS_DIR", HERE / "expectations"))
 ORACLE = "numpy"
 
+# ``check`` and ``rng`` are function-scoped by design (they carry the test id);
+# sharing them across a Hypothesis test's examples is what we want.
+_SUPPRESS = [HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
 settings.register_profile(
     "ci",
     derandomize=True,
     deadline=None,
     max_examples=30,
     print_blob=True,
-    suppress_health_check=[HealthCheck.too_slow],
+    suppress_health_check=_SUPPRESS,
 )
-settings.register_profile("dev", deadline=None, max_examples=15)
-settings.register_profile("thorough", deadline=None, max_examples=500)
+settings.register_profile(
+    "dev", deadline=None, max_examples=15, suppress_health_check=_SUPPRESS
+)
+settings.register_profile(
+    "thorough", deadline=None, max_examples=500, suppress_health_check=_SUPPRESS
+)
 settings.load_profile(os.environ.get("CLLM_HYPOTHESIS_PROFILE", "ci"))
 
 _backends_key = pytest.StashKey[list[tuple[str, Any]]]()
