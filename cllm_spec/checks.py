@@ -126,10 +126,16 @@ def expect_contiguous(name: str, x: np.ndarray) -> None:
         )
 
 
-def expect_int_at_least(name: str, value: object, minimum: int) -> int:
-    """``value`` is an int (not a bool) >= ``minimum``."""
+def expect_int_scalar(name: str, value: object) -> int:
+    """``value`` is a Python or NumPy int (bools are not ints here)."""
     if isinstance(value, bool) or not isinstance(value, int | np.integer):
         raise ConfigError(f"{name}: expected an int, got {type(value).__name__}")
+    return int(value)
+
+
+def expect_int_at_least(name: str, value: object, minimum: int) -> int:
+    """``value`` is an int (not a bool) >= ``minimum``."""
+    value = expect_int_scalar(name, value)
     if value < minimum:
         raise ConfigError(f"{name}: expected >= {minimum}, got {value}")
     return int(value)
