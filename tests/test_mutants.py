@@ -1,0 +1,146 @@
+"""The suite's sensitivity: every planted mistake in conformance/mutants must fail it.
+
+Each case runs the conformance file that should catch the mutant, against the
+mutant loaded by its dotted path, and checks that the run fails and that the
+failures include the test written for exactly that mistake. A mutant that
+passes means the suite has lost a test.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+# mutant module -> (conformance file, a test that must be among the failures)
+BACKEND_MUTANTS = {
+    "queue_lifo": ("test_batching.py", "test_queue_fifo_order"),
+    "attention_no_scale": (
+        "test_attention.py",
+        "test_scale_is_inverse_sqrt_head_size_golden",
+    ),
+    "attention_causal_leak": (
+        "test_attention.py",
+        "test_causality_future_keys_and_values",
+    ),
+    "kv_cache_late": ("test_attention.py", "test_kv_cache_append_writes_at_length"),
+    "ce_smoothing_v_minus_1": (
+        "test_losses.py",
+        "test_loss12_label_smoothing_is_eps_over_v",
+    ),
+    "ce_no_logsumexp": (
+        "test_losses.py",
+        "test_bug11_ce_nonnegative_and_finite_at_logit_gap",
+    ),
+    "gelu_swapped": ("test_ffn.py", "test_gelu_minus_gelu_tanh_is_pinned"),
+    "layernorm_unbiased": (
+        "test_ffn.py",
+        "test_layernorm_golden_biased_variance_eps_inside_sqrt",
+    ),
+    "adam_no_bias_correction": (
+        "test_optim.py",
+        "test_adam_first_step_moves_by_lr_times_sign",
+    ),
+    "embedding_overwrite": (
+        "test_embedding.py",
+        "test_backward_repeated_ids_accumulate_golden",
+    ),
+}
+
+
+def failed_tests(output: str) -> set[str]:
+    """Names of the test functions listed as FAILED in pytest's -rf summary."""
+    return set(re.findall(r"^FAILED \S+::(\w+)", output, flags=re.MULTILINE))
+
+
+def run_conformance(test_file: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            f"conformance/{test_file}",
+            "-q",
+            "-rf",
+            "--tb=no",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "no:xdist",
+            *args,
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.mark.parametrize("mutant", sorted(BACKEND_MUTANTS))
+def test_suite_catches_backend_mutant(mutant):
+    test_file, must_fail = BACKEND_MUTANTS[mutant]
+    result = run_conformance(test_file, f"--backend=conformance.mutants.{mutant}")
+    assert result.returncode == 1, (
+        f"mutant {mutant} was not caught by {test_file}:\n{result.stdout[-2000:]}"
+    )
+    failed = failed_tests(result.stdout)
+    assert must_fail in failed, f"{must_fail} did not fail; failures: {sorted(failed)}"
+
+
+def test_suite_catches_warmup_off_by_one():
+    """Schedules are spec functions: the mutant is a plugin patching the spec."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "tests/test_schedules.py",
+            "-q",
+            "-rf",
+            "--tb=no",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "no:xdist",
+            "-p",
+            "conformance.mutants.warmup_off_by_one",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 1, result.stdout[-2000:]
+    assert "test_warmup_step_s_uses_lr_times_s_plus_1_over_w" in failed_tests(
+        result.stdout
+    )
+
+
+def test_reference_passes_the_files_used_above():
+    """Guards the test above: the files must pass on the unmutated reference."""
+    files = sorted({f for f, _ in BACKEND_MUTANTS.values()})
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            *[f"conformance/{f}" for f in files],
+            "-q",
+            "--tb=short",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "no:xdist",
+            "--backend=numpy",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:]
