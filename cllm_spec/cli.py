@@ -7,12 +7,14 @@ cllm backends [--json]      every registered backend: version, availability, bui
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 import cllm_spec
+from cllm_spec.commands import COMMAND_MODULES
 from cllm_spec.registry import default_backend_name, describe_backends
 
 
@@ -49,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("backends", help="list the backends and whether they load")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_backends)
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"cllm_spec.commands.{name}").register(sub)
     return parser
 
 
