@@ -20,9 +20,9 @@ Fixtures for tests:
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import os
+import re
 import tomllib
 import zlib
 from collections.abc import Callable
@@ -299,6 +299,12 @@ def _load_expectations(name: str) -> list[dict[str, Any]]:
     return entries
 
 
+def _matches(nodeid: str, pattern: str) -> bool:
+    """Glob match where only ``*`` and ``?`` are wild: test ids contain brackets."""
+    regex = re.escape(pattern).replace(r"\*", ".*").replace(r"\?", ".")
+    return re.fullmatch(regex, nodeid) is not None
+
+
 def pytest_collection_modifyitems(
     session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
 ) -> None:
@@ -312,7 +318,7 @@ def pytest_collection_modifyitems(
             continue
         local = item.nodeid.removeprefix("conformance/")
         for i, entry in enumerate(expectations.get(backend.name, [])):
-            if fnmatch.fnmatchcase(local, entry["test"]):
+            if _matches(local, entry["test"]):
                 used.add((backend.name, i))
                 reason = f"{backend.name} expectation: {entry['reason']}"
                 if entry.get("kind", "xfail") == "skip":

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+
+from cllm_spec.protocols import COMPONENT_FUNCTIONS
 
 REPO = Path(__file__).resolve().parents[1]
 PROTOCOL_TESTS = str(REPO / "conformance" / "test_protocol.py")
@@ -181,4 +184,50 @@ def test_report_has_one_row_per_component(tmp_path, fake_backend, workers):
     (row,) = data["components"]
     assert row["backend"] == "fakeb" and row["component"] == "protocol"
     assert row["failed"] == 1
-    assert row["passed"] >= 45
+    n_functions = sum(len(names) for names in COMPONENT_FUNCTIONS.values())
+    assert row["passed"] == n_functions + 2 - 1  # signatures + 2 metadata tests
+
+
+def test_backend_all_runs_every_registered_backend(tmp_path):
+    result = run_pytest(tmp_path, PROTOCOL_TESTS, "--backend=all", "-v")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "test_backend_metadata[numpy] PASSED" in result.stdout
+
+
+def test_numeric_failure_message_says_what_where_and_how_to_reproduce(tmp_path):
+    (tmp_path / "skewb.py").write_text(
+        textwrap.dedent(
+            """
+            from cllm_numpy import *  # noqa: F403
+            from cllm_numpy import build_info, dtypes, version  # noqa: F401
+            from cllm_numpy import softmax_forward as _ref
+
+            name = "skewb"
+
+
+            def softmax_forward(x):
+                y, cache = _ref(x)
+                y = y.copy()
+                y.reshape(-1)[-1] += 1e-3
+                return y, cache
+            """
+        )
+    )
+    tests = str(REPO / "conformance" / "test_losses.py")
+    result = run_pytest(
+        tmp_path,
+        tests,
+        "--backend=skewb",
+        "-k",
+        "softmax_forward_backward_match_oracle",
+    )
+    assert result.returncode == 1
+    out = result.stdout
+    assert "conformance mismatch: losses.softmax" in out
+    assert "backend=skewb dtype=float32 shape=" in out
+    assert re.search(r"max abs error: 1\.0\d*e-03 at index \(\d+(, \d+)*\)", out)
+    assert "max rel error:" in out
+    assert "tolerance: rtol=1e-05 atol=2e-06 (table losses/*/float32" in out
+    assert "headroom:" in out
+    assert "reproduce: pytest 'conformance/test_losses.py::" in out
+    assert "--backend=skewb --cllm-seed=0" in out
