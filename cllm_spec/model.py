@@ -1,0 +1,667 @@
+"""The GPT model: configuration, parameters, and a forward/backward composed of kernels.
+
+Shape letters: B batch, T tokens, V vocabulary size, C = n_embd, L = n_layer,
+NH = n_head, HS = C / NH, F = n_hidden, T_max = block_size, P parameter count.
+
+Architecture
+============
+
+GPT-2 shaped, pre-LayerNorm, no dropout::
+
+    x      = wte[ids] + wpe[pos_offset + t]                      (B, T, C)
+    for each of the L blocks:
+        x  = x + MHA(LN_1(x))        causal self-attention, fused QKV
+        x  = x + FFN(LN_2(x))        fc (F, C) -> activation -> proj (C, F)
+    logits = LN_f(x) @ W_head^T                                  (B, T, V)
+    W_head = wte (tied, the default) or lm_head.weight (untied); no bias
+
+Every LayerNorm uses eps = 1e-5. Each step is one backend kernel
+(``embedding_forward``, ``layernorm_forward``, ``mha_forward``, ``ffn_forward``,
+``linear_forward``, ``cross_entropy_forward``); this module only composes them
+and adds the residual streams. The same :func:`forward` serves training,
+evaluation and generation (with KV caches), so the three cannot drift apart.
+
+Loss
+----
+With ``targets: (B, T)`` the loss is the mean cross-entropy over the positions
+whose target is not ``IGNORE_INDEX`` (-100, PyTorch's ``ignore_index``)::
+
+    loss = sum_{(b,t): y != -100} (logsumexp(logits[b,t]) - logits[b,t,y]) / count
+
+A padding mask is applied by the caller with :func:`mask_targets` (targets set to
+-100 where ``mask == 0``), so there is exactly one convention inside the model.
+A batch whose every target is ignored has the loss 0/0 = NaN (PyTorch's value).
+
+Canonical parameter names
+=========================
+
+These names and shapes are the spec's tensor names: the flat buffer is laid out
+in this order, and a checkpoint stores each under this name::
+
+    model.wte.weight                 (V, C)       token embedding
+    model.wpe.weight                 (T_max, C)   position embedding
+    model.h.{i}.ln_1.weight          (C,)         for i in 0 .. L-1
+    model.h.{i}.ln_1.bias            (C,)
+    model.h.{i}.attn.qkv.weight      (3C, C)      rows: q, k, v; head h of q is
+    model.h.{i}.attn.qkv.bias        (3C,)        rows h*HS .. (h+1)*HS - 1
+    model.h.{i}.attn.proj.weight     (C, C)
+    model.h.{i}.attn.proj.bias       (C,)
+    model.h.{i}.ln_2.weight          (C,)
+    model.h.{i}.ln_2.bias            (C,)
+    model.h.{i}.mlp.fc.weight        (F, C)       linear weights are (OUT, IN)
+    model.h.{i}.mlp.fc.bias          (F,)
+    model.h.{i}.mlp.proj.weight      (C, F)
+    model.h.{i}.mlp.proj.bias        (C,)
+    model.ln_f.weight                (C,)
+    model.ln_f.bias                  (C,)
+    model.lm_head.weight             (V, C)       only when tie_embeddings is False
+
+so that::
+
+    P = V*C + T_max*C + L*(4*C^2 + 2*C*F + 9*C + F) + 2*C  (+ V*C if untied)
+
+(per block: 2C + 2C layer norms, 3C^2 + 3C QKV, C^2 + C projection,
+F*C + F fc, C*F + C proj.)
+
+Initialization
+==============
+
+``init_params(cfg, rng, dtype)`` draws every value in float64 and rounds once to
+``dtype`` (so a float32 and a float64 model from one seed start from the same
+numbers, up to that rounding):
+
+* ``"gpt2"``: every weight matrix and both embeddings ~ N(0, 0.02^2); the
+  residual projections ``attn.proj.weight`` and ``mlp.proj.weight`` ~ N(0,
+  (0.02 / sqrt(2L))^2), so the residual stream's variance does not grow with
+  depth (GPT-2, nanoGPT); biases 0; LayerNorm weights 1, biases 0.
+* ``"lattice"``: as ``"gpt2"``, except the token embedding is the original
+  project's deterministic "geometric lattice" embedding (:func:`lattice_embedding`):
+  token t sits on a ring of a clock face,
+
+  ======= ============ ============ ========================= ======
+  ring r  tokens t     position p   angle a                   N_r
+  ======= ============ ============ ========================= ======
+  0       0 .. 11      t            (p - 3) * 2 pi / 12       12
+  1       12 .. 71     t - 12       (p - 15) * 2 pi / 60      60
+  2       72 .. 131    t - 72       (p - 15) * 2 pi / 60      60
+  3       132 .. 231   t - 132      (p - 25) * 2 pi / 100     100
+  4       232 ..       t - 232      p * 2 pi / 1000           1000
+  ======= ============ ============ ========================= ======
+
+  and for each channel j, with phi_j = DIMENSIONAL_FREQUENCIES[j mod 12]::
+
+      O       = min(r + p / N_r, 200)
+      L[t, j] = 3^O * cos(a * phi_j) * cos(2 pi (t mod 12) / 12)
+                    * tanh(1 + 0.1 r + 0.01 j)
+      E[t, j] = tanh(L[t, j] / 100)                   in [-1, 1]
+
+  The cap on O only keeps 3^O finite in float64 for vocabularies beyond ~200k
+  tokens; tanh is exactly +-1 in float64 once |L| / 100 > 20, so the cap changes
+  nothing unless the cosine product is below ~1e-91. As in the original, tokens
+  with t mod 12 in {3, 9} get embeddings of about 1e-17 (cos(pi/2) = 0): the
+  option reproduces the seed's initializer, defects included.
+
+KV caches and generation
+========================
+
+``init_kv_caches(backend, cfg, batch, dtype)`` returns L empty caches of T_max
+positions. ``forward(..., kv_caches=caches, pos_offset=n)`` with every cache
+holding exactly ``n`` positions embeds the T new tokens at positions n .. n+T-1,
+appends their keys and values, and returns the logits of the T new tokens; the
+appended caches are ``cache.kv_caches``. Feeding a sequence in chunks gives the
+logits of one full forward. The backward of a forward that attended to cached
+positions is ``Unsupported`` (training never uses the cache).
+
+Errors (checked before any kernel runs)
+=======================================
+- ConfigError: a ModelConfig field out of range (the message names the field),
+  ``cfg`` not a ModelConfig, ``pos_offset`` not an int >= 0, ``kv_caches`` not
+  a sequence of L KVCaches, ``backward`` of a forward that had no targets;
+- DTypeError: ``params`` not a float32/float64 ndarray, ``ids`` or ``targets``
+  not int32/int64, ``backward`` with params of another dtype than the forward;
+- ShapeError: ``params`` not (P,), ``ids`` not (B, T), ``targets`` not ids'
+  shape, ``pos_offset + T > T_max``, a KV cache whose length is not
+  ``pos_offset``;
+- EmptyInputError: B = 0 or T = 0;
+- IdRangeError: an id outside [0, V), a target outside [0, V) that is not -100;
+- NonFiniteError: NaN or inf in ``params``;
+- Unsupported: ``params.dtype`` not among ``backend.dtypes``; ``backward`` of a
+  forward that attended to positions cached by earlier calls.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from cllm_spec import checks
+from cllm_spec.errors import ConfigError, DTypeError, ShapeError, Unsupported
+from cllm_spec.gradients import ParamLayout
+from cllm_spec.protocols import (
+    CrossEntropyCache,
+    EmbeddingCache,
+    FFNCache,
+    KVCache,
+    LayerNormCache,
+    LinearCache,
+    MHACache,
+)
+
+ACTIVATIONS = ("gelu", "gelu_tanh", "relu")
+INITS = ("gpt2", "lattice")
+LN_EPS = 1e-5
+IGNORE_INDEX = -100
+INIT_STD = 0.02
+
+#: The original project's frequency table; the lattice embedding uses its first 12.
+DIMENSIONAL_FREQUENCIES = (3, 7, 31, 12, 19, 5, 11, 13, 17, 23, 29, 37)
+_RING_STARTS = np.array([0, 12, 72, 132, 232])
+_RING_SIZES = np.array([12.0, 60.0, 60.0, 100.0, 1000.0])
+_RING_ANGLE_SHIFTS = np.array([3.0, 15.0, 15.0, 25.0, 0.0])
+_LATTICE_MAX_EXPONENT = 200.0
+
+
+# ------------------------------------------------------------------ config ----
+@dataclass(frozen=True)
+class ModelConfig:
+    """The shape of a GPT model; every field is checked when it is built.
+
+    ``n_hidden = 0`` (the default) means F = 4 * n_embd and is replaced by that
+    value at construction, so ``cfg.n_hidden`` is always the real F.
+    """
+
+    vocab_size: int  # V
+    n_embd: int  # C
+    n_layer: int  # L
+    n_head: int  # NH, divides C
+    block_size: int  # T_max, rows of the position table
+    n_hidden: int = 0  # F; 0 means 4 * C
+    activation: str = "gelu"  # gelu | gelu_tanh | relu
+    tie_embeddings: bool = True  # LM head shares wte
+    init: str = "gpt2"  # gpt2 | lattice
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "n_embd", "n_layer", "n_head", "block_size"):
+            checks.expect_positive_int(name, getattr(self, name))
+        hidden = self.n_hidden
+        if isinstance(hidden, bool) or not isinstance(hidden, int | np.integer):
+            raise ConfigError(f"n_hidden: expected an int, got {type(hidden).__name__}")
+        if hidden < 0:
+            raise ConfigError(
+                f"n_hidden: expected >= 0 (0 means 4 * n_embd), got {hidden}"
+            )
+        if self.n_embd % self.n_head:
+            raise ConfigError(
+                f"n_head: must divide n_embd={self.n_embd}, got {self.n_head}"
+            )
+        checks.expect_choice("activation", self.activation, ACTIVATIONS)
+        checks.expect_choice("init", self.init, INITS)
+        if not isinstance(self.tie_embeddings, bool):
+            raise ConfigError(
+                f"tie_embeddings: expected a bool, got "
+                f"{type(self.tie_embeddings).__name__}"
+            )
+        # Frozen: normalize through object.__setattr__ so equal models compare equal.
+        for name in ("vocab_size", "n_embd", "n_layer", "n_head", "block_size"):
+            object.__setattr__(self, name, int(getattr(self, name)))
+        object.__setattr__(self, "n_hidden", int(hidden) or 4 * self.n_embd)
+
+    @property
+    def head_size(self) -> int:
+        """HS = C / NH."""
+        return self.n_embd // self.n_head
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field as JSON-ready values (``n_hidden`` resolved)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelConfig:
+        """Inverse of :meth:`to_dict`; an unknown or missing key is a ConfigError."""
+        if not isinstance(data, Mapping):
+            raise ConfigError(
+                f"model config: expected a mapping, got {type(data).__name__}"
+            )
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"model config: unknown field(s) {unknown}")
+        required = ("vocab_size", "n_embd", "n_layer", "n_head", "block_size")
+        missing = [k for k in required if k not in data]
+        if missing:
+            raise ConfigError(f"model config: missing field(s) {missing}")
+        return cls(**dict(data))
+
+
+# -------------------------------------------------------------- parameters ----
+def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Canonical name -> shape, in flat-buffer order (see the module docstring)."""
+    v, c, f, t_max = cfg.vocab_size, cfg.n_embd, cfg.n_hidden, cfg.block_size
+    shapes: dict[str, tuple[int, ...]] = {
+        "model.wte.weight": (v, c),
+        "model.wpe.weight": (t_max, c),
+    }
+    for i in range(cfg.n_layer):
+        p = f"model.h.{i}."
+        shapes.update(
+            {
+                p + "ln_1.weight": (c,),
+                p + "ln_1.bias": (c,),
+                p + "attn.qkv.weight": (3 * c, c),
+                p + "attn.qkv.bias": (3 * c,),
+                p + "attn.proj.weight": (c, c),
+                p + "attn.proj.bias": (c,),
+                p + "ln_2.weight": (c,),
+                p + "ln_2.bias": (c,),
+                p + "mlp.fc.weight": (f, c),
+                p + "mlp.fc.bias": (f,),
+                p + "mlp.proj.weight": (c, f),
+                p + "mlp.proj.bias": (c,),
+            }
+        )
+    shapes["model.ln_f.weight"] = (c,)
+    shapes["model.ln_f.bias"] = (c,)
+    if not cfg.tie_embeddings:
+        shapes["model.lm_head.weight"] = (v, c)
+    return shapes
+
+
+def param_layout(cfg: ModelConfig) -> ParamLayout:
+    """The flat-buffer layout of ``cfg``'s parameters."""
+    return ParamLayout(param_shapes(cfg))
+
+
+def param_count(cfg: ModelConfig) -> int:
+    """P by closed formula; equals ``param_layout(cfg).size``.
+
+    The original project counted ``V*D + L*(3*D^2 + 2*D*F + D + F + 4*D)``: it
+    had no position table (T_max*C), bias-free Q, K, V and no output projection
+    (3*D^2 where we have 4*C^2 + 4*C), and no final LayerNorm (2*C). So ours
+    exceeds it by ``T_max*C + L*(C^2 + 4*C) + 2*C`` (+ V*C untied).
+    """
+    v, c, f, t_max, n = (
+        cfg.vocab_size,
+        cfg.n_embd,
+        cfg.n_hidden,
+        cfg.block_size,
+        cfg.n_layer,
+    )
+    head = 0 if cfg.tie_embeddings else v * c
+    return v * c + t_max * c + n * (4 * c * c + 2 * c * f + 9 * c + f) + 2 * c + head
+
+
+def param_views(cfg: ModelConfig, flat: np.ndarray) -> dict[str, np.ndarray]:
+    """Named views into ``flat: (P,)``; writing a view writes the buffer."""
+    return param_layout(cfg).views(flat)
+
+
+def _residual_projection(name: str) -> bool:
+    return name.endswith(("attn.proj.weight", "mlp.proj.weight"))
+
+
+def init_params(
+    cfg: ModelConfig, rng: np.random.Generator, dtype: Any = np.float32
+) -> np.ndarray:
+    """A new flat (P,) buffer initialized as ``cfg.init`` says (module docstring).
+
+    Values are drawn tensor by tensor in layout order from ``rng``; the lattice
+    embedding consumes no random numbers.
+    """
+    if not isinstance(rng, np.random.Generator):
+        raise ConfigError(
+            f"rng: expected a numpy.random.Generator, got {type(rng).__name__}"
+        )
+    layout = param_layout(cfg)
+    flat = layout.zeros(dtype)  # DTypeError unless float32/float64
+    residual_std = INIT_STD / math.sqrt(2 * cfg.n_layer)
+    for name, view in layout.views(flat).items():  # per tensor, not per element
+        if name.endswith(".bias"):
+            continue  # zeros already
+        if ".ln_" in name:
+            view[...] = 1.0
+        elif name == "model.wte.weight" and cfg.init == "lattice":
+            view[...] = lattice_embedding(cfg.vocab_size, cfg.n_embd)
+        else:
+            std = residual_std if _residual_projection(name) else INIT_STD
+            view[...] = std * rng.standard_normal(view.shape)
+    return flat
+
+
+def lattice_embedding(vocab_size: int, n_embd: int) -> np.ndarray:
+    """The original's geometric lattice token embedding E: (V, C) float64.
+
+    See the module docstring for the formula; every value lies in [-1, 1].
+    """
+    v = checks.expect_positive_int("vocab_size", vocab_size)
+    c = checks.expect_positive_int("n_embd", n_embd)
+    t = np.arange(v)
+    ring = np.searchsorted(_RING_STARTS[1:], t, side="right")  # (V,) in 0..4
+    pos = (t - _RING_STARTS[ring]).astype(np.float64)
+    size = _RING_SIZES[ring]
+    angle = (pos - _RING_ANGLE_SHIFTS[ring]) * (2.0 * np.pi / size)
+    exponent = np.minimum(ring + pos / size, _LATTICE_MAX_EXPONENT)
+    clock = np.cos(2.0 * np.pi * (t % 12) / 12.0)  # (V,)
+    j = np.arange(c)
+    phi = np.asarray(DIMENSIONAL_FREQUENCIES, dtype=np.float64)[j % 12]  # (C,)
+    damp = np.tanh(1.0 + 0.1 * ring[:, None] + 0.01 * j[None, :])  # (V, C)
+    lattice = (
+        (3.0**exponent * clock)[:, None] * np.cos(angle[:, None] * phi[None, :]) * damp
+    )  # (V, C)
+    embedding: np.ndarray = np.tanh(lattice / 100.0)
+    return embedding
+
+
+def mask_targets(targets: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """A copy of ``targets`` with ``IGNORE_INDEX`` where ``mask == 0``.
+
+    ``targets: (B, T)`` int32|int64, ``mask: (B, T)`` integer or bool; the mask
+    of :class:`cllm_spec.protocols.Batch` is 1 where a position counts.
+    """
+    checks.expect_int("targets", targets)
+    m = checks.as_array("mask", mask)
+    if m.dtype != np.bool_ and m.dtype.kind not in "iu":
+        raise DTypeError(f"mask: expected an integer or bool mask, got {m.dtype}")
+    checks.expect_shape("mask", m, targets.shape)
+    return np.where(m != 0, targets, np.asarray(IGNORE_INDEX, dtype=targets.dtype))
+
+
+# ----------------------------------------------------------------- caches -----
+class BlockCache(NamedTuple):
+    ln_1: LayerNormCache
+    attn: MHACache
+    ln_2: LayerNormCache
+    mlp: FFNCache
+
+
+class ModelCache(NamedTuple):
+    embedding: EmbeddingCache
+    blocks: tuple[BlockCache, ...]
+    ln_f: LayerNormCache
+    lm_head: LinearCache
+    loss: CrossEntropyCache | None  # None when forward had no targets
+    kv_caches: tuple[KVCache, ...] | None  # the appended caches, when given
+    dtype: np.dtype
+
+
+def init_kv_caches(
+    backend: Any, cfg: ModelConfig, batch: int, dtype: Any
+) -> tuple[KVCache, ...]:
+    """L empty KV caches of T_max positions for ``batch`` sequences."""
+    return tuple(
+        backend.kv_cache_new(batch, cfg.n_head, cfg.block_size, cfg.head_size, dtype)
+        for _ in range(cfg.n_layer)
+    )
+
+
+# ---------------------------------------------------------------- forward -----
+def _expect_offset(pos_offset: object) -> int:
+    if isinstance(pos_offset, bool) or not isinstance(pos_offset, int | np.integer):
+        raise ConfigError(
+            f"pos_offset: expected an int, got {type(pos_offset).__name__}"
+        )
+    if pos_offset < 0:
+        raise ConfigError(f"pos_offset: expected >= 0, got {pos_offset}")
+    return int(pos_offset)
+
+
+def validate_params(backend: Any, cfg: ModelConfig, params: object) -> np.ndarray:
+    """``params`` is the finite (P,) buffer of ``cfg`` in a dtype of ``backend``."""
+    if not isinstance(cfg, ModelConfig):
+        raise ConfigError(f"cfg: expected a ModelConfig, got {type(cfg).__name__}")
+    flat = checks.expect_float("params", params)
+    checks.expect_shape("params", flat, (param_count(cfg),))
+    if flat.dtype not in tuple(np.dtype(d) for d in backend.dtypes):
+        raise Unsupported(f"backend {backend.name!r} does not compute in {flat.dtype}")
+    checks.expect_finite("params", flat)
+    return flat
+
+
+def validate_forward(
+    backend: Any,
+    cfg: ModelConfig,
+    params: object,
+    ids: object,
+    targets: object,
+    kv_caches: object,
+    pos_offset: object,
+) -> None:
+    """The checks of :func:`forward` (see "Errors" in the module docstring)."""
+    offset = _expect_offset(pos_offset)
+    validate_params(backend, cfg, params)
+    tokens = checks.expect_int("ids", ids)
+    checks.expect_rank("ids", tokens, 2)
+    checks.expect_nonempty("ids", tokens)
+    t = tokens.shape[1]
+    if offset + t > cfg.block_size:
+        raise ShapeError(
+            f"positions [{offset}, {offset + t}) exceed block_size={cfg.block_size}",
+            hint="crop the context to the last block_size tokens",
+        )
+    checks.expect_ids("ids", tokens, cfg.vocab_size)
+    if targets is not None:
+        y = checks.expect_int("targets", targets)
+        checks.expect_shape("targets", y, tokens.shape)
+        checks.expect_ids("targets", y, cfg.vocab_size, ignore_index=IGNORE_INDEX)
+    if kv_caches is not None:
+        _validate_kv_caches(cfg, kv_caches, offset)
+
+
+def _validate_kv_caches(cfg: ModelConfig, kv_caches: object, offset: int) -> None:
+    if not isinstance(kv_caches, Sequence) or len(kv_caches) != cfg.n_layer:
+        raise ConfigError(
+            f"kv_caches: expected a sequence of n_layer={cfg.n_layer} KVCaches"
+        )
+    for i, kv in enumerate(kv_caches):
+        if not isinstance(kv, KVCache):
+            raise ConfigError(
+                f"kv_caches[{i}]: expected a KVCache, got {type(kv).__name__}"
+            )
+        if kv.length != offset:
+            raise ShapeError(
+                f"kv_caches[{i}] holds {kv.length} positions but pos_offset={offset}",
+                hint="pass pos_offset equal to the number of tokens already cached",
+            )
+
+
+def forward(
+    backend: Any,
+    cfg: ModelConfig,
+    params: np.ndarray,
+    ids: np.ndarray,
+    targets: np.ndarray | None = None,
+    *,
+    kv_caches: Sequence[KVCache] | None = None,
+    pos_offset: int = 0,
+) -> tuple[np.ndarray, float | None, ModelCache]:
+    """Logits ``(B, T, V)``, the mean loss (None without targets) and the cache.
+
+    ``params: (P,)`` float32|float64 (the dtype of the logits and of every
+    cached array), ``ids: (B, T)`` int, ``targets: (B, T)`` int with -100 for
+    ignored positions. The loss is returned as a Python float holding exactly
+    the value the loss kernel computed in the params' dtype.
+    """
+    validate_forward(backend, cfg, params, ids, targets, kv_caches, pos_offset)
+    w = param_views(cfg, params)
+    x, emb_cache = backend.embedding_forward(
+        ids, w["model.wte.weight"], w["model.wpe.weight"], pos_offset
+    )  # (B, T, C)
+    blocks = []
+    new_caches = []
+    for i in range(cfg.n_layer):
+        p = f"model.h.{i}."
+        kv = None if kv_caches is None else kv_caches[i]
+        h, ln_1 = backend.layernorm_forward(
+            x, w[p + "ln_1.weight"], w[p + "ln_1.bias"], LN_EPS
+        )
+        a, attn, kv = backend.mha_forward(
+            h,
+            w[p + "attn.qkv.weight"],
+            w[p + "attn.qkv.bias"],
+            w[p + "attn.proj.weight"],
+            w[p + "attn.proj.bias"],
+            n_head=cfg.n_head,
+            kv_cache=kv,
+        )
+        x = x + a  # residual stream (B, T, C)
+        h, ln_2 = backend.layernorm_forward(
+            x, w[p + "ln_2.weight"], w[p + "ln_2.bias"], LN_EPS
+        )
+        m, mlp = backend.ffn_forward(
+            h,
+            w[p + "mlp.fc.weight"],
+            w[p + "mlp.fc.bias"],
+            w[p + "mlp.proj.weight"],
+            w[p + "mlp.proj.bias"],
+            activation=cfg.activation,
+        )
+        x = x + m  # (B, T, C)
+        blocks.append(BlockCache(ln_1, attn, ln_2, mlp))
+        new_caches.append(kv)
+    h, ln_f = backend.layernorm_forward(
+        x, w["model.ln_f.weight"], w["model.ln_f.bias"], LN_EPS
+    )
+    logits, head = backend.linear_forward(h, _head_weight(cfg, w), None)  # (B, T, V)
+    loss = None
+    loss_cache = None
+    if targets is not None:
+        b, t, v = logits.shape
+        value, loss_cache = backend.cross_entropy_forward(
+            logits.reshape(b * t, v),  # (B*T, V)
+            targets.reshape(b * t),
+            ignore_index=IGNORE_INDEX,
+            reduction="mean",
+        )
+        loss = float(value)
+    cache = ModelCache(
+        emb_cache,
+        tuple(blocks),
+        ln_f,
+        head,
+        loss_cache,
+        None if kv_caches is None else tuple(new_caches),
+        logits.dtype,
+    )
+    return logits, loss, cache
+
+
+def _head_weight(cfg: ModelConfig, w: Mapping[str, np.ndarray]) -> np.ndarray:
+    return w["model.wte.weight" if cfg.tie_embeddings else "model.lm_head.weight"]
+
+
+# --------------------------------------------------------------- backward -----
+def validate_backward(
+    backend: Any, cfg: ModelConfig, params: object, cache: object
+) -> None:
+    """The checks of :func:`backward`: a cache of a forward with targets."""
+    flat = validate_params(backend, cfg, params)
+    if not isinstance(cache, ModelCache):
+        raise ConfigError(f"cache: expected a ModelCache, got {type(cache).__name__}")
+    if len(cache.blocks) != cfg.n_layer:
+        raise ShapeError(
+            f"cache has {len(cache.blocks)} blocks, the config {cfg.n_layer}"
+        )
+    if cache.loss is None:
+        raise ConfigError(
+            "backward: the forward ran without targets, so there is no loss",
+            hint="pass targets to forward",
+        )
+    if cache.dtype != flat.dtype:
+        raise DTypeError(
+            f"params are {flat.dtype} but the forward ran in {cache.dtype}"
+        )
+
+
+_LN_NAMES = ("weight", "bias")
+_MLP_NAMES = ("mlp.fc.weight", "mlp.fc.bias", "mlp.proj.weight", "mlp.proj.bias")
+_ATTN_NAMES = ("attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight", "attn.proj.bias")
+
+
+def _store(
+    g: Mapping[str, np.ndarray],
+    prefix: str,
+    names: Sequence[str],
+    result: Sequence[np.ndarray | None],
+) -> np.ndarray:
+    """Copy a kernel backward's parameter gradients into the flat buffer's views.
+
+    ``result`` is ``(d_input, *d_params)``, the d_params in the order of
+    ``names``; returns ``d_input``, the gradient to pass further down. (The
+    model always has biases, so no d_param is None.)
+    """
+    d_input, *d_params = result
+    for name, grad in zip(names, d_params, strict=True):
+        g[prefix + name][...] = grad
+    assert d_input is not None
+    return d_input
+
+
+def backward(
+    backend: Any, cfg: ModelConfig, params: np.ndarray, cache: ModelCache
+) -> np.ndarray:
+    """d loss / d params as a new flat (P,) buffer in the params' layout and dtype.
+
+    The reverse of :func:`forward`, kernel by kernel; a residual ``x + f(x)``
+    passes its upstream gradient to both branches, and the tied embedding sums
+    the gradients of its two uses (lookup and LM head).
+    """
+    validate_backward(backend, cfg, params, cache)
+    loss_cache = cache.loss
+    assert loss_cache is not None  # checked by validate_backward
+    b, t = cache.embedding.ids.shape
+    dloss = np.ones((), dtype=cache.dtype)
+    dlogits = backend.cross_entropy_backward(dloss, loss_cache)  # (B*T, V)
+    dlogits = dlogits.reshape(b, t, -1)  # (B, T, V)
+
+    layout = param_layout(cfg)
+    grads = layout.zeros(cache.dtype)
+    g = layout.views(grads)
+    dh, dhead, _ = backend.linear_backward(dlogits, cache.lm_head)
+    dx = _store(g, "model.ln_f.", _LN_NAMES, backend.layernorm_backward(dh, cache.ln_f))
+    for i in reversed(range(cfg.n_layer)):
+        p = f"model.h.{i}."
+        blk = cache.blocks[i]
+        dh = _store(g, p, _MLP_NAMES, backend.ffn_backward(dx, blk.mlp))
+        dx = dx + _store(
+            g, p + "ln_2.", _LN_NAMES, backend.layernorm_backward(dh, blk.ln_2)
+        )
+        dh = _store(g, p, _ATTN_NAMES, backend.mha_backward(dx, blk.attn))
+        dx = dx + _store(
+            g, p + "ln_1.", _LN_NAMES, backend.layernorm_backward(dh, blk.ln_1)
+        )
+    dwte, g["model.wpe.weight"][...] = backend.embedding_backward(dx, cache.embedding)
+    if cfg.tie_embeddings:
+        g["model.wte.weight"][...] = dwte + dhead  # lookup + LM head
+    else:
+        g["model.wte.weight"][...] = dwte
+        g["model.lm_head.weight"][...] = dhead
+    return grads
+
+
+__all__ = [
+    "ACTIVATIONS",
+    "DIMENSIONAL_FREQUENCIES",
+    "IGNORE_INDEX",
+    "INITS",
+    "INIT_STD",
+    "LN_EPS",
+    "BlockCache",
+    "ModelCache",
+    "ModelConfig",
+    "backward",
+    "forward",
+    "init_kv_caches",
+    "init_params",
+    "lattice_embedding",
+    "mask_targets",
+    "param_count",
+    "param_layout",
+    "param_shapes",
+    "param_views",
+    "validate_backward",
+    "validate_forward",
+    "validate_params",
+]
