@@ -89,6 +89,12 @@ class RefCountError(CllmError, RuntimeError):
     hint = "each acquire/retain must be matched by exactly one release"
 
 
+class LifecycleError(CllmError, RuntimeError):
+    """An operation that the parallel coordinator's current state does not allow."""
+
+    hint = "follow INITIALIZING -> RUNNING <-> PAUSED -> STOPPING -> STOPPED"
+
+
 class CheckpointError(CllmError, ValueError):
     """A checkpoint file is truncated, tampered with, foreign or inconsistent."""
 
@@ -116,6 +122,7 @@ __all__ = [
     "DTypeError",
     "EmptyInputError",
     "IdRangeError",
+    "LifecycleError",
     "NonFiniteError",
     "QueueClosedError",
     "QueueTimeoutError",

@@ -25,6 +25,7 @@ BUILTIN_OF = {
     errors.QueueClosedError: RuntimeError,
     errors.QueueTimeoutError: TimeoutError,
     errors.RefCountError: RuntimeError,
+    errors.LifecycleError: RuntimeError,
     errors.CheckpointError: ValueError,
     errors.BackendError: ImportError,
     errors.Unsupported: NotImplementedError,

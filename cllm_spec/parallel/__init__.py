@@ -1,0 +1,57 @@
+"""Parallel training on one machine: worker threads, one coordinator, fixed bits.
+
+- :mod:`~cllm_spec.parallel.allocation`: the 12 symmetry groups over N workers
+  (ONE_TO_ONE when N >= 12, else ROUND_ROBIN);
+- :mod:`~cllm_spec.parallel.split`: one batch -> 12 group micro-batches;
+- :mod:`~cllm_spec.parallel.reduction`: the gradient contract and the fixed-order
+  reduction that makes N workers give the bits of one;
+- :mod:`~cllm_spec.parallel.coordinator`: the coordinator and its workers;
+- :mod:`~cllm_spec.parallel.lifecycle`, :mod:`~cllm_spec.parallel.messages`,
+  :mod:`~cllm_spec.parallel.stats`: its state machine, control-message queue and
+  per-worker statistics.
+
+Nothing here imports the model: a step is driven by a gradient function and an
+optimizer function that the trainer supplies.
+"""
+
+from cllm_spec.parallel.allocation import (
+    N_GROUPS,
+    Allocation,
+    Strategy,
+    allocate_groups,
+)
+from cllm_spec.parallel.coordinator import Callbacks, Coordinator, StepResult
+from cllm_spec.parallel.lifecycle import TRANSITIONS, Lifecycle, LifecycleError, State
+from cllm_spec.parallel.messages import MessageQueue, MessageQueueStats, Priority
+from cllm_spec.parallel.reduction import (
+    GroupResult,
+    finish_step,
+    reduce_groups,
+    validate_grad_output,
+)
+from cllm_spec.parallel.split import group_row_ranges, split_rows
+from cllm_spec.parallel.stats import WorkerStats
+
+__all__ = [
+    "N_GROUPS",
+    "TRANSITIONS",
+    "Allocation",
+    "Callbacks",
+    "Coordinator",
+    "GroupResult",
+    "Lifecycle",
+    "LifecycleError",
+    "MessageQueue",
+    "MessageQueueStats",
+    "Priority",
+    "State",
+    "StepResult",
+    "Strategy",
+    "WorkerStats",
+    "allocate_groups",
+    "finish_step",
+    "group_row_ranges",
+    "reduce_groups",
+    "split_rows",
+    "validate_grad_output",
+]

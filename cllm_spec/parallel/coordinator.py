@@ -1,0 +1,660 @@
+"""The coordinator ("node zero") and its worker threads.
+
+::
+
+    coord = Coordinator(n_workers, grad_fn, optimizer_step, backend=backend)
+    with coord:                                  # start() ... stop()
+        coord.start_epoch(0)
+        result = coord.run_step(batch)           # one optimizer step
+        result = coord.run_accumulated([b0, b1]) # one step over 2 micro-batches
+        coord.checkpoint(save)                   # between steps
+        coord.end_epoch()
+    coord.stats(), coord.total_stats(), coord.reset_stats()
+
+Roles
+-----
+The coordinator is the thread that calls :meth:`Coordinator.run_step` (the
+trainer's thread). It never computes a gradient: it cuts the batch, hands the
+pieces to the workers, reduces their gradients and calls
+``optimizer_step(grad, loss)`` once per step, always on its own thread, so the
+parameters and the optimizer state are only ever touched there. The ``n``
+workers are long-lived daemon threads named ``cllm-worker-<c>-<w>`` (``c`` numbers
+coordinators in this process, ``w`` the worker). ``grad_fn(group, micro_batch)``
+runs only on worker threads, concurrently, so it must not write shared state
+(the model's forward and backward allocate per call).
+
+One step
+--------
+1. Each micro-batch is cut by ``split_fn(batch, 12)`` (default
+   :func:`~cllm_spec.parallel.split.split_rows`: contiguous row ranges) into 12
+   group micro-batches, ``None`` for an empty group. The cut does not depend on
+   ``n``.
+2. Group ``g`` goes to worker ``allocation.group_to_worker[g]``
+   (:func:`~cllm_spec.parallel.allocation.allocate_groups`); each worker gets one
+   message holding all its groups of the step, in (micro-batch, group) order.
+   Workers beyond the 12th own no group, get no message and stay idle.
+3. Each worker calls ``grad_fn`` per group; every result goes into its own buffer
+   (the returned array), with its loss sum and token count
+   (:mod:`cllm_spec.parallel.reduction` gives the contract).
+4. The coordinator reduces each micro-batch's group gradients as soon as that
+   micro-batch is complete, by the backend's fixed tree in group order, then the
+   micro-batch sums by the same tree in micro-batch order, then divides by the
+   step's token count. Which worker finished first changes nothing, so 1, 2, 3,
+   12 or 24 workers give the same bits on a deterministic backend.
+5. ``optimizer_step(grad, loss)`` is called once; its return value is kept in
+   :class:`StepResult` ``.optimizer_result`` (e.g. the pre-clip norm).
+
+Failures
+--------
+- A ``grad_fn`` that raises (or returns something that breaks the contract) ends
+  the run: the coordinator stops every worker, joins the threads (at most
+  ``join_timeout`` seconds in total), fires ``on_error(error, worker)`` and
+  raises **that exception object** from ``run_step``, with a note naming the
+  worker, its thread, the group, micro-batch and step. If several workers fail,
+  the first failure to reach the coordinator is raised.
+- No result within ``timeout`` seconds of the step's start: the same stop, then
+  ``QueueTimeoutError`` naming the missing groups and their workers (a thread
+  stuck inside ``grad_fn`` cannot be killed; it is a daemon and exits after its
+  call returns).
+- Any other error once work was handed out (in the reduction, no counted token
+  in the step: ``EmptyInputError``, in ``optimizer_step``, an interrupt) also
+  stops the coordinator and is re-raised, because the step is half done.
+- Errors found before any work is handed out (a bad batch, a bad ``split_fn``
+  result, a lifecycle error) and errors raised by callbacks propagate without
+  changing the state.
+
+Lifecycle
+---------
+See :mod:`cllm_spec.parallel.lifecycle`. ``start()`` (INITIALIZING -> RUNNING)
+starts the threads; ``pause()``/``resume()`` move between RUNNING and PAUSED from
+any thread: a paused coordinator finishes the step in flight, and ``run_step``
+then blocks until ``resume()`` (or raises LifecycleError if ``stop()`` comes
+first). ``stop()`` goes through STOPPING to STOPPED, joins the threads and
+returns whether all of them ended in time; it is idempotent (a second call, or a
+call after a failure stopped the run, returns at once), so it is safe in a
+``finally``. Other illegal moves (``start`` twice, ``resume`` while running,
+``run_step`` before ``start`` or after ``stop``, two ``run_step`` at once) raise
+:class:`~cllm_spec.parallel.lifecycle.LifecycleError`.
+
+Callbacks
+---------
+Objects with any of the methods of :class:`Callbacks` (subclass it); each event
+is delivered to every callback in list order, on the coordinator's thread:
+``on_epoch_start(epoch)``, ``on_epoch_end(epoch)`` (from :meth:`start_epoch` /
+:meth:`end_epoch`), ``on_step_start(step)`` before the work is handed out,
+``on_step_end(step, result)`` after the optimizer step, ``on_checkpoint(step,
+info)`` after :meth:`checkpoint` saved (``info`` is what the save function
+returned), ``on_error(error, worker)`` after a failure stopped the run (``worker``
+is None when the coordinator itself failed). ``step`` is the 0-based index of
+the optimizer step. An exception raised by ``on_error`` is attached to the
+original error as a note; the original error is raised.
+
+Statistics
+----------
+:meth:`stats` is one :class:`~cllm_spec.parallel.stats.WorkerStats` per worker
+(groups computed, tokens, busy and idle seconds since the last
+:meth:`reset_stats`); :meth:`total_stats` merges them. The token total equals
+the sum of the ``n_tokens`` of every group computed.
+
+Queues
+------
+Results travel to the coordinator through the backend's bounded BatchQueue
+(``backend.make_batch_queue``): many producers, one consumer, and its close
+semantics wake blocked workers when the run stops. Each worker's inbox is a
+:class:`~cllm_spec.parallel.messages.MessageQueue` instead, because the stop
+message is CRITICAL and must overtake work still queued for that worker, which
+a FIFO cannot do.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from cllm_spec.checks import expect_in_range, expect_nonnegative_int
+from cllm_spec.errors import (
+    ConfigError,
+    DTypeError,
+    EmptyInputError,
+    QueueClosedError,
+    QueueTimeoutError,
+    ShapeError,
+)
+from cllm_spec.parallel.allocation import N_GROUPS, Allocation, allocate_groups
+from cllm_spec.parallel.lifecycle import Lifecycle, LifecycleError, State
+from cllm_spec.parallel.messages import MessageQueue, Priority
+from cllm_spec.parallel.reduction import (
+    GroupResult,
+    finish_step,
+    reduce_groups,
+    validate_grad_output,
+)
+from cllm_spec.parallel.split import split_rows
+from cllm_spec.parallel.stats import WorkerStats
+
+GradFn = Callable[[int, Any], tuple[np.ndarray, float, int]]
+OptimizerStep = Callable[[np.ndarray, float], Any]
+SplitFn = Callable[[Any, int], Sequence[Any]]
+
+#: Holds one step's work message plus the stop message, with room to spare.
+_INBOX_CAPACITY = 4
+_REQUIRED_BACKEND = ("grad_tree_reduce", "grad_scale", "make_batch_queue")
+_coordinator_ids = itertools.count()
+
+
+# ------------------------------------------------------------ public types ----
+@dataclass(frozen=True)
+class StepResult:
+    """What one :meth:`Coordinator.run_step` did."""
+
+    step: int  # 0-based index of this optimizer step
+    loss: float  # mean loss per counted token over the whole step
+    tokens: int  # counted tokens in the step (N)
+    micro_batches: int  # A, the accumulation count
+    groups: int  # non-empty group micro-batches computed
+    seconds: float  # wall time of the step
+    optimizer_result: Any  # whatever optimizer_step returned
+
+
+class Callbacks:
+    """No-op base for callbacks; override the events you need."""
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """:meth:`Coordinator.start_epoch` was called."""
+
+    def on_epoch_end(self, epoch: int) -> None:
+        """:meth:`Coordinator.end_epoch` was called."""
+
+    def on_step_start(self, step: int) -> None:
+        """Step ``step`` is about to hand out its work."""
+
+    def on_step_end(self, step: int, result: StepResult) -> None:
+        """Step ``step`` took its optimizer step."""
+
+    def on_checkpoint(self, step: int, info: Any) -> None:
+        """A checkpoint was saved after ``step`` optimizer steps."""
+
+    def on_error(self, error: BaseException, worker: int | None) -> None:
+        """The run stopped because of ``error`` (raised by ``worker``, if any)."""
+
+
+# ---------------------------------------------------------- worker messages ----
+class _Task(NamedTuple):
+    micro: int
+    group: int
+    batch: Any
+
+
+class _Work(NamedTuple):
+    step: int
+    tasks: tuple[_Task, ...]
+
+
+class _Done(NamedTuple):
+    worker: int
+    result: GroupResult
+
+
+class _Failed(NamedTuple):
+    step: int
+    worker: int
+    micro: int
+    group: int
+    error: BaseException
+
+
+_STOP = object()  # the stop message; any non-None object would do
+_NO_GRADS = np.empty(0)  # stands in for a buffer already reduced, so it can be freed
+
+
+# ------------------------------------------------------------- coordinator ----
+class Coordinator:
+    """Worker threads computing group gradients for one optimizer (module doc)."""
+
+    def __init__(
+        self,
+        n_workers: int,
+        grad_fn: GradFn,
+        optimizer_step: OptimizerStep,
+        *,
+        backend: Any = None,
+        split_fn: SplitFn = split_rows,
+        callbacks: Sequence[Any] = (),
+        timeout: float | None = 600.0,
+        join_timeout: float = 5.0,
+    ) -> None:
+        self._allocation = allocate_groups(n_workers)
+        for name, fn in (
+            ("grad_fn", grad_fn),
+            ("optimizer_step", optimizer_step),
+            ("split_fn", split_fn),
+        ):
+            if not callable(fn):
+                raise ConfigError(f"{name}: expected a callable, got {fn!r}")
+        self._grad_fn = grad_fn
+        self._optimizer_step = optimizer_step
+        self._split_fn = split_fn
+        self._backend = _resolve_backend(backend)
+        self._callbacks = tuple(callbacks)
+        self._timeout = (
+            None
+            if timeout is None
+            else expect_in_range("timeout", timeout, 0.0, math.inf, lo_open=True)
+        )
+        self._join_timeout = expect_in_range(
+            "join_timeout", join_timeout, 0.0, math.inf, lo_open=True
+        )
+        n = self._allocation.n_workers
+        self._id = next(_coordinator_ids)
+        self._lifecycle = Lifecycle()
+        self._inboxes = [MessageQueue(_INBOX_CAPACITY) for _ in range(n)]
+        self._results = self._backend.make_batch_queue(max(N_GROUPS, n))
+        self._stop_event = threading.Event()
+        self._stop_lock = threading.Lock()
+        self._step_lock = threading.Lock()
+        self._step_owner: int | None = None
+        self._threads = [
+            threading.Thread(
+                target=self._worker_loop,
+                args=(w,),
+                name=f"{self.thread_prefix}{w}",
+                daemon=True,  # a grad_fn stuck forever must not block exit
+            )
+            for w in range(n)
+        ]
+        self._started = False
+        self._stats = [WorkerStats()] * n
+        self._stats_since = time.monotonic()
+        self._stats_lock = threading.Lock()
+        self._steps = 0
+        self._epoch: int | None = None
+
+    # -------------------------------------------------------- properties ----
+    @property
+    def n_workers(self) -> int:
+        return self._allocation.n_workers
+
+    @property
+    def allocation(self) -> Allocation:
+        return self._allocation
+
+    @property
+    def state(self) -> State:
+        return self._lifecycle.state
+
+    @property
+    def history(self) -> tuple[State, ...]:
+        """Every state entered so far, in order."""
+        return self._lifecycle.history
+
+    @property
+    def steps(self) -> int:
+        """Optimizer steps taken."""
+        return self._steps
+
+    @property
+    def epoch(self) -> int | None:
+        """The open epoch, or None."""
+        return self._epoch
+
+    @property
+    def thread_prefix(self) -> str:
+        """Worker ``w``'s thread is named ``thread_prefix + str(w)``."""
+        return f"cllm-worker-{self._id}-"
+
+    def alive_workers(self) -> tuple[int, ...]:
+        """Workers whose thread is still running."""
+        return tuple(w for w, t in enumerate(self._threads) if t.is_alive())
+
+    # --------------------------------------------------------- lifecycle ----
+    def start(self) -> None:
+        """INITIALIZING -> RUNNING; starts the worker threads."""
+        self._lifecycle.transition(
+            State.RUNNING, what="start", only_from=State.INITIALIZING
+        )
+        self._started = True
+        for t in self._threads:
+            t.start()
+
+    def pause(self) -> None:
+        """RUNNING -> PAUSED; the step in flight finishes, later steps wait."""
+        self._lifecycle.transition(State.PAUSED, what="pause")
+
+    def resume(self) -> None:
+        """PAUSED -> RUNNING."""
+        self._lifecycle.transition(State.RUNNING, what="resume", only_from=State.PAUSED)
+
+    def stop(self) -> bool:
+        """Stop and join every worker; True if all threads ended in time."""
+        self._shutdown()
+        return not self.alive_workers()
+
+    def __enter__(self) -> Coordinator:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def _shutdown(self) -> None:
+        """-> STOPPING -> STOPPED, once; later callers wait for the first."""
+        with self._stop_lock:
+            if self._lifecycle.state is State.STOPPED:
+                return
+            self._lifecycle.transition(State.STOPPING, what="stop")
+            self._stop_event.set()
+            for inbox in self._inboxes:
+                try:  # CRITICAL overtakes any work still queued for the worker
+                    inbox.put(_STOP, Priority.CRITICAL, timeout=0)
+                except (QueueClosedError, QueueTimeoutError):
+                    pass  # closed below anyway; a closed inbox also ends the loop
+                inbox.close()
+            self._results.close()  # wakes workers blocked on a full result queue
+            if self._started:
+                deadline = time.monotonic() + self._join_timeout
+                for t in self._threads:
+                    t.join(max(0.0, deadline - time.monotonic()))
+            self._lifecycle.transition(State.STOPPED, what="stop")
+
+    # ------------------------------------------------------------ epochs ----
+    def start_epoch(self, epoch: int) -> None:
+        """Open epoch ``epoch`` (an int >= 0) and fire ``on_epoch_start``."""
+        self._lifecycle.expect(State.RUNNING, State.PAUSED, what="start_epoch")
+        e = expect_nonnegative_int("epoch", epoch)
+        if self._epoch is not None:
+            raise LifecycleError(f"start_epoch: epoch {self._epoch} is still open")
+        self._epoch = e
+        self._fire("on_epoch_start", e)
+
+    def end_epoch(self) -> None:
+        """Close the open epoch and fire ``on_epoch_end``."""
+        self._lifecycle.expect(State.RUNNING, State.PAUSED, what="end_epoch")
+        if self._epoch is None:
+            raise LifecycleError("end_epoch: no epoch is open")
+        e, self._epoch = self._epoch, None
+        self._fire("on_epoch_end", e)
+
+    # -------------------------------------------------------- checkpoint ----
+    def checkpoint(self, save: Callable[[], Any]) -> Any:
+        """Run ``save()`` between steps, fire ``on_checkpoint``, return its value.
+
+        Waits for a step in flight on another thread; from a callback of the
+        running step (same thread) it runs at once, since no work is in flight
+        at a callback.
+        """
+        self._lifecycle.expect(State.RUNNING, State.PAUSED, what="checkpoint")
+        if not callable(save):
+            raise ConfigError(f"save: expected a callable, got {save!r}")
+        if self._step_owner == threading.get_ident():
+            info = save()
+        else:
+            with self._step_lock:
+                self._lifecycle.expect(State.RUNNING, State.PAUSED, what="checkpoint")
+                info = save()
+        self._fire("on_checkpoint", self._steps, info)
+        return info
+
+    # ------------------------------------------------------------- steps ----
+    def run_step(self, batch: Any) -> StepResult:
+        """One optimizer step over ``batch`` (see the module doc)."""
+        return self.run_accumulated([batch])
+
+    def run_accumulated(self, micro_batches: list[Any]) -> StepResult:
+        """One optimizer step over a list of ``A >= 1`` micro-batches."""
+        if not isinstance(micro_batches, list):
+            raise DTypeError(
+                f"micro_batches: expected a list, got {type(micro_batches).__name__}",
+                hint="use run_step(batch) for a single batch",
+            )
+        if not micro_batches:
+            raise EmptyInputError("micro_batches: expected at least one micro-batch")
+        self._lifecycle.wait_while_paused(what="run_step")
+        if not self._step_lock.acquire(blocking=False):
+            raise LifecycleError("run_step: another step is in progress")
+        try:
+            self._lifecycle.expect(State.RUNNING, what="run_step")
+            self._step_owner = threading.get_ident()
+            tasks, n_tasks = self._plan(micro_batches)
+            return self._execute(tasks, len(micro_batches), n_tasks)
+        finally:
+            self._step_owner = None
+            self._step_lock.release()
+
+    def _plan(self, micro_batches: list[Any]) -> tuple[list[list[_Task]], int]:
+        """Cut every micro-batch into groups and route them: per-worker task lists."""
+        tasks: list[list[_Task]] = [[] for _ in range(self.n_workers)]
+        n_tasks = 0
+        for m, batch in enumerate(micro_batches):
+            parts = self._split_fn(batch, N_GROUPS)
+            if not isinstance(parts, list | tuple) or len(parts) != N_GROUPS:
+                raise ShapeError(
+                    f"split_fn: expected {N_GROUPS} group micro-batches for "
+                    f"micro-batch {m}, got {type(parts).__name__}"
+                    + (f" of length {len(parts)}" if hasattr(parts, "__len__") else "")
+                )
+            if all(p is None for p in parts):
+                raise EmptyInputError(f"micro-batch {m}: every group is empty")
+            for g, part in enumerate(parts):
+                if part is not None:
+                    worker = self._allocation.group_to_worker[g]
+                    tasks[worker].append(_Task(m, g, part))
+                    n_tasks += 1
+        return tasks, n_tasks
+
+    def _execute(
+        self, tasks: list[list[_Task]], n_micro: int, n_tasks: int
+    ) -> StepResult:
+        step = self._steps
+        start = time.monotonic()
+        self._fire("on_step_start", step)
+        try:
+            outcome = self._compute(step, tasks, n_micro)
+        except BaseException as exc:
+            self._fail(exc, None)
+            raise
+        if isinstance(outcome, _Failed):
+            error = outcome.error
+            error.add_note(
+                f"raised by worker {outcome.worker} (thread "
+                f"{self.thread_prefix}{outcome.worker}) on group {outcome.group} "
+                f"of micro-batch {outcome.micro} in step {outcome.step}"
+            )
+            self._fail(error, outcome.worker)
+            raise error
+        loss, tokens, opt = outcome
+        self._steps += 1
+        result = StepResult(
+            step, loss, tokens, n_micro, n_tasks, time.monotonic() - start, opt
+        )
+        self._fire("on_step_end", step, result)
+        return result
+
+    def _compute(
+        self, step: int, tasks: list[list[_Task]], n_micro: int
+    ) -> tuple[float, int, Any] | _Failed:
+        """Hand out the work, reduce in the fixed order, take the optimizer step."""
+        pending: dict[tuple[int, int], int] = {}
+        expected = [0] * n_micro
+        for w, own in enumerate(tasks):
+            for t in own:
+                pending[(t.micro, t.group)] = w
+                expected[t.micro] += 1
+        for w, own in enumerate(tasks):
+            if own:
+                self._dispatch(w, _Work(step, tuple(own)))
+        deadline = None if self._timeout is None else time.monotonic() + self._timeout
+        arrived: list[dict[int, GroupResult]] = [{} for _ in range(n_micro)]
+        micro_sums: list[tuple[int, np.ndarray]] = []
+        summaries: list[GroupResult] = []
+        while pending:
+            msg = self._next_result(step, pending, deadline)
+            if isinstance(msg, _Failed):
+                return msg
+            r = msg.result
+            del pending[(r.micro, r.group)]
+            arrived[r.micro][r.group] = r
+            if len(arrived[r.micro]) == expected[r.micro]:
+                # Group order, not arrival order: this is what fixes the bits.
+                ordered = [arrived[r.micro][g] for g in sorted(arrived[r.micro])]
+                micro_sums.append((r.micro, reduce_groups(self._backend, ordered)))
+                summaries.extend(x._replace(grads=_NO_GRADS) for x in ordered)
+                arrived[r.micro] = {}  # drop the group buffers early
+        micro_sums.sort(key=lambda pair: pair[0])
+        summaries.sort(key=lambda x: (x.micro, x.group))
+        grad, loss, tokens = finish_step(
+            self._backend, [s for _, s in micro_sums], summaries
+        )
+        return loss, tokens, self._optimizer_step(grad, loss)
+
+    def _dispatch(self, worker: int, work: _Work) -> None:
+        try:
+            self._inboxes[worker].put(work, Priority.NORMAL, timeout=self._join_timeout)
+        except QueueClosedError:
+            raise LifecycleError(
+                f"step {work.step}: the coordinator was stopped during the step"
+            ) from None
+
+    def _next_result(
+        self,
+        step: int,
+        pending: dict[tuple[int, int], int],
+        deadline: float | None,
+    ) -> _Done | _Failed:
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            msg: _Done | _Failed = self._results.get(timeout=remaining)
+        except QueueTimeoutError:
+            missing = ", ".join(
+                f"group {g} of micro-batch {m} (worker {w})"
+                for (m, g), w in sorted(pending.items())
+            )
+            raise QueueTimeoutError(
+                f"step {step}: no result within {self._timeout} s for {missing}",
+                hint="a grad_fn is stuck or far slower than expected; raise timeout",
+            ) from None
+        except QueueClosedError:
+            raise LifecycleError(
+                f"step {step}: the coordinator was stopped during the step"
+            ) from None
+        return msg
+
+    def _fail(self, error: BaseException, worker: int | None) -> None:
+        """Stop everything, then tell the callbacks; ``error`` is raised by the
+        caller afterwards."""
+        self._shutdown()
+        for cb in self._callbacks:
+            handler = getattr(cb, "on_error", None)
+            if handler is None:
+                continue
+            try:
+                handler(error, worker)
+            except Exception as cb_error:  # never let it hide the real failure
+                error.add_note(f"on_error callback {cb!r} raised {cb_error!r}")
+
+    def _fire(self, event: str, *args: Any) -> None:
+        for cb in self._callbacks:
+            handler = getattr(cb, event, None)
+            if handler is not None:
+                handler(*args)
+
+    # ----------------------------------------------------------- workers ----
+    def _worker_loop(self, worker: int) -> None:
+        inbox = self._inboxes[worker]
+        while True:
+            waiting_since = time.monotonic()
+            try:
+                msg = inbox.get()
+            except QueueClosedError:
+                return
+            self._record(worker, idle_since=waiting_since)
+            if msg is _STOP:
+                return
+            for task in msg.tasks:
+                if self._stop_event.is_set() or not self._run_task(
+                    worker, msg.step, task
+                ):
+                    return
+
+    def _run_task(self, worker: int, step: int, task: _Task) -> bool:
+        """Compute one group; False when the worker must end."""
+        started = time.monotonic()
+        try:
+            out = self._grad_fn(task.group, task.batch)
+            grads, loss_sum, n_tokens = validate_grad_output(
+                out, f"grad_fn(group {task.group})"
+            )
+        except BaseException as exc:  # delivered to the coordinator, never lost
+            self._record(worker, busy_since=started)
+            self._post(_Failed(step, worker, task.micro, task.group, exc))
+            return False
+        self._record(worker, busy_since=started, batches=1, tokens=n_tokens)
+        result = GroupResult(task.micro, task.group, grads, loss_sum, n_tokens)
+        return self._post(_Done(worker, result))
+
+    def _post(self, msg: _Done | _Failed) -> bool:
+        try:
+            self._results.put(msg)
+        except QueueClosedError:  # the run stopped; nobody needs this result
+            return False
+        return True
+
+    # -------------------------------------------------------- statistics ----
+    def _record(
+        self,
+        worker: int,
+        *,
+        busy_since: float | None = None,
+        idle_since: float | None = None,
+        batches: int = 0,
+        tokens: int = 0,
+    ) -> None:
+        now = time.monotonic()
+        with self._stats_lock:
+            since = self._stats_since  # time before a reset is not counted
+            busy = 0.0 if busy_since is None else now - max(busy_since, since)
+            idle = 0.0 if idle_since is None else now - max(idle_since, since)
+            self._stats[worker] = self._stats[worker].record(
+                batches=batches, tokens=tokens, busy_s=busy, idle_s=idle
+            )
+
+    def stats(self) -> tuple[WorkerStats, ...]:
+        """One snapshot per worker, in worker order."""
+        with self._stats_lock:
+            return tuple(self._stats)
+
+    def total_stats(self) -> WorkerStats:
+        """All workers' statistics merged."""
+        return WorkerStats.total(self.stats())
+
+    def reset_stats(self) -> None:
+        """Zero every worker's statistics."""
+        with self._stats_lock:
+            self._stats = [WorkerStats()] * self.n_workers
+            self._stats_since = time.monotonic()
+
+
+def _resolve_backend(backend: Any) -> Any:
+    if backend is None:
+        from cllm_spec.registry import get_backend
+
+        backend = get_backend()
+    missing = [n for n in _REQUIRED_BACKEND if not callable(getattr(backend, n, None))]
+    if missing:
+        raise ConfigError(f"backend: lacks {missing}, needed by the coordinator")
+    return backend
+
+
+__all__ = ["Callbacks", "Coordinator", "GradFn", "OptimizerStep", "StepResult"]
