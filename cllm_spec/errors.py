@@ -95,6 +95,16 @@ class LifecycleError(CllmError, RuntimeError):
     hint = "follow INITIALIZING -> RUNNING <-> PAUSED -> STOPPING -> STOPPED"
 
 
+class ReplicaMismatchError(CllmError, RuntimeError):
+    """Ranks that must hold identical data do not (weights, batches, call order)."""
+
+    hint = (
+        "every rank must load the same checkpoint, read the same batches in the "
+        "same order and make the same engine calls; the optimizer must be "
+        "deterministic"
+    )
+
+
 class CheckpointError(CllmError, ValueError):
     """A checkpoint file is truncated, tampered with, foreign or inconsistent."""
 
@@ -127,6 +137,7 @@ __all__ = [
     "QueueClosedError",
     "QueueTimeoutError",
     "RefCountError",
+    "ReplicaMismatchError",
     "ShapeError",
     "Unsupported",
 ]

@@ -26,6 +26,7 @@ BUILTIN_OF = {
     errors.QueueTimeoutError: TimeoutError,
     errors.RefCountError: RuntimeError,
     errors.LifecycleError: RuntimeError,
+    errors.ReplicaMismatchError: RuntimeError,
     errors.CheckpointError: ValueError,
     errors.BackendError: ImportError,
     errors.Unsupported: NotImplementedError,

@@ -23,6 +23,7 @@ from cllm_spec.parallel.allocation import (
 from cllm_spec.parallel.coordinator import Callbacks, Coordinator, StepResult
 from cllm_spec.parallel.lifecycle import TRANSITIONS, Lifecycle, LifecycleError, State
 from cllm_spec.parallel.messages import MessageQueue, MessageQueueStats, Priority
+from cllm_spec.parallel.mpi import MPIEngine, weights_digest
 from cllm_spec.parallel.reduction import (
     GroupResult,
     finish_step,
@@ -40,6 +41,7 @@ __all__ = [
     "Coordinator",
     "GroupResult",
     "Lifecycle",
+    "MPIEngine",
     "LifecycleError",
     "MessageQueue",
     "MessageQueueStats",
@@ -54,4 +56,5 @@ __all__ = [
     "reduce_groups",
     "split_rows",
     "validate_grad_output",
+    "weights_digest",
 ]

@@ -242,7 +242,7 @@ class Coordinator:
         self._grad_fn = grad_fn
         self._optimizer_step = optimizer_step
         self._split_fn = split_fn
-        self._backend = _resolve_backend(backend)
+        self._backend = resolve_backend(backend)
         self._callbacks = tuple(callbacks)
         self._timeout = (
             None
@@ -646,7 +646,8 @@ class Coordinator:
             self._stats_since = time.monotonic()
 
 
-def _resolve_backend(backend: Any) -> Any:
+def resolve_backend(backend: Any) -> Any:
+    """``backend`` (default: the registry's default) with the kernels a step needs."""
     if backend is None:
         from cllm_spec.registry import get_backend
 

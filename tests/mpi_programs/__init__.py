@@ -1,0 +1,1 @@
+"""Programs that tests/test_parallel_mpi.py runs under mpiexec, and their model."""
