@@ -121,6 +121,7 @@ METADATA_FIELDS = (
     "data_cursor",
     "rng_state",
     "metrics",
+    "run",  # the training run: {"backend", "dtype", "config", ...}
 )
 _AUTOMATIC_FIELDS = ("format", "format_version", "sha256")
 _DTYPES: dict[str, np.dtype[Any]] = {

@@ -1,7 +1,106 @@
-"""Not written yet."""
+"""``cllm train``: train a model (see cllm_spec.train.trainer for what it does).
+
+cllm train [--config RUN.toml] [--backend NAME] [--set SECTION.KEY=VALUE ...]
+           [--resume PATH] [--overwrite]
+
+Exit status:
+    0    the run finished (or stopped at train.time_limit) with a checkpoint
+    1    training diverged (non-finite loss, gradient or parameters), or an
+         I/O error; the earlier checkpoints are intact
+    2    a bad command line, config, corpus or checkpoint: ``cllm train: error:``
+         and the message with its hint on stderr, no traceback
+    130  interrupted by Ctrl-C: a checkpoint of the last step was saved (or, on
+         a second Ctrl-C, the run was aborted without one)
+"""
+
+from __future__ import annotations
 
 import argparse
+import sys
+
+from cllm_spec.errors import CllmError
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+DESCRIPTION = """\
+Train a small GPT model. Every setting has a default, so `cllm train` alone
+trains a character-level model on the bundled corpus (Pride and Prejudice) and
+writes its checkpoints to runs/default. Settings come from the defaults, then
+the checkpoint's run (with --resume), then --config, then --set.
+"""
+
+EPILOG = """\
+examples:
+  cllm train
+  cllm train --config run.toml --set train.steps=2000 --set optim.lr=1e-3
+  cllm train --resume runs/default --set train.steps=3000
+
+exit status: 0 done, 1 diverged, 2 bad input, 130 interrupted (checkpoint saved)
+"""
 
 
-def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-    """Adds nothing until the command exists."""
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a model (defaults: the bundled corpus, a small model)",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", metavar="RUN.toml", help="a TOML run config")
+    p.add_argument(
+        "--backend", metavar="NAME", help="the compute backend (sets train.backend)"
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one config field (repeatable), e.g. train.steps=100",
+    )
+    p.add_argument(
+        "--resume",
+        metavar="PATH",
+        help="continue from a checkpoint file, or from the latest one in a run dir",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="first delete the checkpoints in train.out_dir of an earlier run "
+        "(or, with --resume, those after the resumed step)",
+    )
+    p.set_defaults(func=run_train)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    # Imported here so that `cllm --help` does not load the training stack.
+    from cllm_spec.train.trainer import DivergedError, train
+
+    overrides = list(args.overrides)
+    if args.backend:
+        overrides.append(f"train.backend={args.backend}")
+    try:
+        result = train(
+            args.config, overrides, resume=args.resume, overwrite=args.overwrite
+        )
+    except DivergedError as exc:
+        print(f"cllm train: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except CllmError as exc:
+        print(f"cllm train: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:
+        print(f"cllm train: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print(
+            "cllm train: aborted without saving this step; earlier checkpoints are "
+            "intact",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    return EXIT_INTERRUPTED if result.status == "interrupted" else EXIT_OK

@@ -34,7 +34,10 @@ class ModelSection:
     n_head: int = 4  # NH; C % NH == 0
     n_hidden: int = 0  # F; 0 means 4 * C
     block_size: int = 64  # T_max: longest context the position table covers
-    activation: str = "gelu"  # gelu | gelu_tanh | relu
+    # gelu | gelu_tanh | relu. relu by default: on the numpy backend a step is
+    # 2x faster than with gelu_tanh and 4x than with erf gelu, for the same loss
+    # at this size, which keeps `cllm train` well inside its time budget.
+    activation: str = "relu"
     tie_embeddings: bool = True  # LM head shares the token embedding
     init: str = "gpt2"  # gpt2 | lattice
 
@@ -57,7 +60,9 @@ class ModelSection:
 @dataclass(frozen=True)
 class DataSection:
     corpus: str = "default"  # a file, a directory, or "default" (the bundled corpus)
-    tokenizer: str = "word"  # word | byte | bpe
+    # word | byte | bpe. byte by default: a small model learns spelling within
+    # minutes, while the word vocabulary (V ~ 12k) needs far more data and time.
+    tokenizer: str = "byte"
     vocab_size: int = 4096  # upper bound for word and bpe vocabularies
     val_fraction: float = 0.1  # tail of the token stream held out for validation
 
@@ -96,6 +101,11 @@ class OptimSection:
         expect_in_range("optim.dampening", self.dampening, 0.0, 1.0)
         expect_in_range("optim.alpha", self.alpha, 0.0, 1.0)
         expect_in_range("optim.lr_decay", self.lr_decay, 0.0, 1e3)
+        if self.nesterov and (self.momentum <= 0.0 or self.dampening != 0.0):
+            raise ConfigError(
+                "optim.nesterov: needs optim.momentum > 0 and optim.dampening = 0, "
+                f"got momentum={self.momentum}, dampening={self.dampening}"
+            )
 
 
 @dataclass(frozen=True)
@@ -125,7 +135,7 @@ class TrainSection:
     dtype: str = "float32"  # float32 | float64
     batch_size: int = 16  # B, sequences per micro-batch
     seq_len: int = 64  # T, tokens per sequence (<= model.block_size)
-    steps: int = 600  # optimizer steps
+    steps: int = 700  # optimizer steps
     grad_accum: int = 1  # micro-batches summed into one optimizer step
     clip_norm: float = 1.0  # global L2 clip; 0 disables
     seed: int = 1337
@@ -134,7 +144,7 @@ class TrainSection:
     checkpoint_every: int = 200  # steps between checkpoints; 0 means only at the end
     keep_last: int = 3  # checkpoints kept in out_dir
     sample_every: int = 200  # steps between printed samples; 0 disables
-    sample_tokens: int = 32
+    sample_tokens: int = 64
     out_dir: str = "runs/default"
     time_limit: float = 0.0  # seconds; 0 means none. Stops cleanly with a checkpoint
 
@@ -276,18 +286,35 @@ def parse_overrides(pairs: list[str]) -> dict[str, dict[str, Any]]:
 
 
 def load_config(
-    path: str | Path | None = None, overrides: Sequence[str] = ()
+    path: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    base: dict[str, dict[str, Any]] | None = None,
 ) -> RunConfig:
-    """Defaults, then the TOML file at ``path``, then ``--set`` overrides."""
-    data: dict[str, dict[str, Any]] = {}
+    """Defaults, then ``base`` (a resumed run's config), then the TOML file at
+    ``path``, then ``--set`` overrides."""
+    data: dict[str, dict[str, Any]] = {
+        section: dict(values) for section, values in (base or {}).items()
+    }
     if path is not None:
         try:
             with Path(path).open("rb") as fh:
-                data = tomllib.load(fh)
+                from_file = tomllib.load(fh)
         except FileNotFoundError as exc:
             raise ConfigError(f"--config {path}: no such file") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"--config {path}: not valid TOML: {exc}") from exc
-    for section, values in parse_overrides(list(overrides)).items():
-        data.setdefault(section, {}).update(values)
+        _merge(data, from_file)
+    _merge(data, parse_overrides(list(overrides)))
     return from_dict(data)
+
+
+def _merge(data: dict[str, dict[str, Any]], update: dict[str, Any]) -> None:
+    for section, values in update.items():
+        if not isinstance(values, dict):
+            data[section] = values  # from_dict reports the section that is no table
+            continue
+        current = data.get(section)
+        if isinstance(current, dict):
+            current.update(values)
+        else:
+            data[section] = dict(values)

@@ -1,0 +1,242 @@
+"""Data of a training run: corpus -> tokenizer -> ids -> run files -> train/val split.
+
+``prepare_data(cfg, out_dir, tokenizer=None) -> RunData``
+
+1. Read the corpus: ``data.corpus = "default"`` is the bundled corpus
+   (:func:`cllm_spec.data.default_corpus_path`), anything else a file or a
+   directory (:func:`cllm_spec.data.read_corpus`). A path that does not exist
+   is a ``ConfigError`` naming ``data.corpus``; a corpus without text is an
+   ``EmptyInputError``.
+2. Train the tokenizer ``data.tokenizer`` on it (word: at most
+   ``data.vocab_size`` ids; bpe: a target of ``data.vocab_size`` ids; byte: 261
+   ids), unless ``tokenizer`` is given (a resumed run reuses the checkpoint's).
+3. Encode, and write into ``out_dir``::
+
+       tokenizer.json   the tokenizer's ``to_dict()``
+       dataset.bin      every token id, in corpus order (cllm_spec.data.dataset)
+       dataset.json     {"n_tokens", "n_train", "n_val", "sha256", "corpus",
+                         "tokenizer", "vocab_size", "unigram_entropy"}
+
+   The ids are then read back from ``dataset.bin`` (memory-mapped), so training
+   runs on exactly the bytes of the file.
+4. Split: the last ``round(val_fraction * N)`` tokens validate
+   (:func:`cllm_spec.data.train_val_split` with ``min_tokens = seq_len + 1``),
+   and the training part must hold at least ``batch_size`` windows of
+   ``seq_len + 1`` tokens (:func:`cllm_spec.batching.num_batches`). Both checks
+   raise ``EmptyInputError`` with a hint at once, so a tiny corpus never hangs.
+
+``sha256`` fingerprints the token stream (its little-endian u32 bytes): a resumed
+run checks it against the checkpoint's, so it cannot silently continue on
+other data.
+
+Unigram entropy
+===============
+
+``unigram_entropy(ids, V)`` is the entropy in nats of the empirical token
+distribution of ``ids``::
+
+    p_v = count_v / N          H = -sum_{v: p_v > 0} p_v ln p_v
+
+It is the validation loss of the best model that ignores context (predicting
+p for every position, measured on the same text), the yardstick a trained
+model's loss is compared with. ``prepare_data`` computes it on the training split.
+
+BatchStream
+===========
+
+``BatchStream(tokens, batch_size, seq_len, seed, epoch=0, index=0)`` yields the
+micro-batches of :func:`cllm_spec.batching.iter_epoch` one after another, epoch
+``e`` then ``e + 1`` and so on, forever. ``cursor`` is ``{"epoch": e, "batch":
+j}``: ``j`` batches of epoch ``e`` have been taken. A stream built with that
+cursor continues with exactly the batch the first would have yielded next,
+which is what makes a resumed run bit-identical.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cllm_spec.batching import iter_epoch, num_batches
+from cllm_spec.checks import expect_nonnegative_int
+from cllm_spec.data import (
+    Tokenizer,
+    default_corpus_path,
+    make_tokenizer,
+    read_corpus,
+    read_dataset_bin,
+    train_val_split,
+    write_dataset_bin,
+)
+from cllm_spec.errors import CheckpointError, ConfigError, EmptyInputError
+from cllm_spec.protocols import Batch
+from cllm_spec.train.config import RunConfig
+
+TOKENIZER_FILE = "tokenizer.json"
+DATASET_FILE = "dataset.bin"
+DATASET_INFO_FILE = "dataset.json"
+
+
+@dataclass(frozen=True)
+class RunData:
+    tokenizer: Tokenizer
+    train: np.ndarray  # (N_train,) uint32
+    val: np.ndarray  # (N_val,) uint32
+    sha256: str  # fingerprint of the whole token stream
+    unigram_entropy: float  # nats per token, on the training split
+
+
+def unigram_entropy(ids: np.ndarray, vocab_size: int) -> float:
+    """``-sum p_v ln p_v`` of the token frequencies of ``ids: (N,)``, N >= 1."""
+    if ids.size == 0:
+        raise EmptyInputError("unigram_entropy: no tokens")
+    counts = np.bincount(np.asarray(ids, dtype=np.int64), minlength=vocab_size)
+    p = counts[counts > 0] / ids.size  # (V',) float64
+    return float(-(p * np.log(p)).sum())
+
+
+def fingerprint(ids: np.ndarray) -> str:
+    """SHA-256 of the ids as little-endian u32 bytes."""
+    return hashlib.sha256(np.ascontiguousarray(ids, dtype="<u4").tobytes()).hexdigest()
+
+
+def read_run_corpus(corpus: str) -> str:
+    """The text named by ``data.corpus`` ("default" is the bundled corpus)."""
+    path = default_corpus_path() if corpus == "default" else Path(corpus)
+    try:
+        return read_corpus(path)
+    except FileNotFoundError as exc:
+        raise ConfigError(
+            f"data.corpus: no such file or directory: {path}",
+            hint="pass a text file or a directory, or 'default' for the bundled corpus",
+        ) from exc
+
+
+def train_tokenizer(cfg: RunConfig, text: str) -> Tokenizer:
+    """The tokenizer ``data.tokenizer`` trained on ``text``."""
+    kind = cfg.data.tokenizer
+    opts: dict[str, Any] = {}
+    if kind == "word":
+        opts["max_vocab"] = cfg.data.vocab_size
+    elif kind == "bpe":
+        opts["vocab_size"] = cfg.data.vocab_size
+    try:
+        return make_tokenizer(kind, text, **opts)
+    except ConfigError as exc:  # e.g. max_vocab too small: name the field
+        raise ConfigError(f"data.vocab_size: {exc.message}") from exc
+
+
+def prepare_data(
+    cfg: RunConfig, out_dir: Path, tokenizer: Tokenizer | None = None
+) -> RunData:
+    """Tokenize the corpus, write the run's data files, split (module docstring)."""
+    text = read_run_corpus(cfg.data.corpus)
+    tok = tokenizer if tokenizer is not None else train_tokenizer(cfg, text)
+    ids = tok.encode(text)
+    if ids.size == 0:
+        raise EmptyInputError(
+            f"data.corpus: the {tok.kind} tokenizer found no tokens in the corpus",
+            hint="use a larger corpus or another tokenizer",
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / TOKENIZER_FILE).write_text(json.dumps(tok.to_dict()) + "\n")
+    write_dataset_bin(out_dir / DATASET_FILE, ids)
+    stored = read_dataset_bin(out_dir / DATASET_FILE, tok.vocab_size)
+    train, val = train_val_split(
+        stored, cfg.data.val_fraction, min_tokens=cfg.train.seq_len + 1
+    )
+    # Raises EmptyInputError now if an epoch could not fill one batch.
+    num_batches(train.size, cfg.train.batch_size, cfg.train.seq_len)
+    data = RunData(
+        tok, train, val, fingerprint(stored), unigram_entropy(train, tok.vocab_size)
+    )
+    info = {
+        "corpus": cfg.data.corpus,
+        "tokenizer": tok.kind,
+        "vocab_size": tok.vocab_size,
+        "n_tokens": int(stored.size),
+        "n_train": int(train.size),
+        "n_val": int(val.size),
+        "sha256": data.sha256,
+        "unigram_entropy": data.unigram_entropy,
+    }
+    (out_dir / DATASET_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    return data
+
+
+class BatchStream:
+    """Micro-batches of consecutive epochs, resumable from a cursor (module doc)."""
+
+    def __init__(
+        self,
+        tokens: np.ndarray,
+        batch_size: int,
+        seq_len: int,
+        *,
+        seed: int,
+        epoch: int = 0,
+        index: int = 0,
+    ) -> None:
+        self._tokens = tokens
+        self._batch_size = batch_size
+        self._seq_len = seq_len
+        self._seed = seed
+        self.epoch = expect_nonnegative_int("data_cursor.epoch", epoch)
+        self.index = expect_nonnegative_int("data_cursor.batch", index)
+        per_epoch = num_batches(tokens.size, batch_size, seq_len)
+        if self.index > per_epoch:
+            raise CheckpointError(
+                f"data_cursor.batch={index} exceeds the {per_epoch} batches of an "
+                "epoch of this data",
+                hint="resume with the corpus, batch_size and seq_len of the run",
+            )
+        self._batches: Iterator[Batch] = itertools.islice(
+            self._open(self.epoch), self.index, None
+        )
+
+    def _open(self, epoch: int) -> Iterator[Batch]:
+        return iter_epoch(
+            self._tokens, self._batch_size, self._seq_len, seed=self._seed, epoch=epoch
+        )
+
+    @property
+    def cursor(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "batch": self.index}
+
+    def __iter__(self) -> BatchStream:
+        return self
+
+    def __next__(self) -> Batch:
+        batch = next(self._batches, None)
+        if batch is None:  # epoch done: the next one has its own order
+            self.epoch += 1
+            self.index = 0
+            self._batches = self._open(self.epoch)
+            batch = next(self._batches)
+        self.index += 1
+        return batch
+
+    def take(self, count: int) -> list[Batch]:
+        """The next ``count`` micro-batches."""
+        return [next(self) for _ in range(count)]
+
+
+__all__ = [
+    "DATASET_FILE",
+    "DATASET_INFO_FILE",
+    "TOKENIZER_FILE",
+    "BatchStream",
+    "RunData",
+    "fingerprint",
+    "prepare_data",
+    "read_run_corpus",
+    "train_tokenizer",
+    "unigram_entropy",
+]
