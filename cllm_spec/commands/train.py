@@ -11,6 +11,10 @@ Exit status:
          and the message with its hint on stderr, no traceback
     130  interrupted by Ctrl-C: a checkpoint of the last step was saved (or, on
          a second Ctrl-C, the run was aborted without one)
+
+A worker thread's error ends the run with that error (its notes name the
+worker, the group and the step). Under ``mpiexec`` every rank runs this command;
+a rank that fails aborts the whole job and mpiexec exits non-zero.
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ examples:
   cllm train
   cllm train --config run.toml --set train.steps=2000 --set optim.lr=1e-3
   cllm train --resume runs/default --set train.steps=3000
+  cllm train --set parallel.workers=2          # two worker threads, same bits
+  mpiexec -n 2 cllm train --set parallel.engine=mpi   # two processes (cllm[mpi])
 
 exit status: 0 done, 1 diverged, 2 bad input, 130 interrupted (checkpoint saved)
 """
@@ -88,10 +94,10 @@ def run_train(args: argparse.Namespace) -> int:
             args.config, overrides, resume=args.resume, overwrite=args.overwrite
         )
     except DivergedError as exc:
-        print(f"cllm train: {exc}", file=sys.stderr)
+        print(f"cllm train: {exc}{_notes(exc)}", file=sys.stderr)
         return EXIT_FAILED
     except CllmError as exc:
-        print(f"cllm train: error: {exc}", file=sys.stderr)
+        print(f"cllm train: error: {exc}{_notes(exc)}", file=sys.stderr)
         return EXIT_USAGE
     except OSError as exc:
         print(f"cllm train: error: {exc}", file=sys.stderr)
@@ -104,3 +110,8 @@ def run_train(args: argparse.Namespace) -> int:
         )
         return EXIT_INTERRUPTED
     return EXIT_INTERRUPTED if result.status == "interrupted" else EXIT_OK
+
+
+def _notes(exc: BaseException) -> str:
+    """The exception's notes (e.g. which worker raised it), one per line."""
+    return "".join(f"\n  {note}" for note in getattr(exc, "__notes__", ()))

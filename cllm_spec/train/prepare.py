@@ -1,6 +1,6 @@
 """Data of a training run: corpus -> tokenizer -> ids -> run files -> train/val split.
 
-``prepare_data(cfg, out_dir, tokenizer=None) -> RunData``
+``prepare_data(cfg, out_dir, tokenizer=None, *, write=True) -> RunData``
 
 1. Read the corpus: ``data.corpus = "default"`` is the bundled corpus
    (:func:`cllm_spec.data.default_corpus_path`), anything else a file or a
@@ -18,7 +18,10 @@
                          "tokenizer", "vocab_size", "unigram_entropy"}
 
    The ids are then read back from ``dataset.bin`` (memory-mapped), so training
-   runs on exactly the bytes of the file.
+   runs on exactly the bytes of the file. With ``write=False`` nothing is
+   written and the ids stay in memory (as little-endian u32, the values the file
+   would hold): the MPI ranks other than rank 0 prepare their data that way, so
+   one run directory has one writer.
 4. Split: the last ``round(val_fraction * N)`` tokens validate
    (:func:`cllm_spec.data.train_val_split` with ``min_tokens = seq_len + 1``),
    and the training part must hold at least ``batch_size`` windows of
@@ -75,6 +78,7 @@ from cllm_spec.data import (
     train_val_split,
     write_dataset_bin,
 )
+from cllm_spec.data.dataset import ID_DTYPE
 from cllm_spec.errors import CheckpointError, ConfigError, EmptyInputError
 from cllm_spec.protocols import Batch
 from cllm_spec.train.config import RunConfig
@@ -134,7 +138,11 @@ def train_tokenizer(cfg: RunConfig, text: str) -> Tokenizer:
 
 
 def prepare_data(
-    cfg: RunConfig, out_dir: Path, tokenizer: Tokenizer | None = None
+    cfg: RunConfig,
+    out_dir: Path,
+    tokenizer: Tokenizer | None = None,
+    *,
+    write: bool = True,
 ) -> RunData:
     """Tokenize the corpus, write the run's data files, split (module docstring)."""
     text = read_run_corpus(cfg.data.corpus)
@@ -145,10 +153,13 @@ def prepare_data(
             f"data.corpus: the {tok.kind} tokenizer found no tokens in the corpus",
             hint="use a larger corpus or another tokenizer",
         )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / TOKENIZER_FILE).write_text(json.dumps(tok.to_dict()) + "\n")
-    write_dataset_bin(out_dir / DATASET_FILE, ids)
-    stored = read_dataset_bin(out_dir / DATASET_FILE, tok.vocab_size)
+    if write:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / TOKENIZER_FILE).write_text(json.dumps(tok.to_dict()) + "\n")
+        write_dataset_bin(out_dir / DATASET_FILE, ids)
+        stored = read_dataset_bin(out_dir / DATASET_FILE, tok.vocab_size)
+    else:
+        stored = np.ascontiguousarray(ids, dtype=ID_DTYPE)
     train, val = train_val_split(
         stored, cfg.data.val_fraction, min_tokens=cfg.train.seq_len + 1
     )
@@ -167,7 +178,8 @@ def prepare_data(
         "sha256": data.sha256,
         "unigram_entropy": data.unigram_entropy,
     }
-    (out_dir / DATASET_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    if write:
+        (out_dir / DATASET_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
     return data
 
 

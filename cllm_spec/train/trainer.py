@@ -36,20 +36,31 @@ One optimizer step
 With ``k = train.grad_accum`` micro-batches of ``B = train.batch_size``
 sequences of ``T = train.seq_len`` tokens taken in order from the epoch
 iterator (:class:`cllm_spec.train.prepare.BatchStream`), and ``s`` the 0-based
-step::
+step, every micro-batch ``m`` is cut into the 12 symmetry groups
+(:func:`cllm_spec.parallel.split_rows`: contiguous row ranges, the first
+``B mod 12`` one row longer, empty groups skipped), and with ``n_mg`` the
+tokens of group ``g`` of micro-batch ``m`` (:mod:`cllm_spec.parallel.reduction`)::
 
-    loss_i, g_i = forward/backward of micro-batch i     (mean over its B*T tokens)
-    loss        = (loss_1 + ... + loss_k) / k
-    g           = grad_scale(g_1 + ... + g_k, 1 / k)   (grad_accumulate, in order)
-    g, norm     = clip_grad_norm(g, clip_norm)          (clip_norm = 0: no clipping)
-    params      = <optim.name>_step(params, g, lr=lr_at(s, schedule), ...)
+    l_mg, g_mg = forward/backward of group g of micro-batch m   (mean over n_mg)
+    G_m        = grad_tree_reduce([grad_scale(g_mg, n_mg) for g, in group order])
+    G          = grad_tree_reduce([G_1, ..., G_k])
+    N          = sum of the n_mg                             (= k*B*T)
+    loss       = fsum(n_mg * l_mg) / N
+    g          = grad_scale(G, 1 / N)
+    g, norm    = clip_grad_norm(g, clip_norm)                (clip_norm = 0: none)
+    params     = <optim.name>_step(params, g, lr=lr_at(s, schedule), ...)
 
-Every micro-batch counts the same number of tokens (full windows, no padding),
-so ``loss`` and ``g`` are the mean loss and its gradient over all ``k*B*T``
-tokens: ``k`` micro-batches of ``B`` equal one batch of ``k*B`` up to float
-rounding (the sums are ordered differently). :func:`compute_step_gradients`
-holds the first two lines; a parallel coordinator replaces exactly that
-function.
+``parallel.engine`` computes the groups: ``threads`` hands them to
+``parallel.workers`` worker threads (:class:`cllm_spec.parallel.Coordinator`),
+``mpi`` to the ranks of an ``mpiexec`` job (:class:`cllm_spec.parallel.MPIEngine`).
+The cut and the order of every addition depend on ``B`` and ``k`` alone, never
+on the number of workers or ranks, so ``parallel.workers = 1, 2, 3, 12`` and
+``mpiexec -n K`` give the same bits on a deterministic backend. The group split
+is used with one worker too, so that one worker runs the same math as N: a
+run's losses and checkpoints do not depend on how it was parallelised. The
+same tokens in one unsplit forward/backward (:func:`compute_step_gradients`,
+the textbook form, kept for reference) agree up to float rounding only.
+:func:`group_step_gradients` is the group-split step in the calling thread.
 
 Evaluation every ``train.eval_every`` steps runs the first
 ``train.eval_batches`` micro-batches of the validation split (a fixed, seeded
@@ -79,12 +90,52 @@ run one that holds checkpoints newer than its own, unless ``overwrite``: then
 those checkpoints are deleted first (rotation is by step, so they would
 otherwise outlive the new ones).
 
+Parallel runs
+=============
+``parallel.workers = N`` (engine ``threads``): the trainer's thread is the
+coordinator; it never computes a gradient, it hands out the groups, reduces
+their gradients and takes the optimizer step. A worker that raises ends the run
+with that worker's exception (a note names the worker, group, micro-batch and
+step); a worker that hangs ends it after ``parallel.timeout`` seconds with a
+QueueTimeoutError naming it. With N > 1 the end of the run prints a per-worker
+table (group micro-batches, tokens, busy and idle shares of the time).
+
+``mpiexec -n K cllm train --set parallel.engine=mpi ...``: every rank reads the
+config, the corpus and (on resume) the checkpoint, and holds the whole model;
+rank 0 checks ``out_dir``, trains the tokenizer and writes the run files, and
+hands the tokenizer to the others. Each rank computes its share of the 12
+groups of every batch; the group results are exchanged and reduced the same
+way on every rank, and every rank takes the same optimizer step. Right after
+starting (or resuming) the ranks compare a SHA-256 of the weights and the
+optimizer state, then of the weights every ``parallel.check_every`` steps
+(:func:`cllm_spec.parallel.weights_digest`). Only rank 0 prints, evaluates,
+samples, writes ``metrics.jsonl`` and checkpoints; the others are silent. A
+rank that raises aborts the job (``cllm mpi: rank r of K failed ...`` and the
+traceback on stderr; mpiexec exits non-zero), one that dies is ended by
+mpiexec, one that hangs by the others after ``parallel.timeout`` seconds.
+
+Either way, ``metrics.jsonl`` ends with one row (workers are ranks under MPI;
+``batches`` counts group micro-batches, ``busy_s`` the time in forward and
+backward, ``idle_s`` the time waiting for work)::
+
+    {"kind": "parallel", "step", "engine", "workers", "seconds",
+     "tokens_per_s", "per_worker": [{"worker", "batches", "tokens",
+     "busy_s", "idle_s"}, ...]}
+
+BLAS threads: ``train.blas_threads`` (default 1; 0 leaves BLAS alone) caps the
+BLAS library's threads (threadpoolctl) for the whole run. At this model size a
+matrix product is too small for two BLAS threads to pay off, and on a busy
+machine they wait for each other and make steps several times slower; with
+one BLAS thread each, two worker threads keep two cores busy, because the
+numpy kernels release the GIL inside BLAS.
+
 Stopping
 ========
 - Ctrl-C (SIGINT): the current step finishes, a checkpoint is saved and the
   result is ``"interrupted"`` (``cllm train`` exits with 130). A second Ctrl-C
   aborts at once without saving; the last checkpoint is intact, since writes are
-  atomic.
+  atomic. Under MPI (mpiexec forwards the signal to every rank) the ranks agree
+  at the step boundary (``any_rank``), rank 0 saves, and every rank exits 130.
 - ``train.time_limit`` seconds (0: none): the run stops after the step that
   crosses it, evaluates, saves a checkpoint; the result is ``"time_limit"``.
 - A non-finite loss, gradient norm or updated parameter raises
@@ -106,6 +157,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -113,16 +165,28 @@ from tqdm import tqdm  # type: ignore[import-untyped]
 
 from cllm_spec import checkpoint
 from cllm_spec.batching import iter_epoch
+from cllm_spec.data import tokenizer_from_dict
 from cllm_spec.errors import (
     BackendError,
     CheckpointError,
+    CllmError,
     ConfigError,
     NonFiniteError,
-    Unsupported,
 )
 from cllm_spec.generate import generate
 from cllm_spec.metrics import perplexity, token_accuracy
 from cllm_spec.model import ModelConfig, backward, forward, init_params, mask_targets
+from cllm_spec.parallel import (
+    N_GROUPS,
+    Coordinator,
+    GroupResult,
+    MPIEngine,
+    StepResult,
+    WorkerStats,
+    finish_step,
+    reduce_groups,
+    split_rows,
+)
 from cllm_spec.protocols import Batch
 from cllm_spec.registry import ENV_VAR, get_backend
 from cllm_spec.sampling import SamplingConfig
@@ -178,10 +242,12 @@ class EvalResult(NamedTuple):
 def compute_step_gradients(
     backend: Any, cfg: ModelConfig, params: np.ndarray, batches: Sequence[Batch]
 ) -> tuple[float, np.ndarray]:
-    """Mean loss and mean gradient ``(P,)`` over the micro-batches of one step.
+    """Mean loss and mean gradient ``(P,)`` over the micro-batches of one step,
+    each micro-batch in one unsplit forward/backward.
 
-    Raises DivergedError as soon as a micro-batch's loss is not finite (its
-    backward is skipped).
+    The textbook form of a step (``cllm train`` runs :func:`group_step_gradients`'
+    math instead; the two agree up to float rounding). Raises DivergedError as
+    soon as a micro-batch's loss is not finite (its backward is skipped).
     """
     total = 0.0
     acc: np.ndarray | None = None
@@ -199,6 +265,52 @@ def compute_step_gradients(
     if len(batches) > 1:
         acc = backend.grad_scale(acc, 1.0 / len(batches))
     return total / len(batches), acc
+
+
+def group_gradients(
+    backend: Any, cfg: ModelConfig, params: np.ndarray, batch: Batch
+) -> tuple[np.ndarray, float, int]:
+    """The parallel engines' ``grad_fn`` for one group micro-batch.
+
+    Returns ``(n * d(mean loss)/d params, n * mean loss, n)`` with ``n`` the
+    batch's counted tokens: the gradient of the summed loss, the summed loss and
+    the count (:mod:`cllm_spec.parallel.reduction`). Runs on worker threads, so
+    it sets its own floating-point error state (numpy's is per thread); a
+    non-finite loss raises DivergedError before the backward.
+    """
+    n = int(np.count_nonzero(batch.mask))
+    if n == 0:  # nothing counts: the mean is 0/0, the sum is 0
+        return np.zeros_like(params), 0.0, 0
+    # Overflow shows up as inf or NaN, which is checked and reported.
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        targets = mask_targets(batch.targets, batch.mask)
+        _, loss, cache = forward(backend, cfg, params, batch.input_ids, targets)
+        assert loss is not None  # targets were given
+        if not math.isfinite(loss):
+            raise DivergedError(f"loss {loss}")
+        grads = backward(backend, cfg, params, cache)
+        return np.asarray(backend.grad_scale(grads, float(n))), loss * n, n
+
+
+def group_step_gradients(
+    backend: Any, cfg: ModelConfig, params: np.ndarray, batches: Sequence[Batch]
+) -> tuple[float, np.ndarray]:
+    """Mean loss and mean gradient ``(P,)`` of one step by the group split, in
+    the calling thread: the bits every engine and worker count produce."""
+    micro_sums: list[np.ndarray] = []
+    results: list[GroupResult] = []
+    for m, batch in enumerate(batches):
+        mine = [
+            GroupResult(m, g, *group_gradients(backend, cfg, params, part))
+            for g, part in enumerate(split_rows(batch, N_GROUPS))
+            if part is not None
+        ]
+        micro_sums.append(reduce_groups(backend, mine))
+        results.extend(mine)
+    if not results:
+        raise ConfigError("batches: a step needs at least one micro-batch")
+    grad, loss, _ = finish_step(backend, micro_sums, results)
+    return loss, grad
 
 
 def apply_update(
@@ -357,6 +469,288 @@ def _say(message: str) -> None:
     sys.stdout.flush()
 
 
+def _quiet(message: str) -> None:
+    """What MPI ranks other than 0 print: nothing."""
+
+
+class _NoLog:
+    """The metrics log of MPI ranks other than 0."""
+
+    def write(self, row: dict[str, Any]) -> None:
+        pass
+
+
+def worker_table(stats: Sequence[WorkerStats], label: str = "") -> str:
+    """Per-worker statistics as a table: group micro-batches, tokens, and the
+    shares of time spent computing (busy) and waiting (idle)."""
+    who = label or "worker"
+    lines = [f"{who:>8} {'groups':>8} {'tokens':>12} {'busy %':>7} {'idle %':>7}"]
+    for w, st in enumerate(stats):
+        busy = 100.0 * st.utilization
+        idle = 100.0 - busy if st.busy_s + st.idle_s > 0 else 0.0
+        lines.append(
+            f"{w:>8} {st.batches:>8,} {st.tokens:>12,} {busy:>7.1f} {idle:>7.1f}"
+        )
+    return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def blas_threads(n: int) -> Iterator[None]:
+    """At most ``n`` BLAS threads inside the block (``n = 0``: unchanged).
+
+    Why: see "BLAS threads" in the module docstring.
+    """
+    if n == 0:
+        yield
+        return
+    from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
+
+    with threadpool_limits(limits=n, user_api="blas"):
+        yield
+
+
+# ----------------------------------------------------------------- engines ---
+class StepEngine:
+    """Computes a Trainer's steps: :class:`ThreadSteps` or :class:`MPISteps`.
+
+    ``bind(trainer)`` names the trainer whose ``grad_fn`` and ``optimizer_step``
+    it calls. ``with engine:`` starts it and stops it; blocks nest, and only the
+    outermost one starts and stops. The collective methods (``any_rank``,
+    ``barrier``, ``share``, ``check_start``, ``worker_stats``) must be called by
+    every rank in the same order; with threads they are local.
+    """
+
+    name = ""
+    is_root = True  # the process that prints, logs and writes checkpoints
+    n_workers = 1
+
+    def __init__(self) -> None:
+        self._trainer: Trainer | None = None
+        self._depth = 0
+
+    def bind(self, trainer: Trainer) -> None:
+        self._trainer = trainer
+
+    def _target(self) -> Trainer:
+        if self._trainer is None:
+            raise ConfigError("the step engine has no trainer: call bind() first")
+        return self._trainer
+
+    def grad_fn(self, group: int, batch: Batch) -> tuple[np.ndarray, float, int]:
+        return self._target().grad_fn(group, batch)
+
+    def optimizer_step(self, grad: np.ndarray, loss: float) -> float:
+        return self._target().optimizer_step(grad, loss)
+
+    def __enter__(self) -> StepEngine:
+        if self._depth == 0:
+            self._open()
+        self._depth += 1
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._depth -= 1
+        if self._depth == 0:
+            self._close(exc_type, exc, tb)
+
+    def _open(self) -> None:
+        raise NotImplementedError
+
+    def _close(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        raise NotImplementedError
+
+    def step(self, batches: list[Batch]) -> StepResult:
+        """One optimizer step over the micro-batches ``batches``."""
+        raise NotImplementedError
+
+    def reset_stats(self) -> None:
+        raise NotImplementedError
+
+    def worker_stats(self) -> list[WorkerStats]:
+        """Per worker (rank) statistics since ``reset_stats``, on every rank."""
+        raise NotImplementedError
+
+    def any_rank(self, flag: bool) -> bool:
+        return flag
+
+    def barrier(self) -> None:
+        """Every rank got here (after rank 0 saved a checkpoint)."""
+
+    def share(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank."""
+        return obj
+
+    def check_start(self, state: dict[str, np.ndarray]) -> None:
+        """Every rank starts from the same ``state``."""
+
+    def settle(self, failure: BaseException | None) -> None:
+        """Raise ``failure``, rank 0's error in preparing the run, on every rank.
+
+        Collective. The engine then stops cleanly (no abort), so every rank
+        leaves with the same error and exit status, while the others would
+        otherwise wait for rank 0 until ``parallel.timeout``.
+        """
+        if failure is not None:
+            raise failure
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+
+class ThreadSteps(StepEngine):
+    """``parallel.engine = threads``: a Coordinator of ``workers`` threads."""
+
+    name = "threads"
+
+    def __init__(self, backend: Any, workers: int, timeout: float) -> None:
+        super().__init__()
+        self.n_workers = workers
+        self._coord = Coordinator(
+            workers, self.grad_fn, self.optimizer_step, backend=backend, timeout=timeout
+        )
+
+    def _open(self) -> None:
+        self._coord.start()
+
+    def _close(self, *exc: object) -> None:
+        self._coord.stop()
+
+    def step(self, batches: list[Batch]) -> StepResult:
+        return self._coord.run_accumulated(list(batches))
+
+    def reset_stats(self) -> None:
+        self._coord.reset_stats()
+
+    def worker_stats(self) -> list[WorkerStats]:
+        return list(self._coord.stats())
+
+    def describe(self) -> str:
+        return (
+            f"{self.n_workers} worker thread{'s' * (self.n_workers > 1)} "
+            "(threads engine)"
+        )
+
+
+class MPISteps(StepEngine):
+    """``parallel.engine = mpi``: this process is one rank of an mpiexec job."""
+
+    name = "mpi"
+
+    def __init__(self, backend: Any, check_every: int, timeout: float) -> None:
+        super().__init__()
+        self._engine = MPIEngine(
+            self.grad_fn,
+            self.optimizer_step,
+            backend=backend,
+            state_fn=self._weights,
+            check_every=check_every,
+            timeout=timeout,
+        )
+        self._check_every = check_every
+        self.rank = self._engine.rank
+        self.is_root = self._engine.is_root
+        self.n_workers = self._engine.size
+        self._stats = WorkerStats()
+        self._busy = 0.0
+        self._settled: BaseException | None = None
+
+    def _weights(self) -> np.ndarray:
+        return self._target().params
+
+    def grad_fn(self, group: int, batch: Batch) -> tuple[np.ndarray, float, int]:
+        started = time.monotonic()
+        out = super().grad_fn(group, batch)
+        self._busy += time.monotonic() - started
+        self._stats = self._stats.record(batches=1, tokens=out[2])
+        return out
+
+    def _open(self) -> None:
+        self._engine.start()
+
+    def _close(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc is not None and exc is self._settled:
+            self._engine.stop()  # every rank raised it: nobody waits for us
+            return
+        # Any other exception aborts the whole job: the others would wait for us.
+        self._engine.__exit__(exc_type, exc, tb)
+
+    def step(self, batches: list[Batch]) -> StepResult:
+        self._busy = 0.0
+        result = self._engine.run_accumulated(list(batches))
+        # Everything but this rank's own forward/backward was waiting for work
+        # or for the other ranks (the exchange, the reduction, the update).
+        idle = max(result.seconds - self._busy, 0.0)
+        self._stats = self._stats.record(busy_s=self._busy, idle_s=idle)
+        return result
+
+    def reset_stats(self) -> None:
+        self._stats = WorkerStats()
+
+    def worker_stats(self) -> list[WorkerStats]:
+        return [
+            self._engine.broadcast_object(self._stats, root=r)
+            for r in range(self.n_workers)
+        ]
+
+    def any_rank(self, flag: bool) -> bool:
+        return self._engine.any_rank(flag)
+
+    def barrier(self) -> None:
+        self._engine.barrier()
+
+    def share(self, obj: Any) -> Any:
+        return self._engine.broadcast_object(obj, root=0)
+
+    def check_start(self, state: dict[str, np.ndarray]) -> None:
+        self._engine.check_replicas(state)
+
+    def settle(self, failure: BaseException | None) -> None:
+        told = self.share(
+            None if failure is None else f"{type(failure).__name__}: {failure}"
+        )
+        if told is None:
+            return
+        error = failure or ConfigError(
+            f"MPI rank {self.rank} of {self.n_workers}: rank 0 could not prepare "
+            f"the run ({told.splitlines()[0]})",
+            hint="rank 0's message, above or below, gives the cause and a hint",
+        )
+        self._settled = error
+        raise error
+
+    def describe(self) -> str:
+        every = {0: "at the start", 1: "after every step"}.get(
+            self._check_every, f"every {self._check_every} steps"
+        )
+        return (
+            f"{self.n_workers} MPI rank{'s' * (self.n_workers > 1)} (rank 0 logs and "
+            f"checkpoints; weights compared {every})"
+        )
+
+
+def make_step_engine(cfg: RunConfig, backend: Any) -> StepEngine:
+    """The engine ``parallel.engine`` names, set up from ``[parallel]``."""
+    par = cfg.parallel
+    if par.engine == "mpi":
+        return MPISteps(backend, par.check_every, par.timeout)
+    return ThreadSteps(backend, par.workers, par.timeout)
+
+
 # ----------------------------------------------------------------- trainer ---
 class Trainer:
     """One run: the state, the data stream and the loop (module docstring)."""
@@ -369,12 +763,16 @@ class Trainer:
         data: RunData,
         snapshot: RunSnapshot | None = None,
         say: Callable[[str], None] = _say,
+        engine: StepEngine | None = None,
     ) -> None:
         self.cfg = cfg
         self.backend_name = backend_name
         self.backend = backend
         self.data = data
-        self.say = say
+        self.engine = engine if engine is not None else make_step_engine(cfg, backend)
+        self.engine.bind(self)
+        self.is_root = self.engine.is_root
+        self.say = say if self.is_root else _quiet
         self.out_dir = Path(cfg.train.out_dir)
         self.model_cfg = model_config(cfg, data.tokenizer.vocab_size)
         self.schedule = schedule_config(cfg)
@@ -407,10 +805,13 @@ class Trainer:
             index=index,
         )
         self.start_step = self.step
-        self.log = MetricsLog(
-            self.out_dir / METRICS_FILE,
-            None if snapshot is None else self.start_step,
-        )
+        self.log: MetricsLog | _NoLog = _NoLog()
+        if self.is_root:
+            self.log = MetricsLog(
+                self.out_dir / METRICS_FILE,
+                None if snapshot is None else self.start_step,
+            )
+        self._lr = math.nan  # the rate of the step in flight
         self.last_checkpoint: Path | None = checkpoint.latest(self.out_dir)
         self.saved_step: int | None = None
 
@@ -421,6 +822,22 @@ class Trainer:
 
     # ------------------------------------------------------------- the loop --
     def run(self) -> TrainResult:
+        with self.engine:
+            self.engine.check_start(self.replica_state())
+            self.engine.reset_stats()
+            status, seconds, val_loss = self._loop()
+            stats = self.engine.worker_stats()
+        self._report(status, seconds, val_loss, stats)
+        return TrainResult(
+            status,
+            self.step,
+            self.last_checkpoint,
+            val_loss,
+            self.data.unigram_entropy,
+            seconds,
+        )
+
+    def _loop(self) -> tuple[str, float, float | None]:
         train = self.cfg.train
         started = time.perf_counter()
         status = "completed"
@@ -429,21 +846,24 @@ class Trainer:
             initial=self.step,
             desc="train",
             unit="step",
-            disable=None,  # no bar unless stderr is a terminal
+            disable=None if self.is_root else True,  # a bar only on a terminal
             file=sys.stderr,
             dynamic_ncols=True,
         )
         with bar, StopRequest() as stop:
             while self.step < train.steps:
-                if stop.requested:
-                    self.say("interrupted: saving a checkpoint (Ctrl-C again aborts)")
-                    status = "interrupted"
-                    break
-                if (
-                    train.time_limit
-                    and time.perf_counter() - started > train.time_limit
-                ):
-                    status = "time_limit"
+                late = bool(train.time_limit) and (
+                    time.perf_counter() - started > train.time_limit
+                )
+                # Collective under MPI: every rank stops after the same step.
+                if self.engine.any_rank(stop.requested or late):
+                    if self.engine.any_rank(stop.requested):
+                        self.say(
+                            "interrupted: saving a checkpoint (Ctrl-C again aborts)"
+                        )
+                        status = "interrupted"
+                    else:
+                        status = "time_limit"
                     break
                 row = self.train_step()
                 bar.update(1)
@@ -457,61 +877,72 @@ class Trainer:
             seconds = time.perf_counter() - started
             # Still under StopRequest: a Ctrl-C now cannot cut the final save.
             val_loss = None
-            if status != "interrupted":
+            if status != "interrupted" and self.is_root:
                 val_loss = self.run_evaluation(None).loss  # every validation window
             if self.saved_step != self.step:
                 self.save_checkpoint()
-        self._report(status, seconds, val_loss)
-        return TrainResult(
-            status,
-            self.step,
-            self.last_checkpoint,
-            val_loss,
-            self.data.unigram_entropy,
-            seconds,
-        )
+        return status, seconds, val_loss
 
     def train_step(self) -> dict[str, Any]:
         """One optimizer step; returns (and logs) its metrics row."""
         train = self.cfg.train
         s = self.step
         begin = time.perf_counter()
-        lr = lr_at(s, self.schedule)
+        self._lr = lr = lr_at(s, self.schedule)
         batches = self.stream.take(train.grad_accum)
-        # Overflow shows up as inf or NaN, which is checked and reported below.
-        with (
-            np.errstate(over="ignore", invalid="ignore", divide="ignore"),
-            self._or_diverged(s + 1),
-        ):
-            loss, grads = compute_step_gradients(
-                self.backend, self.model_cfg, self.params, batches
-            )
-            params, state, norm = apply_update(
-                self.backend, self.cfg, self.params, grads, self.opt_state, lr
-            )
+        with self._or_diverged(s + 1):
+            result = self.engine.step(batches)
         seconds = time.perf_counter() - begin
-        self.params, self.opt_state = params, state
-        tokens = train.grad_accum * train.batch_size * train.seq_len
         row = {
             "kind": "train",
             "step": self.step,
             "epoch": self.stream.epoch,
-            "loss": loss,
+            "loss": result.loss,
             "lr": lr,
-            "grad_norm": norm,
-            "tokens_per_s": tokens / max(seconds, 1e-9),
+            "grad_norm": result.optimizer_result,
+            "tokens_per_s": result.tokens / max(seconds, 1e-9),
         }
         self.log.write(row)
         self.last_rows["train"] = row
         return row
 
+    def grad_fn(self, group: int, batch: Batch) -> tuple[np.ndarray, float, int]:
+        """One group's gradient terms (worker threads; see group_gradients).
+
+        Reads ``params`` only: the coordinator replaces them after every group
+        of the step is in.
+        """
+        return group_gradients(self.backend, self.model_cfg, self.params, batch)
+
+    def optimizer_step(self, grad: np.ndarray, loss: float) -> float:
+        """Clip, update ``params`` and the optimizer state; the pre-clip norm.
+
+        Called once per step by the engine, on the trainer's thread.
+        """
+        if not math.isfinite(loss):
+            raise DivergedError(f"loss {loss}")
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            params, state, norm = apply_update(
+                self.backend, self.cfg, self.params, grad, self.opt_state, self._lr
+            )
+        self.params, self.opt_state = params, state
+        return norm
+
+    def replica_state(self) -> dict[str, np.ndarray]:
+        """What every MPI rank must hold the same bits of: weights, optimizer."""
+        state = {"params": self.params, "step": np.asarray(self.step)}
+        for name in checkpoint.optimizer_fields(self.cfg.optim.name):
+            state[f"optimizer.{name}"] = np.asarray(getattr(self.opt_state, name))
+        return state
+
     def _periodic(self) -> None:
         train, step = self.cfg.train, self.step
         last = step == train.steps
-        if train.eval_every and step % train.eval_every == 0 and not last:
-            self.run_evaluation(train.eval_batches)
-        if train.sample_every and (step % train.sample_every == 0 or last):
-            self.print_sample()
+        if self.is_root:  # evaluations and samples are for display: rank 0 only
+            if train.eval_every and step % train.eval_every == 0 and not last:
+                self.run_evaluation(train.eval_batches)
+            if train.sample_every and (step % train.sample_every == 0 or last):
+                self.print_sample()
         if train.checkpoint_every and step % train.checkpoint_every == 0 and not last:
             self.save_checkpoint()
 
@@ -526,10 +957,13 @@ class Trainer:
                 if self.last_checkpoint is not None
                 else "no checkpoint had been written yet"
             )
-            raise DivergedError(
+            diverged = DivergedError(
                 f"training stopped at step {step}: non-finite values "
                 f"({exc.message}); this state was not saved, {kept}"
-            ) from exc
+            )
+            for note in getattr(exc, "__notes__", ()):  # e.g. the worker's
+                diverged.add_note(note)
+            raise diverged from exc
 
     # --------------------------------------------------- eval, sample, save --
     def run_evaluation(self, max_batches: int | None) -> EvalResult:
@@ -580,6 +1014,16 @@ class Trainer:
         return text
 
     def save_checkpoint(self) -> Path:
+        """Rank 0 writes; every rank waits for it (a barrier under MPI)."""
+        path = checkpoint.checkpoint_path(self.out_dir, self.step)
+        if self.is_root:
+            self._write_checkpoint(path)
+        self.engine.barrier()
+        self.last_checkpoint = path
+        self.saved_step = self.step
+        return path
+
+    def _write_checkpoint(self, path: Path) -> None:
         snap = RunSnapshot(
             config=self.cfg,
             backend=self.backend_name,
@@ -597,17 +1041,40 @@ class Trainer:
             rng=self.rng,
             metrics=self.last_rows,
         )
-        path = save_run(checkpoint.checkpoint_path(self.out_dir, self.step), snap)
+        save_run(path, snap)
         checkpoint.rotate(self.out_dir, self.cfg.train.keep_last)
-        self.last_checkpoint = path
-        self.saved_step = self.step
-        return path
 
-    def _report(self, status: str, seconds: float, val_loss: float | None) -> None:
+    def _report(
+        self,
+        status: str,
+        seconds: float,
+        val_loss: float | None,
+        stats: Sequence[WorkerStats],
+    ) -> None:
         steps = self.step - self.start_step
         tokens = steps * self.cfg.train.grad_accum * self.cfg.train.batch_size
         tokens *= self.cfg.train.seq_len
         rate = tokens / seconds if seconds > 0 else 0.0
+        self.log.write(
+            {
+                "kind": "parallel",
+                "step": self.step,
+                "engine": self.engine.name,
+                "workers": len(stats),
+                "seconds": seconds,
+                "tokens_per_s": rate,
+                "per_worker": [
+                    {
+                        "worker": w,
+                        "batches": st.batches,
+                        "tokens": st.tokens,
+                        "busy_s": st.busy_s,
+                        "idle_s": st.idle_s,
+                    }
+                    for w, st in enumerate(stats)
+                ],
+            }
+        )
         if status == "interrupted":
             self.say(f"interrupted at step {self.step}")
         elif status == "time_limit":
@@ -619,6 +1086,8 @@ class Trainer:
             f"trained {steps} steps in {seconds:.1f} s ({rate:,.0f} tokens/s); "
             f"step {self.step} of {self.cfg.train.steps}"
         )
+        if len(stats) > 1:
+            self.say(worker_table(stats, "rank" if self.engine.name == "mpi" else ""))
         h = self.data.unigram_entropy
         if val_loss is not None:
             self.say(
@@ -672,17 +1141,15 @@ def train(
                 hint="start a new run in another train.out_dir to change it",
             )
     schedule_config(cfg)  # the cross-section checks, before anything is written
-    if cfg.parallel.workers > 1:
-        raise Unsupported(
-            f"parallel.workers: {cfg.parallel.workers} workers are not supported yet",
-            hint="set parallel.workers=1",
-        )
     backend_name, backend = resolve_backend(cfg.train.backend)
     if cfg.train.dtype not in tuple(str(np.dtype(d)) for d in backend.dtypes):
         raise ConfigError(
             f"train.dtype: backend {backend_name!r} computes in "
             f"{[str(np.dtype(d)) for d in backend.dtypes]}, got {cfg.train.dtype!r}"
         )
+    engine = make_step_engine(cfg, backend)
+    if not engine.is_root:
+        say = _quiet
     out_dir = Path(cfg.train.out_dir)
     snapshot = None
     if loaded is not None:
@@ -695,19 +1162,41 @@ def train(
                 f"train.steps={cfg.train.steps}",
                 hint=f"continue with --set train.steps=N for some N > {done}",
             )
-        _check_out_dir(out_dir, done, overwrite)
-    else:
-        _check_out_dir(out_dir, None, overwrite)
-    data = prepare_data(cfg, out_dir, None if snapshot is None else snapshot.tokenizer)
-    if snapshot is not None and snapshot.cursor.get("sha256") != data.sha256:
-        raise ConfigError(
-            f"data.corpus: the tokens of {cfg.data.corpus!r} differ from the ones "
-            "the checkpoint was trained on",
-            hint="resume with the corpus of the run",
+    data = None
+    failure: BaseException | None = None
+    # Rank 0 alone checks and writes the run directory; its error is raised on
+    # every rank (settle), so that none waits for it.
+    if engine.is_root:
+        try:
+            _check_out_dir(out_dir, None if snapshot is None else done, overwrite)
+            tokenizer = None if snapshot is None else snapshot.tokenizer
+            data = prepare_data(cfg, out_dir, tokenizer)
+        except (CllmError, OSError) as exc:
+            failure = exc
+    with blas_threads(cfg.train.blas_threads), engine:
+        engine.settle(failure)
+        shared = engine.share(
+            None if data is None else (data.tokenizer.to_dict(), data.sha256)
         )
-    trainer = Trainer(cfg, backend_name, backend, data, snapshot, say)
-    _describe(trainer, resumed_from=None if loaded is None else loaded[0])
-    return trainer.run()
+        if data is None:  # the other ranks: the same ids from rank 0's tokenizer
+            data = prepare_data(
+                cfg, out_dir, tokenizer_from_dict(shared[0]), write=False
+            )
+        if data.sha256 != shared[1]:
+            raise ConfigError(
+                f"data.corpus: this rank read other tokens than rank 0 from "
+                f"{cfg.data.corpus!r}",
+                hint="every rank must see the same corpus file",
+            )
+        if snapshot is not None and snapshot.cursor.get("sha256") != data.sha256:
+            raise ConfigError(
+                f"data.corpus: the tokens of {cfg.data.corpus!r} differ from the "
+                "ones the checkpoint was trained on",
+                hint="resume with the corpus of the run",
+            )
+        trainer = Trainer(cfg, backend_name, backend, data, snapshot, say, engine)
+        _describe(trainer, resumed_from=None if loaded is None else loaded[0])
+        return trainer.run()
 
 
 def _describe(trainer: Trainer, resumed_from: Path | None) -> None:
@@ -724,6 +1213,11 @@ def _describe(trainer: Trainer, resumed_from: Path | None) -> None:
         f"{data.val.size:,} validation tokens; unigram entropy "
         f"{data.unigram_entropy:.4f} nats/token (training split)"
     )
+    blas = cfg.train.blas_threads
+    say(
+        f"parallel: {trainer.engine.describe()}; BLAS threads: "
+        f"{blas if blas else 'as set outside'}"
+    )
     per_step = cfg.train.grad_accum * cfg.train.batch_size * cfg.train.seq_len
     start = f"resuming {resumed_from} at step {trainer.step}; " if resumed_from else ""
     say(
@@ -736,13 +1230,21 @@ __all__ = [
     "METRICS_FILE",
     "DivergedError",
     "EvalResult",
+    "MPISteps",
     "MetricsLog",
+    "StepEngine",
     "StopRequest",
+    "ThreadSteps",
     "TrainResult",
     "Trainer",
     "apply_update",
+    "blas_threads",
     "compute_step_gradients",
     "evaluate",
+    "group_gradients",
+    "group_step_gradients",
+    "make_step_engine",
     "resolve_backend",
     "train",
+    "worker_table",
 ]
