@@ -48,6 +48,8 @@ Metadata
     data_cursor     where the data iterator stands (epoch, position, ...), or null
     rng_state       numpy.random.Generator.bit_generator.state, or null
     metrics         the last logged metrics, or null
+    run             what ``cllm train`` ran: {"backend", "dtype", "config", "step",
+                    "cllm_version"}, or null
     sha256          hex SHA-256 of the manifest and the tensor bytes (below)
 
 The checksum is the SHA-256 of ``json({"metadata": <every entry but sha256>,
@@ -83,6 +85,7 @@ argument, ``model_config`` as a :class:`ModelConfig`, so
 ``save(p2, tensors=t, metadata=m)`` after ``t, m = load(p1)`` rewrites the same
 bytes.
 
+``resolve(path)`` is ``path``, or the newest checkpoint when it is a run directory.
 ``rotate(directory, keep_last=K)`` deletes all but the K newest
 ``ckpt-<step>.safetensors`` files (by step, never by time stamp);
 ``checkpoint_path(directory, step)`` names them and :func:`latest` finds the
@@ -657,6 +660,20 @@ def latest(directory: str | os.PathLike[str]) -> Path | None:
     """The checkpoint with the highest step, or None if there is none."""
     found = list_checkpoints(directory)
     return found[-1][1] if found else None
+
+
+def resolve(path: str | os.PathLike[str]) -> Path:
+    """``path`` itself, or the latest checkpoint when it is a run directory."""
+    target = Path(path)
+    if target.is_dir():
+        found = latest(target)
+        if found is None:
+            raise CheckpointError(
+                f"{target}: no ckpt-<step>.safetensors in this directory",
+                hint="pass a checkpoint file or the out_dir of a run that saved one",
+            )
+        return found
+    return target
 
 
 def rotate(directory: str | os.PathLike[str], keep_last: int) -> list[Path]:

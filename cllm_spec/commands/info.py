@@ -27,7 +27,6 @@ from cllm_spec.data.tokenizers import Tokenizer, tokenizer_from_dict
 from cllm_spec.errors import BackendError, CheckpointError, CllmError
 from cllm_spec.model import ModelConfig, param_count
 from cllm_spec.registry import DEFAULT_BACKEND, ENV_VAR, get_backend
-from cllm_spec.train.state import resolve_checkpoint
 
 EXIT_ERROR = 2
 Command = Callable[[argparse.Namespace], int]
@@ -104,7 +103,7 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
     """Read and fully validate a checkpoint file, or the newest of a run
     directory (``ckpt-<step>.safetensors`` with the highest step); any defect
     is a CheckpointError."""
-    target = resolve_checkpoint(path)
+    target = checkpoint.resolve(path)
     tensors, metadata = checkpoint.load(target)
     cfg = metadata["model_config"]
     params = checkpoint.params_from_tensors(cfg, tensors)

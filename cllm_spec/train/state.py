@@ -226,20 +226,6 @@ def save_run(path: Path, snap: RunSnapshot) -> Path:
     return checkpoint.save(path, tensors=tensors, metadata=metadata)
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    """``path`` itself, or the latest checkpoint when it is a run directory."""
-    target = Path(path)
-    if target.is_dir():
-        found = checkpoint.latest(target)
-        if found is None:
-            raise CheckpointError(
-                f"{target}: no ckpt-<step>.safetensors in this directory",
-                hint="pass a checkpoint file or the out_dir of a run that saved one",
-            )
-        return found
-    return target
-
-
 def stored_run(meta: Mapping[str, Any], path: Path) -> dict[str, Any]:
     """The ``run`` metadata of a checkpoint written by ``cllm train``."""
     run = meta.get("run")
@@ -314,7 +300,6 @@ __all__ = [
     "model_config",
     "optimizer_hyperparameters",
     "optimizer_step",
-    "resolve_checkpoint",
     "save_run",
     "schedule_config",
     "snapshot_from",

@@ -201,7 +201,6 @@ from cllm_spec.train.state import (
     optimizer_hyperparameters,
     optimizer_step,
     read_checkpoint,
-    resolve_checkpoint,
     save_run,
     schedule_config,
     snapshot_from,
@@ -1124,7 +1123,7 @@ def train(
     loaded = None
     base = None
     if resume is not None:
-        path = resolve_checkpoint(resume)
+        path = checkpoint.resolve(resume)
         tensors, meta, run = read_checkpoint(path)
         loaded = (path, tensors, meta)
         # The run continues where its checkpoint is, unless told otherwise.
