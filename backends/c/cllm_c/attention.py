@@ -1,0 +1,223 @@
+"""Attention on the C kernels of ``csrc/attention.c`` (and ``csrc/ffn.c`` for
+the projections of multi-head attention).
+
+The math and error contract are in :mod:`cllm_spec.attention`. Multi-head
+attention is composed here from the kernels: the QKV projection, a C kernel
+that moves heads to (B, NH, T, HS), scaled dot-product attention, the inverse
+move and the output projection.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from cllm_c._lib import arr, check, empty, ffi, kernel, ptr
+from cllm_c.ffn import _linear, _linear_backward
+from cllm_spec.attention import (
+    attention_scale,
+    validate_attention,
+    validate_attention_backward,
+    validate_kv_cache_append,
+    validate_kv_cache_new,
+    validate_kv_cache_reset,
+    validate_mha,
+    validate_mha_backward,
+)
+from cllm_spec.protocols import AttentionCache, KVCache, MHACache
+
+
+# ------------------------------------------------- scaled dot-product ------
+def _attend(
+    q: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    causal: bool,
+    mask: np.ndarray | None,
+    buffers: KVCache | None = None,
+) -> tuple[np.ndarray, AttentionCache]:
+    """Attention of contiguous q over k, v.
+
+    With ``buffers``, k and v are prefixes of a KV cache's (B, NH, T_max, HS)
+    buffers and C reads them in place: each head's rows are T_max apart.
+    """
+    b, nh, tq, hs = q.shape
+    tk = k.shape[2]
+    scale = attention_scale(hs)
+    out = empty((b, nh, tq, hs), dtype=q.dtype)
+    att = empty((b, nh, tq, tk), dtype=q.dtype)
+    mp = ffi.NULL
+    if mask is not None:
+        m8 = np.ascontiguousarray(mask, dtype=np.uint8)  # (B, Tk)
+        mp = ffi.from_buffer("uint8_t[]", m8)
+    kb, vb = (k, v) if buffers is None else (buffers.k, buffers.v)
+    status = kernel("cllm_attention_forward", q.dtype)(
+        ptr(q), ptr(kb), ptr(vb), mp, b, nh, tq, tk, hs, kb.shape[2], int(causal),
+        scale, ptr(out), ptr(att),
+    )  # fmt: skip
+    check(status, "attention_forward")
+    return out, AttentionCache(q, k, v, att, scale)
+
+
+def _attend_backward(
+    dout: np.ndarray, cache: AttentionCache
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    g = arr("dout", dout)
+    dt = g.dtype
+    q = arr("cache.q", cache.q, dt, g.shape)
+    b, nh, tq, hs = q.shape
+    k = arr("cache.k", cache.k, dt)
+    tk = k.shape[2] if k.ndim == 4 else -1
+    arr("cache.k", k, shape=(b, nh, tk, hs))
+    v = arr("cache.v", cache.v, dt, k.shape)
+    att = arr("cache.att", cache.att, dt, (b, nh, tq, tk))
+    dq, dk, dv = (empty(a.shape, dtype=q.dtype) for a in (q, k, v))
+    status = kernel("cllm_attention_backward", q.dtype)(
+        ptr(g),
+        ptr(q),
+        ptr(k),
+        ptr(v),
+        ptr(att),
+        b,
+        nh,
+        tq,
+        tk,
+        hs,
+        tk,
+        float(cache.scale),
+        ptr(dq),
+        ptr(dk),
+        ptr(dv),
+    )
+    check(status, "attention_backward")
+    return dq, dk, dv
+
+
+def attention_forward(
+    q: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    *,
+    causal: bool = True,
+    key_padding_mask: np.ndarray | None = None,
+) -> tuple[np.ndarray, AttentionCache]:
+    """out = softmax(q k^T / sqrt(HS), masked) v; see ``cllm_spec.attention``."""
+    validate_attention(q, k, v, causal, key_padding_mask)
+    qc, kc, vc = arr("q", q), arr("k", k), arr("v", v)
+    return _attend(qc, kc, vc, bool(causal), key_padding_mask)
+
+
+def attention_backward(
+    dout: np.ndarray, cache: AttentionCache
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(dq, dk, dv) from dout; the derivation is in ``cllm_spec.attention``."""
+    validate_attention_backward(dout, cache)
+    return _attend_backward(dout, cache)
+
+
+# ----------------------------------------------------------- KV cache ------
+def kv_cache_new(
+    batch: int, n_head: int, t_max: int, head_size: int, dtype: Any
+) -> KVCache:
+    """Zero (B, NH, T_max, HS) key and value buffers with length 0."""
+    dt = validate_kv_cache_new(batch, n_head, t_max, head_size, dtype)
+    shape = (int(batch), int(n_head), int(t_max), int(head_size))
+    return KVCache(np.zeros(shape, dt), np.zeros(shape, dt), 0)
+
+
+def _append(cache: KVCache, k: np.ndarray, v: np.ndarray) -> KVCache:
+    """The one in-place write of the spec: the buffers are preallocated for it."""
+    b, nh, t_max, hs = cache.k.shape
+    tn = k.shape[2]
+    start = int(cache.length)
+    for src, dst in ((k, cache.k), (v, cache.v)):
+        if not dst.flags.c_contiguous:
+            dst[:, :, start : start + tn] = src  # a foreign, strided buffer
+            continue
+        s = arr("k", src)
+        write = kernel("cllm_kv_cache_write", s.dtype)
+        status = write(ptr(s), b, nh, tn, hs, ptr(dst), t_max, start)
+        check(status, "kv_cache_append")
+    return KVCache(cache.k, cache.v, start + tn)
+
+
+def kv_cache_append(cache: KVCache, k: np.ndarray, v: np.ndarray) -> KVCache:
+    """Write k, v at [length, length + Tn) and return the longer cache."""
+    validate_kv_cache_append(cache, k, v)
+    return _append(cache, k, v)
+
+
+def kv_cache_reset(cache: KVCache) -> KVCache:
+    """The same buffers with length 0."""
+    validate_kv_cache_reset(cache)
+    return KVCache(cache.k, cache.v, 0)
+
+
+# ------------------------------------------------ multi-head attention -----
+def _split(x: np.ndarray, offset: int, c: int, n_head: int) -> np.ndarray:
+    b, t, ld = x.shape
+    heads = empty((b, n_head, t, c // n_head), dtype=x.dtype)  # (B, NH, T, HS)
+    status = kernel("cllm_tokens_to_heads", x.dtype)(
+        ptr(x), ld, offset, b, t, n_head, c // n_head, ptr(heads)
+    )
+    check(status, "split heads")
+    return heads
+
+
+def _merge(heads: np.ndarray, out: np.ndarray, offset: int) -> None:
+    b, nh, t, hs = heads.shape
+    status = kernel("cllm_heads_to_tokens", heads.dtype)(
+        ptr(heads), b, t, nh, hs, ptr(out), out.shape[2], offset
+    )
+    check(status, "merge heads")
+
+
+def mha_forward(
+    x: np.ndarray,
+    w_qkv: np.ndarray,
+    b_qkv: np.ndarray | None,
+    w_proj: np.ndarray,
+    b_proj: np.ndarray | None,
+    *,
+    n_head: int,
+    kv_cache: KVCache | None = None,
+) -> tuple[np.ndarray, MHACache, KVCache | None]:
+    """Causal multi-head self-attention with fused QKV and output projection."""
+    validate_mha(x, w_qkv, b_qkv, w_proj, b_proj, n_head, kv_cache)
+    nh = int(n_head)
+    b, t, c = x.shape
+    qkv, qkv_cache = _linear(x, w_qkv, b_qkv)  # (B, T, 3C)
+    q, k, v = (_split(qkv, i * c, c, nh) for i in range(3))  # (B, NH, T, HS) each
+    new_cache, buffers = None, None
+    if kv_cache is not None:
+        new_cache = _append(kv_cache, k, v)
+        if kv_cache.length > 0:
+            # attend over the whole cached prefix (B, NH, Tk, HS)
+            k = new_cache.k[:, :, : new_cache.length]
+            v = new_cache.v[:, :, : new_cache.length]
+            if new_cache.k.flags.c_contiguous and new_cache.v.flags.c_contiguous:
+                buffers = new_cache  # read in place
+            else:
+                k, v = np.ascontiguousarray(k), np.ascontiguousarray(v)
+    a, attn_cache = _attend(q, k, v, True, None, buffers)  # (B, NH, T, HS)
+    merged = empty((b, t, c), dtype=x.dtype)
+    _merge(a, merged, 0)  # (B, T, C)
+    y, proj_cache = _linear(merged, w_proj, b_proj)  # (B, T, C)
+    return y, MHACache(qkv_cache, attn_cache, proj_cache, nh), new_cache
+
+
+def mha_backward(
+    dy: np.ndarray, cache: MHACache
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray, np.ndarray | None]:
+    """(dx, dw_qkv, db_qkv, dw_proj, db_proj); bias grads are None without a bias."""
+    validate_mha_backward(dy, cache)
+    nh = int(cache.n_head)
+    da, dw_proj, db_proj = _linear_backward(dy, cache.proj)  # (B, T, C)
+    b, t, c = da.shape
+    grads = _attend_backward(_split(da, 0, c, nh), cache.attn)
+    dqkv = empty((b, t, 3 * c), dtype=da.dtype)  # (B, T, 3C)
+    for i, g in enumerate(grads):
+        _merge(g, dqkv, i * c)
+    dx, dw_qkv, db_qkv = _linear_backward(dqkv, cache.qkv)
+    return dx, dw_qkv, db_qkv, dw_proj, db_proj

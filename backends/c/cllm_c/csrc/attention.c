@@ -1,0 +1,415 @@
+/* attention: scaled dot-product attention forward and backward, head
+ * split/merge for multi-head attention, and the KV cache write.
+ *
+ * One (batch, head) pair per task: its score matrix and weighted sums are
+ * GEMMs (gemm.c, single-threaded inside the task) and its masked softmax a
+ * row kernel with a scalar twin. Pairs are independent, so the bits never
+ * depend on the thread count. Masked entries get probability exactly 0 and
+ * a query that sees no key gets a zero row (the spec's deviation from
+ * PyTorch's NaN). */
+#include "gemm.h"
+#include "simd_math.h"
+
+#include <math.h>
+#include <string.h>
+
+/* ------------------------------------------------------- masked softmax ---- */
+/* s[0, tk) holds raw scores; keys j >= limit or with mask[j] == 0 are hidden */
+static void att_row_scalar(float *s, int64_t tk, int64_t limit, const uint8_t *mask,
+                           float scale)
+{
+    float m = -INFINITY;
+    for (int64_t j = 0; j < tk; j++) {
+        int vis = j < limit && (!mask || mask[j]);
+        s[j] = vis ? s[j] * scale : -INFINITY;
+        m = s[j] > m ? s[j] : m;
+    }
+    if (m == -INFINITY) { /* no visible key */
+        memset(s, 0, (size_t)tk * sizeof(float));
+        return;
+    }
+    double sum = 0.0;
+    for (int64_t j = 0; j < tk; j++) {
+        s[j] = s[j] == -INFINITY ? 0.0f : expf(s[j] - m);
+        sum += s[j];
+    }
+    float inv = (float)(1.0 / sum);
+    for (int64_t j = 0; j < tk; j++)
+        s[j] *= inv;
+}
+
+#if CLLM_X86
+CLLM_AVX2 static void att_row_avx2(float *s, int64_t tk, int64_t limit,
+                                   const uint8_t *mask, float scale)
+{
+    float m = -INFINITY;
+    if (mask) { /* rare: padding masks go through the scalar hiding pass */
+        for (int64_t j = 0; j < tk; j++)
+            if (j >= limit || !mask[j])
+                s[j] = -INFINITY;
+            else
+                s[j] *= scale;
+    } else {
+        int64_t j = 0;
+        __m256 vs = _mm256_set1_ps(scale);
+        for (; j + 8 <= limit; j += 8)
+            _mm256_storeu_ps(s + j, _mm256_mul_ps(_mm256_loadu_ps(s + j), vs));
+        for (; j < limit; j++)
+            s[j] *= scale;
+        for (j = limit; j < tk; j++)
+            s[j] = -INFINITY;
+    }
+    __m256 m8 = _mm256_set1_ps(-INFINITY);
+    int64_t j = 0;
+    for (; j + 8 <= tk; j += 8)
+        m8 = _mm256_max_ps(m8, _mm256_loadu_ps(s + j));
+    m = cllm_hmax256(m8);
+    for (; j < tk; j++)
+        m = s[j] > m ? s[j] : m;
+    if (m == -INFINITY) {
+        memset(s, 0, (size_t)tk * sizeof(float));
+        return;
+    }
+    __m256 vm = _mm256_set1_ps(m);
+    __m256d a0 = _mm256_setzero_pd(), a1 = a0;
+    double tail = 0.0;
+    for (j = 0; j + 8 <= tk; j += 8) {
+        __m256 e = cllm_exp256(_mm256_sub_ps(_mm256_loadu_ps(s + j), vm));
+        _mm256_storeu_ps(s + j, e);
+        a0 = _mm256_add_pd(a0, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
+        a1 = _mm256_add_pd(a1, _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));
+    }
+    for (; j < tk; j++) {
+        s[j] = s[j] == -INFINITY ? 0.0f : expf(s[j] - m);
+        tail += s[j];
+    }
+    float inv = (float)(1.0 / (cllm_hsum256d(_mm256_add_pd(a0, a1)) + tail));
+    __m256 vi = _mm256_set1_ps(inv);
+    for (j = 0; j + 8 <= tk; j += 8)
+        _mm256_storeu_ps(s + j, _mm256_mul_ps(_mm256_loadu_ps(s + j), vi));
+    for (; j < tk; j++)
+        s[j] *= inv;
+}
+#endif
+
+/* ds = att * (da - sum_j att * da), in place over da */
+static inline __attribute__((always_inline)) void
+softmax_grad_row(const float *att, float *da, int64_t tk)
+{
+    double s = 0.0;
+    for (int64_t j = 0; j < tk; j++)
+        s += (double)att[j] * (double)da[j];
+    float sf = (float)s;
+    for (int64_t j = 0; j < tk; j++)
+        da[j] = att[j] * (da[j] - sf);
+}
+
+static void softmax_grad_row_scalar(const float *a, float *d, int64_t n)
+{
+    softmax_grad_row(a, d, n);
+}
+
+#if CLLM_X86
+CLLM_AVX2 static void softmax_grad_row_avx2(const float *a, float *d, int64_t n)
+{
+    softmax_grad_row(a, d, n);
+}
+#endif
+
+static inline __attribute__((always_inline)) void scale_in_place(float *x, int64_t n,
+                                                                  float s)
+{
+    for (int64_t i = 0; i < n; i++)
+        x[i] *= s;
+}
+
+/* ----------------------------------------------------------- forward ---- */
+static int check_dims(int64_t b, int64_t nh, int64_t tq, int64_t tk, int64_t hs,
+                      int64_t kv_rows)
+{
+    return b >= 1 && nh >= 1 && tq >= 1 && tk >= 1 && hs >= 1 && kv_rows >= tk;
+}
+
+typedef struct {
+    const float *q, *k, *v, *att_in, *dout;
+    const uint8_t *mask;
+    int64_t nh, tq, tk, hs, kv_rows;
+    int causal, simd;
+    float scale;
+    float *out, *att, *dq, *dk, *dv, *work;
+    size_t per, gemm_floats;
+    void (*grad_row)(const float *, float *, int64_t);
+} att_job;
+
+static void att_forward_task(void *arg, int64_t p, int worker)
+{
+    const att_job *j = arg;
+    int64_t tq = j->tq, tk = j->tk, hs = j->hs;
+    float *w = j->work + j->per * (size_t)worker;
+    const float *qp = j->q + p * tq * hs;
+    const float *kp = j->k + p * j->kv_rows * hs, *vp = j->v + p * j->kv_rows * hs;
+    const uint8_t *mp = j->mask ? j->mask + (p / j->nh) * tk : NULL;
+    float *ap = j->att + p * tq * tk;
+    /* scores (Tq, Tk) = q (Tq, HS) k^T (HS, Tk) */
+    cllm_sgemm_serial(0, 1, tq, tk, hs, qp, hs, kp, hs, ap, tk, 0, NULL, w);
+    for (int64_t i = 0; i < tq; i++) {
+        /* bottom-right causal alignment: query i sees j <= i + Tk - Tq */
+        int64_t limit = j->causal ? i + (tk - tq) + 1 : tk;
+#if CLLM_X86
+        if (j->simd >= CLLM_SIMD_AVX2) {
+            att_row_avx2(ap + i * tk, tk, limit, mp, j->scale);
+            continue;
+        }
+#endif
+        att_row_scalar(ap + i * tk, tk, limit, mp, j->scale);
+    }
+    /* out (Tq, HS) = att (Tq, Tk) v (Tk, HS) */
+    cllm_sgemm_serial(0, 0, tq, hs, tk, ap, tk, vp, hs, j->out + p * tq * hs, hs, 0,
+                      NULL, w);
+}
+
+int cllm_attention_forward(const float *q, const float *k, const float *v,
+                           const uint8_t *mask, int64_t b, int64_t nh, int64_t tq,
+                           int64_t tk, int64_t hs, int64_t kv_rows, int causal,
+                           float scale, float *out, float *att)
+{
+    CLLM_CHECK(q && k && v && out && att && check_dims(b, nh, tq, tk, hs, kv_rows));
+    CLLM_CHECK(!causal || tq <= tk);
+    int64_t pairs = b * nh;
+    int nt = cllm_threads_for(pairs * tq * tk * hs, (int64_t)1 << 16);
+    att_job j = {q, k, v, NULL, NULL, mask, nh, tq, tk, hs, kv_rows, causal,
+                 cllm_simd_current, scale, out, att, NULL, NULL, NULL, NULL, 0, 0, NULL};
+    j.per = cllm_gemm_work_floats(tq, tk > hs ? tk : hs, tk > hs ? tk : hs);
+    j.work = cllm_alloc(j.per * (size_t)nt * sizeof(float));
+    if (!j.work)
+        return CLLM_ERR_NOMEM;
+    cllm_parallel(pairs, nt, att_forward_task, &j);
+    cllm_free(j.work);
+    return CLLM_OK;
+}
+
+/* ---------------------------------------------------------- backward ---- */
+static void att_backward_task(void *arg, int64_t p, int worker)
+{
+    const att_job *j = arg;
+    int64_t tq = j->tq, tk = j->tk, hs = j->hs;
+    float *w = j->work + j->per * (size_t)worker;
+    float *ds = w + j->gemm_floats;
+    const float *g = j->dout + p * tq * hs, *qp = j->q + p * tq * hs;
+    const float *kp = j->k + p * j->kv_rows * hs, *vp = j->v + p * j->kv_rows * hs;
+    const float *ap = j->att_in + p * tq * tk;
+    float *dqp = j->dq + p * tq * hs, *dkp = j->dk + p * tk * hs, *dvp = j->dv + p * tk * hs;
+    /* dv (Tk, HS) = att^T (Tk, Tq) dout (Tq, HS) */
+    cllm_sgemm_serial(1, 0, tk, hs, tq, ap, tk, g, hs, dvp, hs, 0, NULL, w);
+    /* da (Tq, Tk) = dout (Tq, HS) v^T (HS, Tk) */
+    cllm_sgemm_serial(0, 1, tq, tk, hs, g, hs, vp, hs, ds, tk, 0, NULL, w);
+    for (int64_t i = 0; i < tq; i++)
+        j->grad_row(ap + i * tk, ds + i * tk, tk);
+    /* dq (Tq, HS) = ds (Tq, Tk) k (Tk, HS), then * scale */
+    cllm_sgemm_serial(0, 0, tq, hs, tk, ds, tk, kp, hs, dqp, hs, 0, NULL, w);
+    scale_in_place(dqp, tq * hs, j->scale);
+    /* dk (Tk, HS) = ds^T (Tk, Tq) q (Tq, HS), then * scale */
+    cllm_sgemm_serial(1, 0, tk, hs, tq, ds, tk, qp, hs, dkp, hs, 0, NULL, w);
+    scale_in_place(dkp, tk * hs, j->scale);
+}
+
+int cllm_attention_backward(const float *dout, const float *q, const float *k,
+                            const float *v, const float *att, int64_t b, int64_t nh,
+                            int64_t tq, int64_t tk, int64_t hs, int64_t kv_rows,
+                            float scale, float *dq, float *dk, float *dv)
+{
+    CLLM_CHECK(dout && q && k && v && att && dq && dk && dv);
+    CLLM_CHECK(check_dims(b, nh, tq, tk, hs, kv_rows));
+    int64_t pairs = b * nh;
+    int nt = cllm_threads_for(pairs * tq * tk * hs, (int64_t)1 << 16);
+    int64_t big = tq > tk ? tq : tk;
+    att_job j = {q, k, v, att, dout, NULL, nh, tq, tk, hs, kv_rows, 0,
+                 cllm_simd_current, scale, NULL, NULL, dq, dk, dv, NULL, 0, 0,
+                 softmax_grad_row_scalar};
+#if CLLM_X86
+    if (j.simd >= CLLM_SIMD_AVX2)
+        j.grad_row = softmax_grad_row_avx2;
+#endif
+    j.gemm_floats = cllm_gemm_work_floats(big, big > hs ? big : hs, big > hs ? big : hs);
+    j.per = j.gemm_floats + (size_t)(tq * tk) + 16;
+    j.work = cllm_alloc(j.per * (size_t)nt * sizeof(float));
+    if (!j.work)
+        return CLLM_ERR_NOMEM;
+    cllm_parallel(pairs, nt, att_backward_task, &j);
+    cllm_free(j.work);
+    return CLLM_OK;
+}
+
+/* ----------------------------------------------- head layout and cache ---- */
+#define HEAD_ROWS 64
+
+typedef struct {
+    const float *src;
+    float *dst;
+    int64_t ld, offset, b, t, nh, hs;
+    int to_heads;
+} heads_job;
+
+static void heads_task(void *arg, int64_t q, int worker)
+{
+    const heads_job *j = arg;
+    int64_t end = (q + 1) * HEAD_ROWS < j->b * j->t ? (q + 1) * HEAD_ROWS : j->b * j->t;
+    size_t bytes = (size_t)j->hs * sizeof(float);
+    (void)worker;
+    for (int64_t r = q * HEAD_ROWS; r < end; r++) {
+        int64_t bi = r / j->t, ti = r % j->t;
+        for (int64_t h = 0; h < j->nh; h++) {
+            int64_t token = r * j->ld + j->offset + h * j->hs;
+            int64_t head = ((bi * j->nh + h) * j->t + ti) * j->hs;
+            if (j->to_heads)
+                memcpy(j->dst + head, j->src + token, bytes);
+            else
+                memcpy(j->dst + token, j->src + head, bytes);
+        }
+    }
+}
+
+static int heads_run(heads_job *j)
+{
+    CLLM_CHECK(j->src && j->dst && j->b >= 1 && j->t >= 1 && j->nh >= 1 && j->hs >= 1);
+    CLLM_CHECK(j->offset >= 0 && j->offset + j->nh * j->hs <= j->ld);
+    int64_t rows = j->b * j->t;
+    cllm_parallel((rows + HEAD_ROWS - 1) / HEAD_ROWS,
+                  cllm_threads_for(rows * j->nh * j->hs, 1 << 16), heads_task, j);
+    return CLLM_OK;
+}
+
+int cllm_tokens_to_heads(const float *x, int64_t ld, int64_t offset, int64_t b,
+                         int64_t t, int64_t nh, int64_t hs, float *heads)
+{
+    heads_job j = {x, heads, ld, offset, b, t, nh, hs, 1};
+    return heads_run(&j);
+}
+
+int cllm_heads_to_tokens(const float *heads, int64_t b, int64_t t, int64_t nh,
+                         int64_t hs, float *x, int64_t ld, int64_t offset)
+{
+    heads_job j = {heads, x, ld, offset, b, t, nh, hs, 0};
+    return heads_run(&j);
+}
+
+int cllm_kv_cache_write(const float *src, int64_t b, int64_t nh, int64_t tn,
+                        int64_t hs, float *dst, int64_t t_max, int64_t start)
+{
+    CLLM_CHECK(src && dst && b >= 1 && nh >= 1 && tn >= 1 && hs >= 1);
+    CLLM_CHECK(start >= 0 && start + tn <= t_max);
+    for (int64_t p = 0; p < b * nh; p++)
+        memcpy(dst + (p * t_max + start) * hs, src + p * tn * hs,
+               (size_t)(tn * hs) * sizeof(float));
+    return CLLM_OK;
+}
+
+/* ------------------------------------------------------------- float64 ---- */
+/* The float64 path: the same per-pair steps on cllm_dgemm, one thread. */
+static int check_f64(const void *a, const void *b, const void *c, const void *d,
+                     const void *e)
+{
+    return a && b && c && d && e;
+}
+
+int cllm_attention_forward_f64(const double *q, const double *k, const double *v,
+                               const uint8_t *mask, int64_t b, int64_t nh,
+                               int64_t tq, int64_t tk, int64_t hs, int64_t kv_rows,
+                               int causal, double scale, double *out, double *att)
+{
+    CLLM_CHECK(check_f64(q, k, v, out, att) && check_dims(b, nh, tq, tk, hs, kv_rows));
+    CLLM_CHECK(!causal || tq <= tk);
+    for (int64_t p = 0; p < b * nh; p++) {
+        const uint8_t *mp = mask ? mask + (p / nh) * tk : NULL;
+        double *ap = att + p * tq * tk;
+        cllm_dgemm(0, 1, tq, tk, hs, q + p * tq * hs, hs, k + p * kv_rows * hs, hs, ap,
+                   tk, 0, NULL);
+        for (int64_t i = 0; i < tq; i++) {
+            double *s = ap + i * tk, m = -INFINITY, sum = 0.0;
+            int64_t limit = causal ? i + (tk - tq) + 1 : tk;
+            for (int64_t j = 0; j < tk; j++) {
+                s[j] = j < limit && (!mp || mp[j]) ? s[j] * scale : -INFINITY;
+                m = s[j] > m ? s[j] : m;
+            }
+            for (int64_t j = 0; j < tk; j++) {
+                s[j] = m == -INFINITY || s[j] == -INFINITY ? 0.0 : exp(s[j] - m);
+                sum += s[j];
+            }
+            for (int64_t j = 0; sum > 0.0 && j < tk; j++)
+                s[j] /= sum;
+        }
+        cllm_dgemm(0, 0, tq, hs, tk, ap, tk, v + p * kv_rows * hs, hs, out + p * tq * hs,
+                   hs, 0, NULL);
+    }
+    return CLLM_OK;
+}
+
+int cllm_attention_backward_f64(const double *dout, const double *q,
+                                const double *k, const double *v, const double *att,
+                                int64_t b, int64_t nh, int64_t tq, int64_t tk,
+                                int64_t hs, int64_t kv_rows, double scale,
+                                double *dq, double *dk, double *dv)
+{
+    CLLM_CHECK(check_f64(dout, q, k, v, att) && check_f64(dq, dk, dv, dq, dq));
+    CLLM_CHECK(check_dims(b, nh, tq, tk, hs, kv_rows));
+    double *ds = cllm_alloc((size_t)(tq * tk) * sizeof(double));
+    if (!ds)
+        return CLLM_ERR_NOMEM;
+    for (int64_t p = 0; p < b * nh; p++) {
+        const double *g = dout + p * tq * hs, *ap = att + p * tq * tk;
+        const double *kp = k + p * kv_rows * hs, *vp = v + p * kv_rows * hs;
+        double *dqp = dq + p * tq * hs, *dkp = dk + p * tk * hs;
+        cllm_dgemm(1, 0, tk, hs, tq, ap, tk, g, hs, dv + p * tk * hs, hs, 0, NULL);
+        cllm_dgemm(0, 1, tq, tk, hs, g, hs, vp, hs, ds, tk, 0, NULL);
+        for (int64_t i = 0; i < tq; i++) {
+            double s = 0.0;
+            for (int64_t j = 0; j < tk; j++)
+                s += ap[i * tk + j] * ds[i * tk + j];
+            for (int64_t j = 0; j < tk; j++)
+                ds[i * tk + j] = ap[i * tk + j] * (ds[i * tk + j] - s);
+        }
+        cllm_dgemm(0, 0, tq, hs, tk, ds, tk, kp, hs, dqp, hs, 0, NULL);
+        cllm_dgemm(1, 0, tk, hs, tq, ds, tk, q + p * tq * hs, hs, dkp, hs, 0, NULL);
+        for (int64_t i = 0; i < tq * hs; i++)
+            dqp[i] *= scale;
+        for (int64_t i = 0; i < tk * hs; i++)
+            dkp[i] *= scale;
+    }
+    cllm_free(ds);
+    return CLLM_OK;
+}
+
+int cllm_tokens_to_heads_f64(const double *x, int64_t ld, int64_t offset, int64_t b,
+                             int64_t t, int64_t nh, int64_t hs, double *heads)
+{
+    CLLM_CHECK(x && heads && b >= 1 && t >= 1 && nh >= 1 && hs >= 1);
+    CLLM_CHECK(offset >= 0 && offset + nh * hs <= ld);
+    for (int64_t r = 0; r < b * t; r++)
+        for (int64_t h = 0; h < nh; h++)
+            memcpy(heads + (((r / t) * nh + h) * t + r % t) * hs, x + r * ld + offset + h * hs,
+                   (size_t)hs * sizeof(double));
+    return CLLM_OK;
+}
+
+int cllm_heads_to_tokens_f64(const double *heads, int64_t b, int64_t t, int64_t nh,
+                             int64_t hs, double *x, int64_t ld, int64_t offset)
+{
+    CLLM_CHECK(x && heads && b >= 1 && t >= 1 && nh >= 1 && hs >= 1);
+    CLLM_CHECK(offset >= 0 && offset + nh * hs <= ld);
+    for (int64_t r = 0; r < b * t; r++)
+        for (int64_t h = 0; h < nh; h++)
+            memcpy(x + r * ld + offset + h * hs, heads + (((r / t) * nh + h) * t + r % t) * hs,
+                   (size_t)hs * sizeof(double));
+    return CLLM_OK;
+}
+
+int cllm_kv_cache_write_f64(const double *src, int64_t b, int64_t nh, int64_t tn,
+                            int64_t hs, double *dst, int64_t t_max, int64_t start)
+{
+    CLLM_CHECK(src && dst && b >= 1 && nh >= 1 && tn >= 1 && hs >= 1);
+    CLLM_CHECK(start >= 0 && start + tn <= t_max);
+    for (int64_t p = 0; p < b * nh; p++)
+        memcpy(dst + (p * t_max + start) * hs, src + p * tn * hs,
+               (size_t)(tn * hs) * sizeof(double));
+    return CLLM_OK;
+}

@@ -1,0 +1,668 @@
+/* ffn: linear (on the GEMM of gemm.c), relu / gelu / gelu_tanh, layer norm,
+ * and the column sums the bias gradients need. The feed-forward block itself
+ * is composed from these in the Python wrapper.
+ *
+ * Every kernel has a scalar twin next to its AVX2 path. Reductions that
+ * produce one value from many rows (bias and layer-norm parameter
+ * gradients, layer-norm statistics) accumulate in double in a fixed order
+ * (row 0, 1, 2, ...), so they are accurate and identical for any thread
+ * count; threads split columns or rows, never a reduction. */
+#include "gemm.h"
+#include "simd_math.h"
+
+#include <math.h>
+#include <string.h>
+
+#define ELEM_BLOCK 16384
+#define COL_CHUNK 64
+
+enum { ACT_RELU = 0, ACT_GELU = 1, ACT_GELU_TANH = 2 };
+
+static const float INV_SQRT2 = 0.70710678118654752f;
+static const float INV_SQRT_2PI = 0.39894228040143268f;
+static const float TANH_K = 0.79788456080286536f; /* sqrt(2 / pi) */
+static const float TANH_C = 0.044715f;
+/* past |x| = 100 every GELU form has saturated (Phi and the sigmoid are 0
+ * or 1 exactly in float32); clamping there keeps x^2, x^3 finite */
+static const float SAT = 100.0f;
+
+/* --------------------------------------------------------------- linear ---- */
+int cllm_linear_forward(const float *x, const float *w, const float *b, float *y,
+                        int64_t n, int64_t in_features, int64_t out_features)
+{
+    CLLM_CHECK(x && w && y && n >= 0 && in_features >= 1 && out_features >= 1);
+    /* y (N, OUT) = x (N, IN) w^T (IN, OUT) + b */
+    return cllm_sgemm(0, 1, n, out_features, in_features, x, in_features, w,
+                      in_features, y, out_features, 0, b);
+}
+
+int cllm_linear_backward(const float *dy, const float *x, const float *w,
+                         float *dx, float *dw, float *db,
+                         int64_t n, int64_t in_features, int64_t out_features)
+{
+    int status;
+    CLLM_CHECK(dy && x && w && n >= 0 && in_features >= 1 && out_features >= 1);
+    if (dx) { /* dx (N, IN) = dy (N, OUT) w (OUT, IN) */
+        status = cllm_sgemm(0, 0, n, in_features, out_features, dy, out_features,
+                            w, in_features, dx, in_features, 0, NULL);
+        if (status != CLLM_OK)
+            return status;
+    }
+    if (dw) { /* dw (OUT, IN) = dy^T (OUT, N) x (N, IN) */
+        status = cllm_sgemm(1, 0, out_features, in_features, n, dy, out_features,
+                            x, in_features, dw, in_features, 0, NULL);
+        if (status != CLLM_OK)
+            return status;
+    }
+    return db ? cllm_column_sum(dy, db, n, out_features) : CLLM_OK;
+}
+
+/* ------------------------------------------------------- column sums ---- */
+/* out[j] = sum_r x[r, j] (and of x * y when y != NULL), in double, rows in
+ * order; threads own chunks of columns. */
+static inline __attribute__((always_inline)) void
+column_chunk(const float *x, const float *y, float *out, int64_t rows,
+             int64_t cols, int64_t c0, int64_t width)
+{
+    double acc[COL_CHUNK];
+    memset(acc, 0, sizeof(acc));
+    for (int64_t r = 0; r < rows; r++) {
+        const float *xr = x + r * cols + c0;
+        if (y) {
+            const float *yr = y + r * cols + c0;
+            for (int64_t j = 0; j < width; j++)
+                acc[j] += (double)xr[j] * (double)yr[j];
+        } else {
+            for (int64_t j = 0; j < width; j++)
+                acc[j] += (double)xr[j];
+        }
+    }
+    for (int64_t j = 0; j < width; j++)
+        out[c0 + j] = (float)acc[j];
+}
+
+static void column_chunk_scalar(const float *x, const float *y, float *out,
+                                int64_t rows, int64_t cols, int64_t c0,
+                                int64_t width)
+{
+    column_chunk(x, y, out, rows, cols, c0, width);
+}
+
+#if CLLM_X86
+/* the same loop compiled for AVX2: the double lanes hold whole columns */
+CLLM_AVX2 static void column_chunk_avx2(const float *x, const float *y, float *out,
+                                        int64_t rows, int64_t cols, int64_t c0,
+                                        int64_t width)
+{
+    column_chunk(x, y, out, rows, cols, c0, width);
+}
+#endif
+
+typedef struct {
+    const float *x, *y;
+    float *out;
+    int64_t rows, cols;
+    int simd;
+} column_job;
+
+static void column_task(void *arg, int64_t q, int worker)
+{
+    const column_job *j = arg;
+    int64_t c0 = q * COL_CHUNK;
+    int64_t width = j->cols - c0 < COL_CHUNK ? j->cols - c0 : COL_CHUNK;
+    (void)worker;
+#if CLLM_X86
+    if (j->simd >= CLLM_SIMD_AVX2) {
+        column_chunk_avx2(j->x, j->y, j->out, j->rows, j->cols, c0, width);
+        return;
+    }
+#endif
+    column_chunk_scalar(j->x, j->y, j->out, j->rows, j->cols, c0, width);
+}
+
+static int column_reduce(const float *x, const float *y, float *out, int64_t rows,
+                         int64_t cols)
+{
+    CLLM_CHECK(x && out && rows >= 0 && cols >= 0);
+    column_job j = {x, y, out, rows, cols, cllm_simd_current};
+    int64_t chunks = (cols + COL_CHUNK - 1) / COL_CHUNK;
+    cllm_parallel(chunks, cllm_threads_for(rows * cols, ELEM_BLOCK * 4), column_task, &j);
+    return CLLM_OK;
+}
+
+int cllm_column_sum(const float *x, float *out, int64_t rows, int64_t cols)
+{
+    return column_reduce(x, NULL, out, rows, cols);
+}
+
+/* ----------------------------------------------------------- activations ---- */
+static float phi_cdf(float x) { return 0.5f * erfcf(-x * INV_SQRT2); }
+
+static float clamp_sat(float x) /* keeps NaN */
+{
+    return x > SAT ? SAT : (x < -SAT ? -SAT : x);
+}
+
+/* 0.5 (1 + tanh u) = 1 / (1 + exp(-2u)): no cancellation in the left tail */
+static float tanh_gate(float xc, float *e_out)
+{
+    float u = TANH_K * (xc + TANH_C * xc * xc * xc);
+    float e = expf(-2.0f * u);
+    if (e_out)
+        *e_out = e;
+    return 1.0f / (1.0f + e);
+}
+
+static void act_forward_scalar(int kind, const float *x, float *y, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++) {
+        float v = x[i], g;
+        if (kind == ACT_RELU) {
+            y[i] = v > 0.0f || v != v ? v : 0.0f;
+            continue;
+        }
+        g = kind == ACT_GELU ? phi_cdf(v) : tanh_gate(clamp_sat(v), NULL);
+        y[i] = g == 0.0f ? 0.0f : v * g; /* gelu(-inf) = 0, not -inf * 0 */
+    }
+}
+
+static void act_backward_scalar(int kind, const float *x, const float *dy,
+                                float *dx, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++) {
+        float v = x[i], d;
+        if (kind == ACT_RELU) {
+            dx[i] = v <= 0.0f ? 0.0f : dy[i]; /* NaN passes dy, as PyTorch */
+            continue;
+        }
+        float xc = clamp_sat(v);
+        if (kind == ACT_GELU) {
+            d = phi_cdf(v) + xc * expf(-0.5f * xc * xc) * INV_SQRT_2PI;
+        } else {
+            float e, s = tanh_gate(xc, &e);
+            /* s (1 - s) = s^2 e; written so, it keeps its precision near s = 1 */
+            float ss = s == 0.0f ? 0.0f : s * s * e;
+            d = s + 2.0f * xc * ss * TANH_K * (1.0f + 3.0f * TANH_C * xc * xc);
+        }
+        dx[i] = dy[i] * d;
+    }
+}
+
+#if CLLM_X86
+CLLM_AVX2 static inline __m256 clamp_sat256(__m256 x)
+{
+    /* max/min return their second operand for NaN: NaN stays NaN */
+    return _mm256_min_ps(_mm256_set1_ps(SAT), _mm256_max_ps(_mm256_set1_ps(-SAT), x));
+}
+
+CLLM_AVX2 static inline __m256 phi_cdf256(__m256 x)
+{
+    const __m256 sign = _mm256_set1_ps(-0.0f), half = _mm256_set1_ps(0.5f);
+    __m256 z = _mm256_mul_ps(_mm256_andnot_ps(sign, x), _mm256_set1_ps(INV_SQRT2));
+    __m256 h = _mm256_mul_ps(half, cllm_erfc_pos256(z));
+    __m256 neg = _mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_LT_OQ);
+    return _mm256_blendv_ps(_mm256_sub_ps(_mm256_set1_ps(1.0f), h), h, neg);
+}
+
+CLLM_AVX2 static inline __m256 tanh_gate256(__m256 xc, __m256 *e_out)
+{
+    __m256 x2 = _mm256_mul_ps(xc, xc);
+    __m256 u = _mm256_mul_ps(_mm256_set1_ps(TANH_K),
+                             _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(TANH_C), x2),
+                                             xc, xc));
+    __m256 e = cllm_exp256(_mm256_mul_ps(_mm256_set1_ps(-2.0f), u));
+    *e_out = e;
+    return _mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_add_ps(_mm256_set1_ps(1.0f), e));
+}
+
+CLLM_AVX2 static inline __m256 act_forward8(int kind, __m256 v)
+{
+    const __m256 zero = _mm256_setzero_ps();
+    __m256 g, e;
+    if (kind == ACT_RELU)
+        return _mm256_max_ps(zero, v); /* NaN is returned as is */
+    g = kind == ACT_GELU ? phi_cdf256(v) : tanh_gate256(clamp_sat256(v), &e);
+    return _mm256_blendv_ps(_mm256_mul_ps(v, g), zero,
+                            _mm256_cmp_ps(g, zero, _CMP_EQ_OQ));
+}
+
+CLLM_AVX2 static inline __m256 act_backward8(int kind, __m256 v, __m256 g)
+{
+    const __m256 zero = _mm256_setzero_ps();
+    if (kind == ACT_RELU)
+        return _mm256_andnot_ps(_mm256_cmp_ps(v, zero, _CMP_LE_OQ), g);
+    __m256 xc = clamp_sat256(v), d;
+    if (kind == ACT_GELU) {
+        __m256 pdf = cllm_exp256(_mm256_mul_ps(_mm256_set1_ps(-0.5f), _mm256_mul_ps(xc, xc)));
+        d = _mm256_fmadd_ps(_mm256_mul_ps(xc, pdf), _mm256_set1_ps(INV_SQRT_2PI),
+                            phi_cdf256(v));
+    } else {
+        __m256 e, s = tanh_gate256(xc, &e);
+        __m256 ss = _mm256_mul_ps(_mm256_mul_ps(s, s), e);
+        ss = _mm256_blendv_ps(ss, zero, _mm256_cmp_ps(s, zero, _CMP_EQ_OQ));
+        __m256 poly = _mm256_fmadd_ps(_mm256_set1_ps(3.0f * TANH_C), _mm256_mul_ps(xc, xc),
+                                      _mm256_set1_ps(1.0f));
+        __m256 t = _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(2.0f * TANH_K), xc),
+                                 _mm256_mul_ps(ss, poly));
+        d = _mm256_add_ps(s, t);
+    }
+    return _mm256_mul_ps(g, d);
+}
+
+CLLM_AVX2 static void act_forward_avx2(int kind, const float *x, float *y, int64_t n)
+{
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(y + i, act_forward8(kind, _mm256_loadu_ps(x + i)));
+    if (i < n) {
+        __m256i m = cllm_tail_mask(n - i);
+        _mm256_maskstore_ps(y + i, m, act_forward8(kind, _mm256_maskload_ps(x + i, m)));
+    }
+}
+
+CLLM_AVX2 static void act_backward_avx2(int kind, const float *x, const float *dy,
+                                        float *dx, int64_t n)
+{
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(dx + i, act_backward8(kind, _mm256_loadu_ps(x + i),
+                                               _mm256_loadu_ps(dy + i)));
+    if (i < n) {
+        __m256i m = cllm_tail_mask(n - i);
+        __m256 r = act_backward8(kind, _mm256_maskload_ps(x + i, m),
+                                 _mm256_maskload_ps(dy + i, m));
+        _mm256_maskstore_ps(dx + i, m, r);
+    }
+}
+#endif
+
+typedef struct {
+    int kind, simd;
+    const float *x, *dy;
+    float *out;
+    int64_t n;
+} act_job;
+
+static void act_task(void *arg, int64_t q, int worker)
+{
+    const act_job *j = arg;
+    int64_t i0 = q * ELEM_BLOCK, len = j->n - i0 < ELEM_BLOCK ? j->n - i0 : ELEM_BLOCK;
+    (void)worker;
+#if CLLM_X86
+    if (j->simd >= CLLM_SIMD_AVX2) {
+        if (j->dy)
+            act_backward_avx2(j->kind, j->x + i0, j->dy + i0, j->out + i0, len);
+        else
+            act_forward_avx2(j->kind, j->x + i0, j->out + i0, len);
+        return;
+    }
+#endif
+    if (j->dy)
+        act_backward_scalar(j->kind, j->x + i0, j->dy + i0, j->out + i0, len);
+    else
+        act_forward_scalar(j->kind, j->x + i0, j->out + i0, len);
+}
+
+static int act_run(int kind, const float *x, const float *dy, float *out, int64_t n)
+{
+    act_job j = {kind, cllm_simd_current, x, dy, out, n};
+    int64_t blocks = (n + ELEM_BLOCK - 1) / ELEM_BLOCK;
+    cllm_parallel(blocks, cllm_threads_for(n, ELEM_BLOCK), act_task, &j);
+    return CLLM_OK;
+}
+
+int cllm_activation_forward(int kind, const float *x, float *y, int64_t n)
+{
+    CLLM_CHECK(x && y && n >= 0 && kind >= ACT_RELU && kind <= ACT_GELU_TANH);
+    return act_run(kind, x, NULL, y, n);
+}
+
+int cllm_activation_backward(int kind, const float *x, const float *dy, float *dx,
+                             int64_t n)
+{
+    CLLM_CHECK(x && dy && dx && n >= 0 && kind >= ACT_RELU && kind <= ACT_GELU_TANH);
+    return act_run(kind, x, dy, dx, n);
+}
+
+/* ------------------------------------------------------------ layer norm ---- */
+/* Row statistics in double: the mean of x - x[0] (exact shift for rows like
+ * 1e4 + noise, where a float mean would lose digits), then the two-pass
+ * variance. */
+static void ln_stats_scalar(const float *x, int64_t c, double eps, double *mean,
+                            double *rstd)
+{
+    double shift = x[0], s = 0.0, v = 0.0;
+    for (int64_t j = 0; j < c; j++)
+        s += (double)x[j] - shift;
+    double m = shift + s / (double)c;
+    for (int64_t j = 0; j < c; j++) {
+        double d = (double)x[j] - m;
+        v += d * d;
+    }
+    *mean = m;
+    *rstd = 1.0 / sqrt(v / (double)c + eps);
+}
+
+static void ln_row_scalar(const float *x, const float *w, const float *b, double eps,
+                          float *y, float *xh, float *rs, int64_t c)
+{
+    double mean, rstd;
+    ln_stats_scalar(x, c, eps, &mean, &rstd);
+    for (int64_t j = 0; j < c; j++) {
+        float h = (float)(((double)x[j] - mean) * rstd);
+        xh[j] = h;
+        y[j] = h * w[j] + b[j];
+    }
+    *rs = (float)rstd;
+}
+
+static void ln_row_backward_scalar(const float *dy, const float *xh, float rstd,
+                                   const float *w, float *dx, int64_t c)
+{
+    double sg = 0.0, sgx = 0.0;
+    for (int64_t j = 0; j < c; j++) {
+        double g = (double)dy[j] * (double)w[j];
+        sg += g;
+        sgx += g * (double)xh[j];
+    }
+    float mg = (float)(sg / (double)c), mgx = (float)(sgx / (double)c);
+    for (int64_t j = 0; j < c; j++)
+        dx[j] = rstd * (dy[j] * w[j] - mg - xh[j] * mgx);
+}
+
+#if CLLM_X86
+CLLM_AVX2 static void ln_row_avx2(const float *x, const float *w, const float *b,
+                                  double eps, float *y, float *xh, float *rs,
+                                  int64_t c)
+{
+    __m256d shift = _mm256_set1_pd((double)x[0]), s0 = _mm256_setzero_pd(), s1 = s0;
+    int64_t j = 0, c8 = c & ~(int64_t)7;
+    double tail = 0.0;
+    for (; j < c8; j += 8) {
+        __m256 v = _mm256_loadu_ps(x + j);
+        s0 = _mm256_add_pd(s0, _mm256_sub_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(v)), shift));
+        s1 = _mm256_add_pd(s1, _mm256_sub_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)), shift));
+    }
+    for (; j < c; j++)
+        tail += (double)x[j] - (double)x[0];
+    double mean = (double)x[0] + (cllm_hsum256d(_mm256_add_pd(s0, s1)) + tail) / (double)c;
+    __m256d m = _mm256_set1_pd(mean), v0 = _mm256_setzero_pd(), v1 = v0;
+    tail = 0.0;
+    for (j = 0; j < c8; j += 8) {
+        __m256 v = _mm256_loadu_ps(x + j);
+        __m256d d0 = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(v)), m);
+        __m256d d1 = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)), m);
+        v0 = _mm256_fmadd_pd(d0, d0, v0);
+        v1 = _mm256_fmadd_pd(d1, d1, v1);
+    }
+    for (; j < c; j++) {
+        double d = (double)x[j] - mean;
+        tail += d * d;
+    }
+    double var = (cllm_hsum256d(_mm256_add_pd(v0, v1)) + tail) / (double)c;
+    double rstd = 1.0 / sqrt(var + eps);
+    __m256d r = _mm256_set1_pd(rstd);
+    for (j = 0; j < c8; j += 8) {
+        __m256 v = _mm256_loadu_ps(x + j);
+        __m128 h0 = _mm256_cvtpd_ps(_mm256_mul_pd(
+            _mm256_sub_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(v)), m), r));
+        __m128 h1 = _mm256_cvtpd_ps(_mm256_mul_pd(
+            _mm256_sub_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)), m), r));
+        __m256 h = _mm256_set_m128(h1, h0);
+        _mm256_storeu_ps(xh + j, h);
+        _mm256_storeu_ps(y + j, _mm256_fmadd_ps(h, _mm256_loadu_ps(w + j),
+                                                _mm256_loadu_ps(b + j)));
+    }
+    for (; j < c; j++) {
+        float h = (float)(((double)x[j] - mean) * rstd);
+        xh[j] = h;
+        y[j] = h * w[j] + b[j];
+    }
+    *rs = (float)rstd;
+}
+
+CLLM_AVX2 static void ln_row_backward_avx2(const float *dy, const float *xh,
+                                           float rstd, const float *w, float *dx,
+                                           int64_t c)
+{
+    __m256d a0 = _mm256_setzero_pd(), a1 = a0, b0 = a0, b1 = a0;
+    int64_t j = 0, c8 = c & ~(int64_t)7;
+    double sg = 0.0, sgx = 0.0;
+    for (; j < c8; j += 8) {
+        __m256 g = _mm256_mul_ps(_mm256_loadu_ps(dy + j), _mm256_loadu_ps(w + j));
+        __m256 h = _mm256_loadu_ps(xh + j);
+        __m256d g0 = _mm256_cvtps_pd(_mm256_castps256_ps128(g));
+        __m256d g1 = _mm256_cvtps_pd(_mm256_extractf128_ps(g, 1));
+        a0 = _mm256_add_pd(a0, g0);
+        a1 = _mm256_add_pd(a1, g1);
+        b0 = _mm256_fmadd_pd(g0, _mm256_cvtps_pd(_mm256_castps256_ps128(h)), b0);
+        b1 = _mm256_fmadd_pd(g1, _mm256_cvtps_pd(_mm256_extractf128_ps(h, 1)), b1);
+    }
+    for (; j < c; j++) {
+        double g = (double)(dy[j] * w[j]);
+        sg += g;
+        sgx += g * (double)xh[j];
+    }
+    sg += cllm_hsum256d(_mm256_add_pd(a0, a1));
+    sgx += cllm_hsum256d(_mm256_add_pd(b0, b1));
+    float mg = (float)(sg / (double)c), mgx = (float)(sgx / (double)c);
+    __m256 vmg = _mm256_set1_ps(mg), vmgx = _mm256_set1_ps(mgx), vr = _mm256_set1_ps(rstd);
+    for (j = 0; j < c8; j += 8) {
+        __m256 g = _mm256_mul_ps(_mm256_loadu_ps(dy + j), _mm256_loadu_ps(w + j));
+        __m256 t = _mm256_fnmadd_ps(_mm256_loadu_ps(xh + j), vmgx, _mm256_sub_ps(g, vmg));
+        _mm256_storeu_ps(dx + j, _mm256_mul_ps(vr, t));
+    }
+    for (; j < c; j++)
+        dx[j] = rstd * (dy[j] * w[j] - mg - xh[j] * mgx);
+}
+#endif
+
+#define LN_ROWS 32
+
+typedef struct {
+    const float *x, *weight, *bias, *dy, *rstd_in, *x_hat_in;
+    double eps;
+    float *y, *x_hat, *rstd;
+    int64_t rows, c;
+    int simd;
+} ln_job;
+
+static void ln_forward_task(void *arg, int64_t q, int worker)
+{
+    const ln_job *j = arg;
+    int64_t c = j->c, end = (q + 1) * LN_ROWS < j->rows ? (q + 1) * LN_ROWS : j->rows;
+    (void)worker;
+    for (int64_t r = q * LN_ROWS; r < end; r++) {
+#if CLLM_X86
+        if (j->simd >= CLLM_SIMD_AVX2) {
+            ln_row_avx2(j->x + r * c, j->weight, j->bias, j->eps, j->y + r * c,
+                        j->x_hat + r * c, j->rstd + r, c);
+            continue;
+        }
+#endif
+        ln_row_scalar(j->x + r * c, j->weight, j->bias, j->eps, j->y + r * c,
+                      j->x_hat + r * c, j->rstd + r, c);
+    }
+}
+
+/* backward rows: dy, x_hat, rstd_in and weight in; dx written to y */
+static void ln_backward_task(void *arg, int64_t q, int worker)
+{
+    const ln_job *j = arg;
+    int64_t c = j->c, end = (q + 1) * LN_ROWS < j->rows ? (q + 1) * LN_ROWS : j->rows;
+    (void)worker;
+    for (int64_t r = q * LN_ROWS; r < end; r++) {
+#if CLLM_X86
+        if (j->simd >= CLLM_SIMD_AVX2) {
+            ln_row_backward_avx2(j->dy + r * c, j->x_hat_in + r * c, j->rstd_in[r],
+                                 j->weight, j->y + r * c, c);
+            continue;
+        }
+#endif
+        ln_row_backward_scalar(j->dy + r * c, j->x_hat_in + r * c, j->rstd_in[r],
+                               j->weight, j->y + r * c, c);
+    }
+}
+
+int cllm_layernorm_forward(const float *x, const float *weight, const float *bias,
+                           float eps, float *y, float *x_hat, float *rstd,
+                           int64_t rows, int64_t c)
+{
+    CLLM_CHECK(x && weight && bias && y && x_hat && rstd && rows >= 0 && c >= 1);
+    CLLM_CHECK(eps > 0.0f);
+    ln_job j = {x, weight, bias, NULL, NULL, NULL, eps, y, x_hat, rstd, rows, c,
+                cllm_simd_current};
+    cllm_parallel((rows + LN_ROWS - 1) / LN_ROWS, cllm_threads_for(rows * c, ELEM_BLOCK),
+                  ln_forward_task, &j);
+    return CLLM_OK;
+}
+
+int cllm_layernorm_backward(const float *dy, const float *x_hat, const float *rstd,
+                            const float *weight, float *dx, float *dweight,
+                            float *dbias, int64_t rows, int64_t c)
+{
+    CLLM_CHECK(dy && x_hat && rstd && weight && dx && rows >= 0 && c >= 1);
+    ln_job j = {NULL, weight, NULL, dy, rstd, x_hat, 0.0, dx, NULL, NULL, rows, c,
+                cllm_simd_current};
+    cllm_parallel((rows + LN_ROWS - 1) / LN_ROWS, cllm_threads_for(rows * c, ELEM_BLOCK),
+                  ln_backward_task, &j);
+    int status = dweight ? column_reduce(dy, x_hat, dweight, rows, c) : CLLM_OK;
+    if (status == CLLM_OK && dbias)
+        status = column_reduce(dy, NULL, dbias, rows, c);
+    return status;
+}
+
+/* ------------------------------------------------------------- float64 ---- */
+/* The float64 path: the scalar formulas above in double, one thread except
+ * for the GEMM. Column sums go row by row in order. */
+static void column_sums_f64(const double *x, const double *y, double *out,
+                            int64_t rows, int64_t cols)
+{
+    memset(out, 0, (size_t)cols * sizeof(double));
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t j = 0; j < cols; j++)
+            out[j] += y ? x[r * cols + j] * y[r * cols + j] : x[r * cols + j];
+}
+
+int cllm_linear_forward_f64(const double *x, const double *w, const double *b,
+                            double *y, int64_t n, int64_t in_features,
+                            int64_t out_features)
+{
+    CLLM_CHECK(x && w && y && n >= 0 && in_features >= 1 && out_features >= 1);
+    return cllm_dgemm(0, 1, n, out_features, in_features, x, in_features, w,
+                      in_features, y, out_features, 0, b);
+}
+
+int cllm_linear_backward_f64(const double *dy, const double *x, const double *w,
+                             double *dx, double *dw, double *db, int64_t n,
+                             int64_t in_features, int64_t out_features)
+{
+    int status = CLLM_OK;
+    CLLM_CHECK(dy && x && w && n >= 0 && in_features >= 1 && out_features >= 1);
+    if (dx)
+        status = cllm_dgemm(0, 0, n, in_features, out_features, dy, out_features, w,
+                            in_features, dx, in_features, 0, NULL);
+    if (status == CLLM_OK && dw)
+        status = cllm_dgemm(1, 0, out_features, in_features, n, dy, out_features, x,
+                            in_features, dw, in_features, 0, NULL);
+    if (status == CLLM_OK && db)
+        column_sums_f64(dy, NULL, db, n, out_features);
+    return status;
+}
+
+static double clamp_sat_f64(double x) { return x > SAT ? SAT : (x < -SAT ? -SAT : x); }
+
+int cllm_activation_forward_f64(int kind, const double *x, double *y, int64_t n)
+{
+    CLLM_CHECK(x && y && n >= 0 && kind >= ACT_RELU && kind <= ACT_GELU_TANH);
+    for (int64_t i = 0; i < n; i++) {
+        double v = x[i], g;
+        if (kind == ACT_RELU) {
+            y[i] = v > 0.0 || v != v ? v : 0.0;
+            continue;
+        }
+        if (kind == ACT_GELU) {
+            g = 0.5 * erfc(-v * 0.70710678118654752440);
+        } else {
+            double xc = clamp_sat_f64(v);
+            g = 1.0 / (1.0 + exp(-2.0 * 0.79788456080286535588 * (xc + 0.044715 * xc * xc * xc)));
+        }
+        y[i] = g == 0.0 ? 0.0 : v * g;
+    }
+    return CLLM_OK;
+}
+
+int cllm_activation_backward_f64(int kind, const double *x, const double *dy,
+                                 double *dx, int64_t n)
+{
+    CLLM_CHECK(x && dy && dx && n >= 0 && kind >= ACT_RELU && kind <= ACT_GELU_TANH);
+    const double k = 0.79788456080286535588, cub = 0.044715;
+    for (int64_t i = 0; i < n; i++) {
+        double v = x[i], xc = clamp_sat_f64(v), d;
+        if (kind == ACT_RELU) {
+            dx[i] = v <= 0.0 ? 0.0 : dy[i];
+            continue;
+        }
+        if (kind == ACT_GELU) {
+            d = 0.5 * erfc(-v * 0.70710678118654752440)
+                + xc * exp(-0.5 * xc * xc) * 0.39894228040143267794;
+        } else {
+            double e = exp(-2.0 * k * (xc + cub * xc * xc * xc));
+            double s = 1.0 / (1.0 + e), ss = s == 0.0 ? 0.0 : s * s * e;
+            d = s + 2.0 * xc * ss * k * (1.0 + 3.0 * cub * xc * xc);
+        }
+        dx[i] = dy[i] * d;
+    }
+    return CLLM_OK;
+}
+
+int cllm_layernorm_forward_f64(const double *x, const double *weight,
+                               const double *bias, double eps, double *y,
+                               double *x_hat, double *rstd, int64_t rows, int64_t c)
+{
+    CLLM_CHECK(x && weight && bias && y && x_hat && rstd && rows >= 0 && c >= 1);
+    CLLM_CHECK(eps > 0.0);
+    for (int64_t r = 0; r < rows; r++) {
+        const double *xr = x + r * c;
+        /* work on d = x - x[0]: exact for rows such as 1e4 + noise, where
+         * x - mean would round the mean's large part into the result */
+        double shift = xr[0], s = 0.0, var = 0.0;
+        for (int64_t j = 0; j < c; j++)
+            s += xr[j] - shift;
+        double mean_d = s / (double)c;
+        for (int64_t j = 0; j < c; j++)
+            var += ((xr[j] - shift) - mean_d) * ((xr[j] - shift) - mean_d);
+        double rs = 1.0 / sqrt(var / (double)c + eps);
+        for (int64_t j = 0; j < c; j++) {
+            double h = ((xr[j] - shift) - mean_d) * rs;
+            x_hat[r * c + j] = h;
+            y[r * c + j] = h * weight[j] + bias[j];
+        }
+        rstd[r] = rs;
+    }
+    return CLLM_OK;
+}
+
+int cllm_layernorm_backward_f64(const double *dy, const double *x_hat,
+                                const double *rstd, const double *weight, double *dx,
+                                double *dweight, double *dbias, int64_t rows,
+                                int64_t c)
+{
+    CLLM_CHECK(dy && x_hat && rstd && weight && dx && rows >= 0 && c >= 1);
+    for (int64_t r = 0; r < rows; r++) {
+        const double *g = dy + r * c, *h = x_hat + r * c;
+        double sg = 0.0, sgx = 0.0;
+        for (int64_t j = 0; j < c; j++) {
+            sg += g[j] * weight[j];
+            sgx += g[j] * weight[j] * h[j];
+        }
+        double mg = sg / (double)c, mgx = sgx / (double)c;
+        for (int64_t j = 0; j < c; j++)
+            dx[r * c + j] = rstd[r] * (g[j] * weight[j] - mg - h[j] * mgx);
+    }
+    if (dweight)
+        column_sums_f64(dy, x_hat, dweight, rows, c);
+    if (dbias)
+        column_sums_f64(dy, NULL, dbias, rows, c);
+    return CLLM_OK;
+}

@@ -1,0 +1,579 @@
+/* Packed, cache-blocked GEMM with register-tiled micro-kernels (no BLAS).
+ *
+ *   C(m, n) = init + sum_k op(A)(m, k) op(B)(k, n)
+ *   init    = C (accumulate), bias[n] (bias != NULL) or 0
+ *
+ * The classic loop nest: for each NC-wide column panel of B and each KC-deep
+ * slice of K, B is packed into NR-wide micro-panels, MC x KC blocks of A
+ * into MR-tall micro-panels, and the micro-kernel updates an MR x NR tile of
+ * C held in registers. Tails are zero-padded in the packed buffers and
+ * written back through a small temporary tile, so any size is correct.
+ * Kernels: AVX-512 12 x 32, AVX2+FMA 6 x 16, and the scalar twin 6 x 16.
+ *
+ * Bits do not depend on the thread count: each K slice is one chain of
+ * multiply-adds over its k in order, starting from 0 (or the bias, for the
+ * first slice) and added to C at the end, and the slices are fixed by K
+ * alone (kc_for). Threads only decide which tiles they compute (cllm_sgemm
+ * splits C into blocks of whole tiles, see par_gemm). The scalar kernel uses
+ * a * b + c with contraction off (-std=c99), the SIMD kernels fused
+ * multiply-adds, so the paths can differ in the last bits; each is
+ * deterministic on its own. AVX-512 pays on Zen 4 although it adds no FLOP
+ * per cycle there: its 32 registers hold a tile twice as large, which halves
+ * the loads per FMA (measured +2-5% on the model's shapes, one thread).
+ *
+ * cllm_dgemm is the float64 path: plain loops, rows split over threads.
+ */
+#include "gemm.h"
+
+#include <string.h>
+
+/* KC x NR floats of B (and MR x KC of A) stay in the 32 KiB L1; MC x KC of A
+ * in L2; the B panel KC x NC in L3. Tunable at run time for benchmarks
+ * (cllm_gemm_set_blocking); the bits depend on KC only through kc_for. */
+static int64_t KC_MAX = 384;
+static int64_t MC_MAX = 240; /* a multiple of every MR */
+static int64_t NC_MAX = 3072;
+
+int cllm_gemm_set_blocking(int64_t kc, int64_t mc, int64_t nc)
+{
+    if (kc < 16 || kc > 4096 || mc < 48 || mc > 4800 || mc % 48 || nc < 32 || nc > 65536)
+        return CLLM_ERR_ARG;
+    KC_MAX = kc;
+    MC_MAX = mc;
+    NC_MAX = nc;
+    return CLLM_OK;
+}
+#define MR_MAX 16
+#define NR_MAX 32
+
+enum { INIT_ZERO = 0, INIT_LOAD = 1, INIT_BIAS = 2 };
+
+typedef void (*ukernel_fn)(int64_t kc, const float *a, const float *b, float *c,
+                           int64_t ldc, int init, const float *bias);
+
+typedef struct {
+    int mr, nr;
+    ukernel_fn run;
+} kernel_t;
+
+/* ------------------------------------------------------- scalar kernel ---- */
+#define S_MR 6
+#define S_NR 16
+static void ukernel_scalar(int64_t kc, const float *a, const float *b, float *c,
+                           int64_t ldc, int init, const float *bias)
+{
+    float acc[S_MR][S_NR];
+    for (int i = 0; i < S_MR; i++)
+        for (int j = 0; j < S_NR; j++)
+            acc[i][j] = init == INIT_BIAS ? bias[j] : 0.0f;
+    for (int64_t p = 0; p < kc; p++) {
+        const float *ap = a + p * S_MR, *bp = b + p * S_NR;
+        for (int i = 0; i < S_MR; i++)
+            for (int j = 0; j < S_NR; j++)
+                acc[i][j] = ap[i] * bp[j] + acc[i][j];
+    }
+    for (int i = 0; i < S_MR; i++)
+        for (int j = 0; j < S_NR; j++)
+            c[i * ldc + j] = init == INIT_LOAD ? c[i * ldc + j] + acc[i][j] : acc[i][j];
+}
+
+#if CLLM_X86
+/* ---------------------------------------------------- AVX2 + FMA 6 x 16 ---- */
+CLLM_AVX2 static void ukernel_avx2(int64_t kc, const float *a, const float *b,
+                                   float *c, int64_t ldc, int init,
+                                   const float *bias)
+{
+    __m256 c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51;
+    __m256 z0 = _mm256_setzero_ps(), z1 = z0;
+    if (init == INIT_BIAS) {
+        z0 = _mm256_loadu_ps(bias);
+        z1 = _mm256_loadu_ps(bias + 8);
+    }
+    if (init == INIT_LOAD) /* C is added at the end: fetch it meanwhile */
+        for (int i = 0; i < 6; i++) {
+            _mm_prefetch((const char *)(c + i * ldc), _MM_HINT_T0);
+            _mm_prefetch((const char *)(c + i * ldc + 15), _MM_HINT_T0);
+        }
+    c00 = c10 = c20 = c30 = c40 = c50 = z0;
+    c01 = c11 = c21 = c31 = c41 = c51 = z1;
+    for (int64_t p = 0; p < kc; p++) {
+        __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8), av;
+        av = _mm256_broadcast_ss(a + 0);
+        c00 = _mm256_fmadd_ps(av, b0, c00); c01 = _mm256_fmadd_ps(av, b1, c01);
+        av = _mm256_broadcast_ss(a + 1);
+        c10 = _mm256_fmadd_ps(av, b0, c10); c11 = _mm256_fmadd_ps(av, b1, c11);
+        av = _mm256_broadcast_ss(a + 2);
+        c20 = _mm256_fmadd_ps(av, b0, c20); c21 = _mm256_fmadd_ps(av, b1, c21);
+        av = _mm256_broadcast_ss(a + 3);
+        c30 = _mm256_fmadd_ps(av, b0, c30); c31 = _mm256_fmadd_ps(av, b1, c31);
+        av = _mm256_broadcast_ss(a + 4);
+        c40 = _mm256_fmadd_ps(av, b0, c40); c41 = _mm256_fmadd_ps(av, b1, c41);
+        av = _mm256_broadcast_ss(a + 5);
+        c50 = _mm256_fmadd_ps(av, b0, c50); c51 = _mm256_fmadd_ps(av, b1, c51);
+        a += 6;
+        b += 16;
+    }
+    if (init == INIT_LOAD) {
+#define ADD_C(r, lo, hi)                                                    \
+    lo = _mm256_add_ps(_mm256_loadu_ps(c + r * ldc), lo);                   \
+    hi = _mm256_add_ps(_mm256_loadu_ps(c + r * ldc + 8), hi)
+        ADD_C(0, c00, c01); ADD_C(1, c10, c11); ADD_C(2, c20, c21);
+        ADD_C(3, c30, c31); ADD_C(4, c40, c41); ADD_C(5, c50, c51);
+#undef ADD_C
+    }
+    _mm256_storeu_ps(c + 0 * ldc, c00); _mm256_storeu_ps(c + 0 * ldc + 8, c01);
+    _mm256_storeu_ps(c + 1 * ldc, c10); _mm256_storeu_ps(c + 1 * ldc + 8, c11);
+    _mm256_storeu_ps(c + 2 * ldc, c20); _mm256_storeu_ps(c + 2 * ldc + 8, c21);
+    _mm256_storeu_ps(c + 3 * ldc, c30); _mm256_storeu_ps(c + 3 * ldc + 8, c31);
+    _mm256_storeu_ps(c + 4 * ldc, c40); _mm256_storeu_ps(c + 4 * ldc + 8, c41);
+    _mm256_storeu_ps(c + 5 * ldc, c50); _mm256_storeu_ps(c + 5 * ldc + 8, c51);
+}
+
+/* ------------------------------------------------ AVX-512 12 x 32 ---- */
+/* 24 zmm accumulators: per k, 2 loads of B and 12 broadcasts of A feed 24
+ * FMAs (768 FLOP), half the load traffic per FLOP of the AVX2 tile. */
+#define Z_ROW(r) __m512 c##r##0, c##r##1
+#define Z_INIT(r) c##r##0 = z0; c##r##1 = z1
+#define Z_FMA(r)                                                             \
+    av = _mm512_set1_ps(a[r]);                                               \
+    c##r##0 = _mm512_fmadd_ps(av, b0, c##r##0);                              \
+    c##r##1 = _mm512_fmadd_ps(av, b1, c##r##1)
+#define Z_STORE(r)                                                           \
+    if (init == INIT_LOAD) {                                                 \
+        c##r##0 = _mm512_add_ps(_mm512_loadu_ps(c + r * ldc), c##r##0);      \
+        c##r##1 = _mm512_add_ps(_mm512_loadu_ps(c + r * ldc + 16), c##r##1); \
+    }                                                                        \
+    _mm512_storeu_ps(c + r * ldc, c##r##0);                                  \
+    _mm512_storeu_ps(c + r * ldc + 16, c##r##1)
+
+CLLM_AVX512 static void ukernel_avx512(int64_t kc, const float *a, const float *b,
+                                       float *c, int64_t ldc, int init,
+                                       const float *bias)
+{
+    Z_ROW(0); Z_ROW(1); Z_ROW(2); Z_ROW(3); Z_ROW(4); Z_ROW(5);
+    Z_ROW(6); Z_ROW(7); Z_ROW(8); Z_ROW(9); Z_ROW(10); Z_ROW(11);
+    __m512 z0 = _mm512_setzero_ps(), z1 = z0;
+    if (init == INIT_BIAS) {
+        z0 = _mm512_loadu_ps(bias);
+        z1 = _mm512_loadu_ps(bias + 16);
+    }
+    if (init == INIT_LOAD)
+        for (int i = 0; i < 12; i++) {
+            _mm_prefetch((const char *)(c + i * ldc), _MM_HINT_T0);
+            _mm_prefetch((const char *)(c + i * ldc + 31), _MM_HINT_T0);
+        }
+    Z_INIT(0); Z_INIT(1); Z_INIT(2); Z_INIT(3); Z_INIT(4); Z_INIT(5);
+    Z_INIT(6); Z_INIT(7); Z_INIT(8); Z_INIT(9); Z_INIT(10); Z_INIT(11);
+    for (int64_t p = 0; p < kc; p++) {
+        __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16), av;
+        Z_FMA(0); Z_FMA(1); Z_FMA(2); Z_FMA(3); Z_FMA(4); Z_FMA(5);
+        Z_FMA(6); Z_FMA(7); Z_FMA(8); Z_FMA(9); Z_FMA(10); Z_FMA(11);
+        a += 12;
+        b += 32;
+    }
+    Z_STORE(0); Z_STORE(1); Z_STORE(2); Z_STORE(3); Z_STORE(4); Z_STORE(5);
+    Z_STORE(6); Z_STORE(7); Z_STORE(8); Z_STORE(9); Z_STORE(10); Z_STORE(11);
+}
+#undef Z_ROW
+#undef Z_INIT
+#undef Z_FMA
+#undef Z_STORE
+#endif
+
+/* the AVX-512 kernel can be switched off to compare it with AVX2 */
+static int use_avx512 = 1;
+void cllm_gemm_avx512(int on) { use_avx512 = on; }
+
+static kernel_t pick_kernel(void)
+{
+    kernel_t k = {S_MR, S_NR, ukernel_scalar};
+#if CLLM_X86
+    if (cllm_simd_current >= CLLM_SIMD_AVX512 && use_avx512) {
+        k.mr = 12;
+        k.nr = 32;
+        k.run = ukernel_avx512;
+    } else if (cllm_simd_current >= CLLM_SIMD_AVX2) {
+        k.mr = 6;
+        k.nr = 16;
+        k.run = ukernel_avx2;
+    }
+#endif
+    return k;
+}
+
+/* ------------------------------------------------------------- packing ---- */
+typedef struct {
+    int trans_a, trans_b;
+    int64_t m, n, k;
+    const float *a, *b;
+    int64_t lda, ldb;
+    float *c;
+    int64_t ldc;
+    int accumulate;
+    const float *bias;
+} gemm_t;
+
+/* A rows [i0, i0 + mc) x cols [p0, p0 + kc) into MR-tall micro-panels. */
+static void pack_a(const gemm_t *g, int mr, int64_t i0, int64_t mc, int64_t p0,
+                   int64_t kc, float *dst)
+{
+    for (int64_t ip = 0; ip < mc; ip += mr) {
+        int64_t rows = mc - ip < mr ? mc - ip : mr;
+        float *d = dst + ip * kc;
+        if (g->trans_a && rows == mr) { /* whole panel: row copies */
+            for (int64_t p = 0; p < kc; p++)
+                memcpy(d + p * mr, g->a + (p0 + p) * g->lda + i0 + ip,
+                       (size_t)mr * sizeof(float));
+        } else if (g->trans_a) {
+            for (int64_t p = 0; p < kc; p++) {
+                const float *s = g->a + (p0 + p) * g->lda + i0 + ip;
+                int64_t i = 0;
+                for (; i < rows; i++)
+                    d[p * mr + i] = s[i];
+                for (; i < mr; i++)
+                    d[p * mr + i] = 0.0f;
+            }
+        } else {
+            /* k outer, rows inner: the stores are sequential and each of the
+             * MR source rows is read as its own sequential stream */
+            const float *src[MR_MAX];
+            for (int64_t i = 0; i < mr; i++)
+                src[i] = g->a + (i0 + ip + (i < rows ? i : 0)) * g->lda + p0;
+            for (int64_t p = 0; p < kc; p++) {
+                float *dp = d + p * mr;
+                for (int64_t i = 0; i < mr; i++)
+                    dp[i] = i < rows ? src[i][p] : 0.0f;
+            }
+        }
+    }
+}
+
+/* One NR-wide micro-panel of B: rows [p0, p0 + kc), cols [j0, j0 + nr). */
+static void pack_b_panel(const gemm_t *g, int nr, int64_t j0, int64_t p0,
+                         int64_t kc, float *d)
+{
+    int64_t cols = g->n - j0 < nr ? g->n - j0 : nr;
+    if (g->trans_b) {
+        /* k outer, columns inner: sequential stores, one read stream per
+         * source row of the stored (N, K) matrix */
+        const float *src[NR_MAX];
+        for (int64_t j = 0; j < nr; j++)
+            src[j] = g->b + (j0 + (j < cols ? j : 0)) * g->ldb + p0;
+        for (int64_t p = 0; p < kc; p++) {
+            float *dp = d + p * nr;
+            for (int64_t j = 0; j < nr; j++)
+                dp[j] = j < cols ? src[j][p] : 0.0f;
+        }
+    } else if (cols == nr) { /* whole panel: row copies */
+        for (int64_t p = 0; p < kc; p++)
+            memcpy(d + p * nr, g->b + (p0 + p) * g->ldb + j0, (size_t)nr * sizeof(float));
+    } else {
+        for (int64_t p = 0; p < kc; p++) {
+            const float *s = g->b + (p0 + p) * g->ldb + j0;
+            int64_t j = 0;
+            for (; j < cols; j++)
+                d[p * nr + j] = s[j];
+            for (; j < nr; j++)
+                d[p * nr + j] = 0.0f;
+        }
+    }
+}
+
+/* ------------------------------------------------------- macro kernel ---- */
+static void tile(const kernel_t *kr, const gemm_t *g, int64_t i, int64_t j,
+                 int64_t kc, int first, const float *ap, const float *bp)
+{
+    int init = (!first || g->accumulate) ? INIT_LOAD
+               : g->bias ? INIT_BIAS : INIT_ZERO;
+    int64_t rows = g->m - i < kr->mr ? g->m - i : kr->mr;
+    int64_t cols = g->n - j < kr->nr ? g->n - j : kr->nr;
+    float *c = g->c + i * g->ldc + j;
+    if (rows == kr->mr && cols == kr->nr) {
+        kr->run(kc, ap, bp, c, g->ldc, init, g->bias ? g->bias + j : NULL);
+        return;
+    }
+    float tmp[MR_MAX * NR_MAX], btmp[NR_MAX];
+    memset(tmp, 0, sizeof(tmp));
+    memset(btmp, 0, sizeof(btmp));
+    if (init == INIT_LOAD)
+        for (int64_t r = 0; r < rows; r++)
+            memcpy(tmp + r * kr->nr, c + r * g->ldc, (size_t)cols * sizeof(float));
+    if (init == INIT_BIAS)
+        memcpy(btmp, g->bias + j, (size_t)cols * sizeof(float));
+    kr->run(kc, ap, bp, tmp, kr->nr, init, btmp);
+    for (int64_t r = 0; r < rows; r++)
+        memcpy(c + r * g->ldc, tmp + r * kr->nr, (size_t)cols * sizeof(float));
+}
+
+/* Tiles of rows [i0, i0 + mc) and micro-panels [q0, q1) of the packed B. */
+static void macro(const kernel_t *kr, const gemm_t *g, int64_t i0, int64_t mc,
+                  int64_t jc, int64_t q0, int64_t q1, int64_t kc, int first,
+                  const float *ap, const float *bp)
+{
+    for (int64_t q = q0; q < q1; q++) {
+        const float *b = bp + q * kc * kr->nr;
+        for (int64_t ip = 0; ip < mc; ip += kr->mr)
+            tile(kr, g, i0 + ip, jc + q * kr->nr, kc, first, ap + ip * kc, b);
+    }
+}
+
+static int64_t kc_for(int64_t k)
+{
+    int64_t blocks = (k + KC_MAX - 1) / KC_MAX;
+    return (k + blocks - 1) / blocks;
+}
+
+
+
+size_t cllm_gemm_work_floats(int64_t m, int64_t n, int64_t k)
+{
+    /* packed tails are padded to whole micro-panels: one more of each */
+    int64_t kc = kc_for(k < 1 ? 1 : k);
+    int64_t mc = (m < MC_MAX ? m : MC_MAX) + MR_MAX;
+    int64_t nc = (n < NC_MAX ? n : NC_MAX) + NR_MAX;
+    return (size_t)((mc + nc) * kc);
+}
+
+/* The k = 0 case: C is just its init value. */
+static void fill_init(const gemm_t *g)
+{
+    if (g->accumulate)
+        return;
+    for (int64_t i = 0; i < g->m; i++)
+        for (int64_t j = 0; j < g->n; j++)
+            g->c[i * g->ldc + j] = g->bias ? g->bias[j] : 0.0f;
+}
+
+void cllm_sgemm_serial(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
+                       const float *a, int64_t lda, const float *b, int64_t ldb,
+                       float *c, int64_t ldc, int accumulate, const float *bias,
+                       float *work)
+{
+    gemm_t g = {trans_a, trans_b, m, n, k, a, b, lda, ldb, c, ldc, accumulate, bias};
+    kernel_t kr = pick_kernel();
+    if (m <= 0 || n <= 0)
+        return;
+    if (k <= 0) {
+        fill_init(&g);
+        return;
+    }
+    int64_t kcb = kc_for(k);
+    int64_t mcb = (m < MC_MAX ? m : MC_MAX) + MR_MAX;
+    float *ap = work, *bp = work + mcb * kcb;
+    for (int64_t jc = 0; jc < n; jc += NC_MAX) {
+        int64_t nc = n - jc < NC_MAX ? n - jc : NC_MAX;
+        int64_t panels = (nc + kr.nr - 1) / kr.nr;
+        for (int64_t pc = 0; pc < k; pc += kcb) {
+            int64_t kc = k - pc < kcb ? k - pc : kcb;
+            for (int64_t q = 0; q < panels; q++)
+                pack_b_panel(&g, kr.nr, jc + q * kr.nr, pc, kc, bp + q * kc * kr.nr);
+            for (int64_t ic = 0; ic < m; ic += MC_MAX) {
+                int64_t mc = m - ic < MC_MAX ? m - ic : MC_MAX;
+                pack_a(&g, kr.mr, ic, mc, pc, kc, ap);
+                macro(&kr, &g, ic, mc, jc, 0, panels, kc, pc == 0, ap, bp);
+            }
+        }
+    }
+}
+
+/* ------------------------------------------------------ threaded GEMM ---- */
+static int check_args(int64_t m, int64_t n, int64_t k, const float *a, int64_t lda,
+                      const float *b, int64_t ldb, float *c, int64_t ldc,
+                      int trans_a, int trans_b)
+{
+    if (m < 0 || n < 0 || k < 0 || !c || ldc < n)
+        return CLLM_ERR_ARG;
+    if (m == 0 || n == 0)
+        return CLLM_OK;
+    if (k > 0 && (!a || !b))
+        return CLLM_ERR_ARG;
+    if (k > 0 && lda < (trans_a ? m : k))
+        return CLLM_ERR_ARG;
+    if (k > 0 && ldb < (trans_b ? k : n))
+        return CLLM_ERR_ARG;
+    return CLLM_OK;
+}
+
+/* The threaded GEMM splits C into blocks of whole tiles: along M (rows) when
+ * M > N, else along N. The operand every block needs in full (B for a row
+ * split, A for a column split) is packed once, in parallel, into a shared
+ * buffer; each block then packs only its own slice of the other operand, so
+ * nothing is packed twice. Blocks are claimed dynamically. */
+typedef struct {
+    gemm_t g;
+    kernel_t kr;
+    int split_rows;
+    int64_t kcb, span, units, pad; /* pad: M or N rounded up to whole panels */
+    float *shared, *work;
+    size_t per;
+} par_gemm;
+
+/* slice p0 of the shared operand starts at p0 * pad floats */
+static float *shared_slice(const par_gemm *j, int64_t p0) { return j->shared + p0 * j->pad; }
+
+static void prepack_task(void *arg, int64_t chunk, int worker)
+{
+    const par_gemm *j = arg;
+    int64_t slice = chunk / j->units, u = chunk % j->units;
+    int64_t p0 = slice * j->kcb, kc = j->g.k - p0 < j->kcb ? j->g.k - p0 : j->kcb;
+    (void)worker;
+    if (j->split_rows) { /* B panel u, all columns of C */
+        pack_b_panel(&j->g, j->kr.nr, u * j->kr.nr, p0, kc,
+                     shared_slice(j, p0) + u * kc * j->kr.nr);
+    } else { /* A rows [u * MC_MAX, ...) as MR-tall panels */
+        int64_t i0 = u * MC_MAX, mc = j->g.m - i0 < MC_MAX ? j->g.m - i0 : MC_MAX;
+        pack_a(&j->g, j->kr.mr, i0, mc, p0, kc, shared_slice(j, p0) + i0 * kc);
+    }
+}
+
+static void block_task(void *arg, int64_t t, int worker)
+{
+    const par_gemm *j = arg;
+    const gemm_t *g = &j->g;
+    const kernel_t *kr = &j->kr;
+    int64_t lo = t * j->span, hi = lo + j->span;
+    float *own = j->work + j->per * (size_t)worker;
+    if (hi > (j->split_rows ? g->m : g->n))
+        hi = j->split_rows ? g->m : g->n;
+    for (int64_t p0 = 0; p0 < g->k; p0 += j->kcb) {
+        int64_t kc = g->k - p0 < j->kcb ? g->k - p0 : j->kcb;
+        const float *shared = shared_slice(j, p0);
+        if (j->split_rows) { /* rows [lo, hi) against every packed B panel */
+            int64_t panels = j->pad / kr->nr;
+            for (int64_t ic = lo; ic < hi; ic += MC_MAX) {
+                int64_t mc = hi - ic < MC_MAX ? hi - ic : MC_MAX;
+                pack_a(g, kr->mr, ic, mc, p0, kc, own);
+                macro(kr, g, ic, mc, 0, 0, panels, kc, p0 == 0, own, shared);
+            }
+        } else { /* columns [lo, hi) against the packed A */
+            for (int64_t jc = lo; jc < hi; jc += NC_MAX) {
+                int64_t nc = hi - jc < NC_MAX ? hi - jc : NC_MAX;
+                int64_t panels = (nc + kr->nr - 1) / kr->nr;
+                for (int64_t q = 0; q < panels; q++)
+                    pack_b_panel(g, kr->nr, jc + q * kr->nr, p0, kc, own + q * kc * kr->nr);
+                for (int64_t ic = 0; ic < g->m; ic += MC_MAX) {
+                    int64_t mc = g->m - ic < MC_MAX ? g->m - ic : MC_MAX;
+                    macro(kr, g, ic, mc, jc, 0, panels, kc, p0 == 0, shared + ic * kc, own);
+                }
+            }
+        }
+    }
+}
+
+/* Packing buffers of a megabyte or more come from the recycling mapper of
+ * cpu.c: malloc would map and fault them in afresh on every call. */
+#define SCRATCH_BIG ((size_t)1 << 20)
+
+static float *scratch(size_t floats)
+{
+    size_t bytes = floats * sizeof(float);
+    return bytes >= SCRATCH_BIG ? cllm_big_alloc(bytes) : cllm_alloc(bytes);
+}
+
+static void scratch_free(float *p, size_t floats)
+{
+    if (floats * sizeof(float) >= SCRATCH_BIG)
+        cllm_big_free(p);
+    else
+        cllm_free(p);
+}
+
+int cllm_sgemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
+               const float *a, int64_t lda, const float *b, int64_t ldb,
+               float *c, int64_t ldc, int accumulate, const float *bias)
+{
+    int status = check_args(m, n, k, a, lda, b, ldb, c, ldc, trans_a, trans_b);
+    if (status != CLLM_OK || m == 0 || n == 0)
+        return status;
+    int nt = cllm_threads_for(m * n * (k > 0 ? k : 1), (int64_t)1 << 21);
+    if (nt == 1 || k == 0) {
+        size_t floats = cllm_gemm_work_floats(m, n, k);
+        float *w = scratch(floats);
+        if (!w)
+            return CLLM_ERR_NOMEM;
+        cllm_sgemm_serial(trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc, accumulate,
+                          bias, w);
+        scratch_free(w, floats);
+        return CLLM_OK;
+    }
+    par_gemm j = {{trans_a, trans_b, m, n, k, a, b, lda, ldb, c, ldc, accumulate, bias},
+                  pick_kernel(), m > n, kc_for(k), 0, 0, 0, NULL, NULL, 0};
+    /* Many small blocks balance the two threads (a thread that starts late
+     * or loses its core just takes fewer): packing is not repeated per block,
+     * so granularity costs little. Row blocks are one MC block of A; column
+     * blocks a few NR panels, at least 8 blocks per thread when N allows. */
+    if (j.split_rows) {
+        int64_t rows = (m + 4 * nt - 1) / (4 * nt);
+        rows = (rows + j.kr.mr - 1) / j.kr.mr * j.kr.mr;
+        j.span = rows < MC_MAX ? rows : MC_MAX;
+    } else {
+        int64_t panels = (n + j.kr.nr - 1) / j.kr.nr, per = panels / (8 * nt);
+        j.span = (per > 1 ? per : 1) * j.kr.nr;
+    }
+    int64_t blocks = ((j.split_rows ? m : n) + j.span - 1) / j.span;
+    /* the shared operand: all of B (row split) or all of A (column split) */
+    j.pad = j.split_rows ? (n + j.kr.nr - 1) / j.kr.nr * j.kr.nr
+                         : (m + j.kr.mr - 1) / j.kr.mr * j.kr.mr;
+    j.units = j.split_rows ? j.pad / j.kr.nr : (m + MC_MAX - 1) / MC_MAX;
+    size_t shared = (size_t)(j.pad * k);
+    j.per = (size_t)(((j.split_rows ? MC_MAX : NC_MAX) + NR_MAX + MR_MAX) * j.kcb);
+    j.shared = scratch(shared);
+    j.work = scratch(j.per * (size_t)nt);
+    if (!j.shared || !j.work) {
+        if (j.shared)
+            scratch_free(j.shared, shared);
+        if (j.work)
+            scratch_free(j.work, j.per * (size_t)nt);
+        return CLLM_ERR_NOMEM;
+    }
+    int64_t slices = (k + j.kcb - 1) / j.kcb;
+    cllm_parallel(slices * j.units, nt, prepack_task, &j);
+    cllm_parallel(blocks, nt, block_task, &j);
+    scratch_free(j.shared, shared);
+    scratch_free(j.work, j.per * (size_t)nt);
+    return CLLM_OK;
+}
+
+/* ------------------------------------------------------------- float64 ---- */
+typedef struct {
+    int ta, tb, accumulate;
+    int64_t m, n, k, lda, ldb, ldc;
+    const double *a, *b, *bias;
+    double *c;
+} dgemm_job;
+
+#define DGEMM_ROWS 8
+
+/* rows [8q, 8q + 8) of C: each element one sum over k in order */
+static void dgemm_rows(void *arg, int64_t q, int worker)
+{
+    const dgemm_job *j = arg;
+    int64_t end = (q + 1) * DGEMM_ROWS < j->m ? (q + 1) * DGEMM_ROWS : j->m;
+    (void)worker;
+    for (int64_t i = q * DGEMM_ROWS; i < end; i++) {
+        double *ci = j->c + i * j->ldc;
+        for (int64_t col = 0; col < j->n; col++) {
+            double s = j->bias ? j->bias[col] : 0.0;
+            for (int64_t p = 0; p < j->k; p++) {
+                double av = j->ta ? j->a[p * j->lda + i] : j->a[i * j->lda + p];
+                double bv = j->tb ? j->b[col * j->ldb + p] : j->b[p * j->ldb + col];
+                s += av * bv;
+            }
+            ci[col] = j->accumulate ? ci[col] + s : s;
+        }
+    }
+}
+
+int cllm_dgemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
+               const double *a, int64_t lda, const double *b, int64_t ldb,
+               double *c, int64_t ldc, int accumulate, const double *bias)
+{
+    CLLM_CHECK(m >= 0 && n >= 0 && k >= 0 && c && ldc >= n);
+    if (m == 0 || n == 0)
+        return CLLM_OK;
+    CLLM_CHECK(k == 0 || (a && b && lda >= (trans_a ? m : k) && ldb >= (trans_b ? k : n)));
+    dgemm_job j = {trans_a, trans_b, accumulate, m, n, k, lda, ldb, ldc, a, b, bias, c};
+    cllm_parallel((m + DGEMM_ROWS - 1) / DGEMM_ROWS,
+                  cllm_threads_for(m * n * (k + 1), (int64_t)1 << 18), dgemm_rows, &j);
+    return CLLM_OK;
+}

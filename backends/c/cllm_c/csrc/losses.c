@@ -1,0 +1,765 @@
+/* losses: softmax, log-softmax, fused softmax + cross-entropy, MSE, L1, Huber.
+ *
+ * Row kernels (softmax family, cross-entropy) run one row per task; threads
+ * split rows. Every sum that produces one value accumulates in double in a
+ * fixed order: within a row, per SIMD lane then lanes combined in a fixed
+ * pattern; across rows or elements, fixed-size blocks whose partials are
+ * added in block order. So results do not depend on the thread count.
+ *
+ * Special values in softmax follow the spec (PyTorch): a row holding NaN or
+ * +inf, or only -inf, becomes all NaN; -inf entries of other rows get
+ * probability 0. Cross-entropy and the regression losses only see finite
+ * inputs (the wrapper rejects the rest). */
+#include "simd_math.h"
+
+#include <math.h>
+#include <string.h>
+
+#define ELEM_BLOCK 16384
+
+enum { RED_MEAN = 0, RED_SUM = 1, RED_NONE = 2 };
+enum { REG_MSE = 0, REG_L1 = 1, REG_HUBER = 2 };
+
+/* ------------------------------------------------------ softmax family ---- */
+static void fill_nan(float *y, int64_t v)
+{
+    for (int64_t j = 0; j < v; j++)
+        y[j] = NAN;
+}
+
+/* max of a row; returns 0 when the row is all NaN-free and m finite */
+static int row_max_scalar(const float *x, int64_t v, float *m_out)
+{
+    float m = -INFINITY;
+    int nan = 0;
+    for (int64_t j = 0; j < v; j++) {
+        if (x[j] != x[j])
+            nan = 1;
+        else if (x[j] > m)
+            m = x[j];
+    }
+    *m_out = m;
+    return nan || isinf(m);
+}
+
+static void softmax_row_scalar(const float *x, float *y, int64_t v, int log_sm)
+{
+    float m;
+    if (row_max_scalar(x, v, &m)) {
+        fill_nan(y, v);
+        return;
+    }
+    double s = 0.0;
+    for (int64_t j = 0; j < v; j++) {
+        float e = expf(x[j] - m);
+        if (!log_sm)
+            y[j] = e;
+        s += e;
+    }
+    if (log_sm) {
+        float lse = (float)log(s);
+        for (int64_t j = 0; j < v; j++)
+            y[j] = (x[j] - m) - lse;
+    } else {
+        float inv = (float)(1.0 / s);
+        for (int64_t j = 0; j < v; j++)
+            y[j] *= inv;
+    }
+}
+
+static void softmax_back_row_scalar(const float *dy, const float *y, float *dx,
+                                    int64_t v, int log_sm)
+{
+    double s = 0.0;
+    if (log_sm) {
+        for (int64_t j = 0; j < v; j++)
+            s += dy[j];
+        float sf = (float)s;
+        for (int64_t j = 0; j < v; j++)
+            dx[j] = dy[j] - expf(y[j]) * sf;
+    } else {
+        for (int64_t j = 0; j < v; j++)
+            s += (double)dy[j] * (double)y[j];
+        float sf = (float)s;
+        for (int64_t j = 0; j < v; j++)
+            dx[j] = y[j] * (dy[j] - sf);
+    }
+}
+
+#if CLLM_X86
+CLLM_AVX2 static inline void add_pd8(__m256 v, __m256d *a0, __m256d *a1)
+{
+    *a0 = _mm256_add_pd(*a0, _mm256_cvtps_pd(_mm256_castps256_ps128(v)));
+    *a1 = _mm256_add_pd(*a1, _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)));
+}
+
+/* max ignoring NaN, plus whether the row needs the all-NaN answer */
+CLLM_AVX2 static int row_max_avx2(const float *x, int64_t v, float *m_out)
+{
+    __m256 m = _mm256_set1_ps(-INFINITY), bad = _mm256_setzero_ps();
+    int64_t j = 0;
+    for (; j + 8 <= v; j += 8) {
+        __m256 a = _mm256_loadu_ps(x + j);
+        bad = _mm256_or_ps(bad, _mm256_cmp_ps(a, a, _CMP_UNORD_Q));
+        m = _mm256_max_ps(a, m); /* NaN in a: keeps m */
+    }
+    float mm = cllm_hmax256(m);
+    int nan = _mm256_movemask_ps(bad) != 0;
+    for (; j < v; j++) {
+        if (x[j] != x[j])
+            nan = 1;
+        else if (x[j] > mm)
+            mm = x[j];
+    }
+    *m_out = mm;
+    return nan || isinf(mm);
+}
+
+/* sum of exp(x - m) in double; stores exp(x - m) into e when e != NULL */
+CLLM_AVX2 static double sum_exp_avx2(const float *x, float m, float *e, int64_t v)
+{
+    __m256 vm = _mm256_set1_ps(m);
+    __m256d a0 = _mm256_setzero_pd(), a1 = a0;
+    int64_t j = 0;
+    for (; j + 8 <= v; j += 8) {
+        __m256 p = cllm_exp256(_mm256_sub_ps(_mm256_loadu_ps(x + j), vm));
+        if (e)
+            _mm256_storeu_ps(e + j, p);
+        add_pd8(p, &a0, &a1);
+    }
+    if (j < v) {
+        __m256i mask = cllm_tail_mask(v - j);
+        __m256 p = cllm_exp256(_mm256_sub_ps(_mm256_maskload_ps(x + j, mask), vm));
+        p = _mm256_and_ps(p, _mm256_castsi256_ps(mask));
+        if (e)
+            _mm256_maskstore_ps(e + j, mask, p);
+        add_pd8(p, &a0, &a1);
+    }
+    return cllm_hsum256d(_mm256_add_pd(a0, a1));
+}
+
+CLLM_AVX2 static void scale_row_avx2(float *y, float s, int64_t v)
+{
+    __m256 vs = _mm256_set1_ps(s);
+    int64_t j = 0;
+    for (; j + 8 <= v; j += 8)
+        _mm256_storeu_ps(y + j, _mm256_mul_ps(_mm256_loadu_ps(y + j), vs));
+    for (; j < v; j++)
+        y[j] *= s;
+}
+
+CLLM_AVX2 static void softmax_row_avx2(const float *x, float *y, int64_t v, int log_sm)
+{
+    float m;
+    if (row_max_avx2(x, v, &m)) {
+        fill_nan(y, v);
+        return;
+    }
+    double s = sum_exp_avx2(x, m, log_sm ? NULL : y, v);
+    if (!log_sm) {
+        scale_row_avx2(y, (float)(1.0 / s), v);
+        return;
+    }
+    float lse = (float)log(s);
+    __m256 vm = _mm256_set1_ps(m), vl = _mm256_set1_ps(lse);
+    int64_t j = 0;
+    for (; j + 8 <= v; j += 8)
+        _mm256_storeu_ps(y + j, _mm256_sub_ps(_mm256_sub_ps(_mm256_loadu_ps(x + j), vm), vl));
+    for (; j < v; j++)
+        y[j] = (x[j] - m) - lse;
+}
+
+CLLM_AVX2 static void softmax_back_row_avx2(const float *dy, const float *y,
+                                            float *dx, int64_t v, int log_sm)
+{
+    __m256d a0 = _mm256_setzero_pd(), a1 = a0;
+    int64_t j = 0;
+    double tail = 0.0;
+    for (; j + 8 <= v; j += 8) {
+        __m256 g = _mm256_loadu_ps(dy + j);
+        if (log_sm) {
+            add_pd8(g, &a0, &a1);
+        } else {
+            __m256 p = _mm256_loadu_ps(y + j);
+            __m256d g0 = _mm256_cvtps_pd(_mm256_castps256_ps128(g));
+            __m256d g1 = _mm256_cvtps_pd(_mm256_extractf128_ps(g, 1));
+            a0 = _mm256_fmadd_pd(g0, _mm256_cvtps_pd(_mm256_castps256_ps128(p)), a0);
+            a1 = _mm256_fmadd_pd(g1, _mm256_cvtps_pd(_mm256_extractf128_ps(p, 1)), a1);
+        }
+    }
+    for (; j < v; j++)
+        tail += log_sm ? (double)dy[j] : (double)dy[j] * (double)y[j];
+    float s = (float)(cllm_hsum256d(_mm256_add_pd(a0, a1)) + tail);
+    __m256 vs = _mm256_set1_ps(s);
+    for (j = 0; j + 8 <= v; j += 8) {
+        __m256 g = _mm256_loadu_ps(dy + j), p = _mm256_loadu_ps(y + j);
+        __m256 r = log_sm ? _mm256_fnmadd_ps(cllm_exp256(p), vs, g)
+                          : _mm256_mul_ps(p, _mm256_sub_ps(g, vs));
+        _mm256_storeu_ps(dx + j, r);
+    }
+    for (; j < v; j++)
+        dx[j] = log_sm ? dy[j] - expf(y[j]) * s : y[j] * (dy[j] - s);
+}
+#endif
+
+#define SOFTMAX_ROWS 8
+
+typedef struct {
+    const float *x, *dy, *y;
+    float *out;
+    int64_t rows, v;
+    int log_sm, backward, simd;
+} softmax_job;
+
+static void softmax_task(void *arg, int64_t q, int worker)
+{
+    const softmax_job *j = arg;
+    int64_t v = j->v;
+    int64_t end = (q + 1) * SOFTMAX_ROWS < j->rows ? (q + 1) * SOFTMAX_ROWS : j->rows;
+    (void)worker;
+    for (int64_t r = q * SOFTMAX_ROWS; r < end; r++) {
+#if CLLM_X86
+        if (j->simd >= CLLM_SIMD_AVX2) {
+            if (j->backward)
+                softmax_back_row_avx2(j->dy + r * v, j->y + r * v, j->out + r * v, v,
+                                      j->log_sm);
+            else
+                softmax_row_avx2(j->x + r * v, j->out + r * v, v, j->log_sm);
+            continue;
+        }
+#endif
+        if (j->backward)
+            softmax_back_row_scalar(j->dy + r * v, j->y + r * v, j->out + r * v, v,
+                                    j->log_sm);
+        else
+            softmax_row_scalar(j->x + r * v, j->out + r * v, v, j->log_sm);
+    }
+}
+
+static void softmax_run(softmax_job *j)
+{
+    j->simd = cllm_simd_current;
+    cllm_parallel((j->rows + SOFTMAX_ROWS - 1) / SOFTMAX_ROWS,
+                  cllm_threads_for(j->rows * j->v, ELEM_BLOCK), softmax_task, j);
+}
+
+int cllm_softmax_forward(const float *x, float *y, int64_t rows, int64_t v,
+                         int log_softmax)
+{
+    CLLM_CHECK(x && y && rows >= 0 && v >= 1);
+    softmax_job j = {x, NULL, NULL, y, rows, v, log_softmax, 0, 0};
+    softmax_run(&j);
+    return CLLM_OK;
+}
+
+int cllm_softmax_backward(const float *dy, const float *y, float *dx, int64_t rows,
+                          int64_t v, int log_softmax)
+{
+    CLLM_CHECK(dy && y && dx && rows >= 0 && v >= 1);
+    softmax_job j = {NULL, dy, y, dx, rows, v, log_softmax, 1, 0};
+    softmax_run(&j);
+    return CLLM_OK;
+}
+
+/* -------------------------------------------------------- cross-entropy ---- */
+/* One row: probs = softmax(z), returns lse and writes sum_c z_c to *zsum
+ * (z = logits - max). Finite input only. */
+static double ce_row_scalar(const float *x, float *p, int64_t v, float *m_out,
+                            double *xsum)
+{
+    float m = x[0];
+    double sx = 0.0, s = 0.0;
+    for (int64_t j = 0; j < v; j++) {
+        m = x[j] > m ? x[j] : m;
+        sx += x[j];
+    }
+    for (int64_t j = 0; j < v; j++) {
+        p[j] = expf(x[j] - m);
+        s += p[j];
+    }
+    float inv = (float)(1.0 / s);
+    for (int64_t j = 0; j < v; j++)
+        p[j] *= inv;
+    *m_out = m;
+    *xsum = sx;
+    return log(s);
+}
+
+#if CLLM_X86
+CLLM_AVX2 static double ce_row_avx2(const float *x, float *p, int64_t v,
+                                    float *m_out, double *xsum)
+{
+    __m256 m8 = _mm256_set1_ps(-INFINITY);
+    __m256d a0 = _mm256_setzero_pd(), a1 = a0;
+    int64_t j = 0;
+    double tail = 0.0;
+    for (; j + 8 <= v; j += 8) {
+        __m256 a = _mm256_loadu_ps(x + j);
+        m8 = _mm256_max_ps(a, m8);
+        add_pd8(a, &a0, &a1);
+    }
+    float m = cllm_hmax256(m8);
+    for (; j < v; j++) {
+        m = x[j] > m ? x[j] : m;
+        tail += x[j];
+    }
+    *xsum = cllm_hsum256d(_mm256_add_pd(a0, a1)) + tail;
+    *m_out = m;
+    double s = sum_exp_avx2(x, m, p, v);
+    scale_row_avx2(p, (float)(1.0 / s), v);
+    return log(s);
+}
+#endif
+
+typedef struct {
+    const float *logits;
+    const int64_t *targets;
+    const float *weight_in, *dloss;
+    int64_t n, v, ignore_index;
+    double eps;
+    float scale, off, hit;
+    float *probs, *weight, *out;
+    int simd;
+    int dloss_per_row;
+} ce_job;
+
+static void ce_forward_task(void *arg, int64_t i, int worker)
+{
+    const ce_job *j = arg;
+    const float *x = j->logits + i * j->v;
+    float m;
+    double xsum, lse;
+    (void)worker;
+#if CLLM_X86
+    if (j->simd >= CLLM_SIMD_AVX2)
+        lse = ce_row_avx2(x, j->probs + i * j->v, j->v, &m, &xsum);
+    else
+#endif
+        lse = ce_row_scalar(x, j->probs + i * j->v, j->v, &m, &xsum);
+    int64_t t = j->targets[i];
+    if (t == j->ignore_index) {
+        j->out[i] = 0.0f;
+        j->weight[i] = 0.0f;
+        return;
+    }
+    /* lse - z_c >= 0 for every class: the loss cannot go negative */
+    double nll = lse - ((double)x[t] - m);
+    double smooth = lse - (xsum / (double)j->v - m);
+    j->out[i] = (float)(j->eps == 0.0 ? nll : (1.0 - j->eps) * nll + j->eps * smooth);
+    j->weight[i] = j->scale;
+}
+
+int cllm_cross_entropy_forward(const float *logits, const int64_t *targets,
+                               int64_t n, int64_t v, int64_t ignore_index,
+                               double label_smoothing, int reduction, float *probs,
+                               float *weight, float *per_row, float *loss)
+{
+    CLLM_CHECK(logits && targets && probs && weight && per_row && n >= 1 && v >= 1);
+    CLLM_CHECK(reduction >= RED_MEAN && reduction <= RED_NONE);
+    CLLM_CHECK(label_smoothing >= 0.0 && label_smoothing <= 1.0);
+    int64_t count = 0;
+    for (int64_t i = 0; i < n; i++) {
+        int64_t t = targets[i];
+        if (t == ignore_index)
+            continue;
+        if (t < 0 || t >= v)
+            return CLLM_ERR_ID_RANGE;
+        count++;
+    }
+    ce_job j = {logits, targets, NULL, NULL, n, v, ignore_index, label_smoothing,
+                reduction != RED_MEAN ? 1.0f : count ? (float)(1.0 / (double)count) : 0.0f,
+                0.0f, 0.0f, probs, weight, per_row, cllm_simd_current, 0};
+    cllm_parallel(n, cllm_threads_for(n * v, ELEM_BLOCK), ce_forward_task, &j);
+    if (loss && reduction != RED_NONE) {
+        double total = 0.0;
+        for (int64_t i = 0; i < n; i++)
+            total += per_row[i];
+        if (reduction == RED_SUM)
+            *loss = (float)total;
+        else
+            *loss = count ? (float)(total / (double)count) : NAN;
+    }
+    return CLLM_OK;
+}
+
+static void ce_back_row_scalar(const float *p, float *d, int64_t v, float off,
+                               float coef)
+{
+    for (int64_t j = 0; j < v; j++)
+        d[j] = (p[j] - off) * coef;
+}
+
+#if CLLM_X86
+/* dlogits is written once and not read again soon: stream it past the cache
+ * once the destination is 32-byte aligned */
+CLLM_AVX2 static void ce_back_row_avx2(const float *p, float *d, int64_t v, float off,
+                                       float coef)
+{
+    __m256 vo = _mm256_set1_ps(off), vc = _mm256_set1_ps(coef);
+    int64_t j = 0;
+    for (; j < v && ((uintptr_t)(d + j) & 31); j++)
+        d[j] = (p[j] - off) * coef;
+    for (; j + 8 <= v; j += 8)
+        _mm256_stream_ps(d + j, _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(p + j), vo), vc));
+    for (; j < v; j++)
+        d[j] = (p[j] - off) * coef;
+    _mm_sfence(); /* order the streamed stores before the caller's fix-up */
+}
+#endif
+
+static void ce_backward_task(void *arg, int64_t i, int worker)
+{
+    const ce_job *j = arg;
+    const float *p = j->probs + i * j->v;
+    float *d = j->out + i * j->v;
+    float coef = (j->dloss_per_row ? j->dloss[i] : j->dloss[0]) * j->weight_in[i];
+    (void)worker;
+#if CLLM_X86
+    if (j->simd >= CLLM_SIMD_AVX2)
+        ce_back_row_avx2(p, d, j->v, j->off, coef);
+    else
+#endif
+        ce_back_row_scalar(p, d, j->v, j->off, coef);
+    if (j->weight_in[i] != 0.0f) {
+        int64_t t = j->targets[i];
+        d[t] = ((p[t] - j->off) - j->hit) * coef;
+    }
+}
+
+int cllm_cross_entropy_backward(const float *probs, const int64_t *targets,
+                                const float *weight, const float *dloss,
+                                int dloss_per_row, int64_t n, int64_t v,
+                                double label_smoothing, float *dlogits)
+{
+    CLLM_CHECK(probs && targets && weight && dloss && dlogits && n >= 1 && v >= 1);
+    CLLM_CHECK(label_smoothing >= 0.0 && label_smoothing <= 1.0);
+    for (int64_t i = 0; i < n; i++)
+        if (weight[i] != 0.0f && (targets[i] < 0 || targets[i] >= v))
+            return CLLM_ERR_ID_RANGE;
+    ce_job j = {NULL, targets, weight, dloss, n, v, 0, label_smoothing, 0.0f,
+                (float)(label_smoothing / (double)v), (float)(1.0 - label_smoothing),
+                (float *)probs, NULL, dlogits, cllm_simd_current, dloss_per_row};
+    cllm_parallel(n, cllm_threads_for(n * v, ELEM_BLOCK), ce_backward_task, &j);
+    return CLLM_OK;
+}
+
+/* ---------------------------------------------------- regression losses ---- */
+static inline __attribute__((always_inline)) float
+reg_elem(int kind, float d, float delta)
+{
+    float a = fabsf(d);
+    if (kind == REG_MSE)
+        return d * d;
+    if (kind == REG_L1)
+        return a;
+    return a < delta ? 0.5f * d * d : delta * (a - 0.5f * delta);
+}
+
+/* one block: diff, optional per-item losses, and the block's double sum */
+static inline __attribute__((always_inline)) double
+reg_block(int kind, const float *pred, const float *target, int64_t len,
+          float delta, float *diff, float *per_item)
+{
+    double s = 0.0;
+    for (int64_t i = 0; i < len; i++)
+        diff[i] = pred[i] - target[i];
+    for (int64_t i = 0; i < len; i++) {
+        float e = reg_elem(kind, diff[i], delta);
+        if (per_item)
+            per_item[i] = e;
+        s += e;
+    }
+    return s;
+}
+
+static double reg_block_scalar(int kind, const float *p, const float *t, int64_t len,
+                               float delta, float *diff, float *per_item)
+{
+    return reg_block(kind, p, t, len, delta, diff, per_item);
+}
+
+#if CLLM_X86
+/* the same source compiled for AVX2: the elementwise loops vectorize, the
+ * double sum stays in order, so both paths give the same bits */
+CLLM_AVX2 static double reg_block_avx2(int kind, const float *p, const float *t,
+                                       int64_t len, float delta, float *diff,
+                                       float *per_item)
+{
+    return reg_block(kind, p, t, len, delta, diff, per_item);
+}
+#endif
+
+typedef struct {
+    int kind, simd, per_item_dloss;
+    const float *a, *b, *dloss;
+    int64_t n;
+    float delta, s0;
+    float *out, *per_item;
+    double *partial;
+} reg_job;
+
+static void reg_forward_task(void *arg, int64_t q, int worker)
+{
+    const reg_job *j = arg;
+    int64_t i0 = q * ELEM_BLOCK, len = j->n - i0 < ELEM_BLOCK ? j->n - i0 : ELEM_BLOCK;
+    float *pi = j->per_item ? j->per_item + i0 : NULL;
+    (void)worker;
+#if CLLM_X86
+    if (j->simd >= CLLM_SIMD_AVX2) {
+        j->partial[q] = reg_block_avx2(j->kind, j->a + i0, j->b + i0, len, j->delta,
+                                       j->out + i0, pi);
+        return;
+    }
+#endif
+    j->partial[q] = reg_block_scalar(j->kind, j->a + i0, j->b + i0, len, j->delta,
+                                     j->out + i0, pi);
+}
+
+int cllm_regression_forward(int kind, const float *pred, const float *target,
+                            int64_t n, float delta, int reduction, float *diff,
+                            float *per_item, float *loss)
+{
+    CLLM_CHECK(pred && target && diff && n >= 1 && kind >= REG_MSE && kind <= REG_HUBER);
+    CLLM_CHECK(reduction >= RED_MEAN && reduction <= RED_NONE);
+    CLLM_CHECK(kind != REG_HUBER || delta > 0.0f);
+    int64_t blocks = (n + ELEM_BLOCK - 1) / ELEM_BLOCK;
+    double *partial = cllm_alloc((size_t)blocks * sizeof(double));
+    if (!partial)
+        return CLLM_ERR_NOMEM;
+    reg_job j = {kind, cllm_simd_current, 0, pred, target, NULL, n, delta, 0.0f, diff,
+                 per_item, partial};
+    cllm_parallel(blocks, cllm_threads_for(n, ELEM_BLOCK), reg_forward_task, &j);
+    double total = 0.0;
+    for (int64_t q = 0; q < blocks; q++)
+        total += partial[q];
+    cllm_free(partial);
+    if (loss)
+        *loss = (float)(reduction == RED_MEAN ? total / (double)n : total);
+    return CLLM_OK;
+}
+
+static inline __attribute__((always_inline)) void
+reg_back_block(int kind, const float *diff, const float *dloss, int per_item,
+               float s0, int64_t len, float delta, float *dpred)
+{
+    for (int64_t i = 0; i < len; i++) {
+        float d = diff[i], g;
+        float s = per_item ? dloss[i] : s0;
+        if (kind == REG_MSE)
+            g = 2.0f * d;
+        else if (kind == REG_L1)
+            g = (float)((d > 0.0f) - (d < 0.0f));
+        else
+            g = d < -delta ? -delta : (d > delta ? delta : d);
+        dpred[i] = g * s;
+    }
+}
+
+static void reg_back_scalar(int kind, const float *diff, const float *dloss,
+                            int per_item, float s0, int64_t len, float delta,
+                            float *dpred)
+{
+    reg_back_block(kind, diff, dloss, per_item, s0, len, delta, dpred);
+}
+
+#if CLLM_X86
+CLLM_AVX2 static void reg_back_avx2(int kind, const float *diff, const float *dloss,
+                                    int per_item, float s0, int64_t len, float delta,
+                                    float *dpred)
+{
+    reg_back_block(kind, diff, dloss, per_item, s0, len, delta, dpred);
+}
+#endif
+
+static void reg_backward_task(void *arg, int64_t q, int worker)
+{
+    const reg_job *j = arg;
+    int64_t i0 = q * ELEM_BLOCK, len = j->n - i0 < ELEM_BLOCK ? j->n - i0 : ELEM_BLOCK;
+    const float *dl = j->per_item_dloss ? j->dloss + i0 : j->dloss;
+    (void)worker;
+#if CLLM_X86
+    if (j->simd >= CLLM_SIMD_AVX2) {
+        reg_back_avx2(j->kind, j->a + i0, dl, j->per_item_dloss, j->s0, len, j->delta,
+                      j->out + i0);
+        return;
+    }
+#endif
+    reg_back_scalar(j->kind, j->a + i0, dl, j->per_item_dloss, j->s0, len, j->delta,
+                    j->out + i0);
+}
+
+int cllm_regression_backward(int kind, const float *diff, const float *dloss,
+                             int dloss_per_item, int64_t n, float delta,
+                             int reduction, float *dpred)
+{
+    CLLM_CHECK(diff && dloss && dpred && n >= 1 && kind >= REG_MSE && kind <= REG_HUBER);
+    CLLM_CHECK(reduction >= RED_MEAN && reduction <= RED_NONE);
+    int64_t blocks = (n + ELEM_BLOCK - 1) / ELEM_BLOCK;
+    /* mean: s = dloss / n, rounded once to float like the reference */
+    float s0 = dloss_per_item ? 0.0f : dloss[0];
+    if (reduction == RED_MEAN && !dloss_per_item)
+        s0 = (float)((double)dloss[0] / (double)n);
+    reg_job j = {kind, cllm_simd_current, dloss_per_item, diff, NULL, dloss, n, delta,
+                 s0, dpred, NULL, NULL};
+    cllm_parallel(blocks, cllm_threads_for(n, ELEM_BLOCK), reg_backward_task, &j);
+    return CLLM_OK;
+}
+
+/* ------------------------------------------------------------- float64 ---- */
+/* The float64 path: the scalar formulas above in double, one thread. */
+int cllm_softmax_forward_f64(const double *x, double *y, int64_t rows, int64_t v,
+                             int log_softmax)
+{
+    CLLM_CHECK(x && y && rows >= 0 && v >= 1);
+    for (int64_t r = 0; r < rows; r++) {
+        const double *xr = x + r * v;
+        double *yr = y + r * v, m = -INFINITY, s = 0.0;
+        int nan = 0;
+        for (int64_t j = 0; j < v; j++) {
+            nan |= xr[j] != xr[j];
+            m = xr[j] > m ? xr[j] : m;
+        }
+        if (nan || isinf(m)) {
+            for (int64_t j = 0; j < v; j++)
+                yr[j] = NAN;
+            continue;
+        }
+        for (int64_t j = 0; j < v; j++)
+            s += exp(xr[j] - m);
+        double lse = log(s);
+        for (int64_t j = 0; j < v; j++)
+            yr[j] = log_softmax ? (xr[j] - m) - lse : exp(xr[j] - m) / s;
+    }
+    return CLLM_OK;
+}
+
+int cllm_softmax_backward_f64(const double *dy, const double *y, double *dx,
+                              int64_t rows, int64_t v, int log_softmax)
+{
+    CLLM_CHECK(dy && y && dx && rows >= 0 && v >= 1);
+    for (int64_t r = 0; r < rows; r++) {
+        const double *g = dy + r * v, *p = y + r * v;
+        double s = 0.0;
+        for (int64_t j = 0; j < v; j++)
+            s += log_softmax ? g[j] : g[j] * p[j];
+        for (int64_t j = 0; j < v; j++)
+            dx[r * v + j] = log_softmax ? g[j] - exp(p[j]) * s : p[j] * (g[j] - s);
+    }
+    return CLLM_OK;
+}
+
+int cllm_cross_entropy_forward_f64(const double *logits, const int64_t *targets,
+                                   int64_t n, int64_t v, int64_t ignore_index,
+                                   double label_smoothing, int reduction,
+                                   double *probs, double *weight, double *per_row,
+                                   double *loss)
+{
+    CLLM_CHECK(logits && targets && probs && weight && per_row && n >= 1 && v >= 1);
+    CLLM_CHECK(reduction >= RED_MEAN && reduction <= RED_NONE);
+    CLLM_CHECK(label_smoothing >= 0.0 && label_smoothing <= 1.0);
+    int64_t count = 0;
+    for (int64_t i = 0; i < n; i++) {
+        if (targets[i] == ignore_index)
+            continue;
+        if (targets[i] < 0 || targets[i] >= v)
+            return CLLM_ERR_ID_RANGE;
+        count++;
+    }
+    double scale = reduction != RED_MEAN ? 1.0 : count ? 1.0 / (double)count : 0.0;
+    double total = 0.0, eps = label_smoothing;
+    for (int64_t i = 0; i < n; i++) {
+        const double *x = logits + i * v;
+        double *p = probs + i * v, m = x[0], s = 0.0, zsum = 0.0;
+        for (int64_t j = 0; j < v; j++)
+            m = x[j] > m ? x[j] : m;
+        for (int64_t j = 0; j < v; j++) {
+            p[j] = exp(x[j] - m);
+            s += p[j];
+            zsum += x[j] - m;
+        }
+        for (int64_t j = 0; j < v; j++)
+            p[j] /= s;
+        double lse = log(s);
+        int64_t t = targets[i];
+        if (t == ignore_index) {
+            per_row[i] = weight[i] = 0.0;
+            continue;
+        }
+        double nll = lse - (x[t] - m);
+        per_row[i] = eps == 0.0 ? nll : (1.0 - eps) * nll + eps * (lse - zsum / (double)v);
+        weight[i] = scale;
+        total += per_row[i];
+    }
+    if (loss && reduction != RED_NONE)
+        *loss = reduction == RED_SUM ? total : count ? total / (double)count : NAN;
+    return CLLM_OK;
+}
+
+int cllm_cross_entropy_backward_f64(const double *probs, const int64_t *targets,
+                                    const double *weight, const double *dloss,
+                                    int dloss_per_row, int64_t n, int64_t v,
+                                    double label_smoothing, double *dlogits)
+{
+    CLLM_CHECK(probs && targets && weight && dloss && dlogits && n >= 1 && v >= 1);
+    CLLM_CHECK(label_smoothing >= 0.0 && label_smoothing <= 1.0);
+    double off = label_smoothing / (double)v, hit = 1.0 - label_smoothing;
+    for (int64_t i = 0; i < n; i++)
+        if (weight[i] != 0.0 && (targets[i] < 0 || targets[i] >= v))
+            return CLLM_ERR_ID_RANGE;
+    for (int64_t i = 0; i < n; i++) {
+        double coef = (dloss_per_row ? dloss[i] : dloss[0]) * weight[i];
+        for (int64_t j = 0; j < v; j++)
+            dlogits[i * v + j] = (probs[i * v + j] - off) * coef;
+        if (weight[i] != 0.0)
+            dlogits[i * v + targets[i]] = ((probs[i * v + targets[i]] - off) - hit) * coef;
+    }
+    return CLLM_OK;
+}
+
+int cllm_regression_forward_f64(int kind, const double *pred, const double *target,
+                                int64_t n, double delta, int reduction, double *diff,
+                                double *per_item, double *loss)
+{
+    CLLM_CHECK(pred && target && diff && n >= 1 && kind >= REG_MSE && kind <= REG_HUBER);
+    CLLM_CHECK(reduction >= RED_MEAN && reduction <= RED_NONE);
+    CLLM_CHECK(kind != REG_HUBER || delta > 0.0);
+    double total = 0.0;
+    for (int64_t i = 0; i < n; i++) {
+        double d = pred[i] - target[i], a = fabs(d), e;
+        diff[i] = d;
+        if (kind == REG_MSE)
+            e = d * d;
+        else if (kind == REG_L1)
+            e = a;
+        else
+            e = a < delta ? 0.5 * d * d : delta * (a - 0.5 * delta);
+        if (per_item)
+            per_item[i] = e;
+        total += e;
+    }
+    if (loss)
+        *loss = reduction == RED_MEAN ? total / (double)n : total;
+    return CLLM_OK;
+}
+
+int cllm_regression_backward_f64(int kind, const double *diff, const double *dloss,
+                                 int dloss_per_item, int64_t n, double delta,
+                                 int reduction, double *dpred)
+{
+    CLLM_CHECK(diff && dloss && dpred && n >= 1 && kind >= REG_MSE && kind <= REG_HUBER);
+    CLLM_CHECK(reduction >= RED_MEAN && reduction <= RED_NONE);
+    double s0 = dloss_per_item ? 0.0 : dloss[0];
+    if (reduction == RED_MEAN && !dloss_per_item)
+        s0 = dloss[0] / (double)n;
+    for (int64_t i = 0; i < n; i++) {
+        double d = diff[i], s = dloss_per_item ? dloss[i] : s0, g;
+        if (kind == REG_MSE)
+            g = 2.0 * d;
+        else if (kind == REG_L1)
+            g = (double)((d > 0.0) - (d < 0.0));
+        else
+            g = d < -delta ? -delta : (d > delta ? delta : d);
+        dpred[i] = g * s;
+    }
+    return CLLM_OK;
+}

@@ -1,0 +1,193 @@
+"""Feed-forward pieces on the C kernels of ``csrc/ffn.c`` and ``csrc/gemm.c``.
+
+The math, shapes and error contract are in :mod:`cllm_spec.ffn`; every function
+validates with the same checks as the reference before calling C.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cllm_c._lib import arr, check, empty, kernel, ptr
+from cllm_spec.ffn import (
+    validate_activation,
+    validate_activation_backward,
+    validate_ffn,
+    validate_ffn_backward,
+    validate_layernorm,
+    validate_layernorm_backward,
+    validate_linear,
+    validate_linear_backward,
+)
+from cllm_spec.protocols import (
+    Activation,
+    ActivationCache,
+    FFNCache,
+    LayerNormCache,
+    LinearCache,
+)
+
+_KINDS = {"relu": 0, "gelu": 1, "gelu_tanh": 2}
+
+
+# ------------------------------------------------------------------ linear ----
+def _linear(
+    x: np.ndarray, w: np.ndarray, b: np.ndarray | None
+) -> tuple[np.ndarray, LinearCache]:
+    xc, wc = arr("x", x), arr("w", w)
+    bc = None if b is None else arr("b", b)
+    out_f, in_f = wc.shape
+    n = xc.size // in_f
+    y = empty((*x.shape[:-1], out_f), dtype=x.dtype)  # (..., OUT)
+    status = kernel("cllm_linear_forward", x.dtype)(
+        ptr(xc), ptr(wc), ptr(bc), ptr(y), n, in_f, out_f
+    )
+    check(status, "linear_forward")
+    return y, LinearCache(x, w, b is not None)
+
+
+def _linear_backward(
+    dy: np.ndarray, cache: LinearCache
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    x, w, has_bias = cache
+    dyc = arr("dy", dy)
+    xc = arr("cache.x", x, dyc.dtype)
+    wc = arr("cache.w", w, dyc.dtype)
+    out_f, in_f = wc.shape if wc.ndim == 2 else (-1, -1)
+    arr("cache.x", xc, shape=(*dyc.shape[:-1], in_f))
+    arr("dy", dyc, shape=(*x.shape[:-1], out_f))
+    n = xc.size // in_f
+    dt = dyc.dtype
+    dx = empty(x.shape, dtype=dt)  # (..., IN)
+    dw = empty((out_f, in_f), dtype=dt)
+    db = empty(out_f, dtype=dt) if has_bias else None
+    status = kernel("cllm_linear_backward", dt)(
+        ptr(dyc), ptr(xc), ptr(wc), ptr(dx), ptr(dw), ptr(db), n, in_f, out_f
+    )
+    check(status, "linear_backward")
+    return dx, dw, db
+
+
+def linear_forward(
+    x: np.ndarray, w: np.ndarray, b: np.ndarray | None
+) -> tuple[np.ndarray, LinearCache]:
+    """``y = x @ w.T + b``; ``w: (OUT, IN)`` as in torch.nn.Linear."""
+    validate_linear(x, w, b)
+    return _linear(x, w, b)
+
+
+def linear_backward(
+    dy: np.ndarray, cache: LinearCache
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """``dx = dy @ w``, ``dw = dy^T x``, ``db = sum dy`` (None without bias)."""
+    validate_linear_backward(dy, cache)
+    return _linear_backward(dy, cache)
+
+
+# ------------------------------------------------------------- activation ----
+def _activation(x: np.ndarray, kind: str) -> tuple[np.ndarray, ActivationCache]:
+    xc = arr("x", x)
+    y = empty(x.shape, dtype=x.dtype)
+    status = kernel("cllm_activation_forward", x.dtype)(
+        _KINDS[kind], ptr(xc), ptr(y), xc.size
+    )
+    check(status, kind)
+    return y, ActivationCache(x, kind)
+
+
+def _activation_backward(dy: np.ndarray, cache: ActivationCache) -> np.ndarray:
+    dyc = arr("dy", dy)
+    xc = arr("cache.x", cache.x, dyc.dtype, dyc.shape)
+    dx = empty(xc.shape, dtype=xc.dtype)
+    status = kernel("cllm_activation_backward", xc.dtype)(
+        _KINDS[cache.kind], ptr(xc), ptr(dyc), ptr(dx), xc.size
+    )
+    check(status, f"{cache.kind} backward")
+    return dx
+
+
+def activation_forward(
+    x: np.ndarray, kind: Activation
+) -> tuple[np.ndarray, ActivationCache]:
+    """relu, gelu (erf) or gelu_tanh, elementwise."""
+    validate_activation(x, kind)
+    return _activation(x, str(kind))
+
+
+def activation_backward(dy: np.ndarray, cache: ActivationCache) -> np.ndarray:
+    """``dx = dy * act'(x)``."""
+    validate_activation_backward(dy, cache)
+    return _activation_backward(dy, cache)
+
+
+# -------------------------------------------------------------- layernorm ----
+def layernorm_forward(
+    x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float = 1e-5
+) -> tuple[np.ndarray, LayerNormCache]:
+    """``y = (x - mean) / sqrt(var + eps) * weight + bias`` over the last axis."""
+    eps = validate_layernorm(x, weight, bias, eps)
+    xc, wc, bc = arr("x", x), arr("weight", weight), arr("bias", bias)
+    c = x.shape[-1]
+    rows = xc.size // c
+    y = empty(x.shape, dtype=x.dtype)  # (..., C)
+    x_hat = empty(x.shape, dtype=x.dtype)  # (..., C)
+    rstd = empty(x.shape[:-1], dtype=x.dtype)  # (...,)
+    status = kernel("cllm_layernorm_forward", x.dtype)(
+        ptr(xc), ptr(wc), ptr(bc), eps, ptr(y), ptr(x_hat), ptr(rstd), rows, c
+    )
+    check(status, "layernorm_forward")
+    return y, LayerNormCache(x_hat, rstd, weight)
+
+
+def layernorm_backward(
+    dy: np.ndarray, cache: LayerNormCache
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``dx = rstd (g - mean g - x_hat mean(g x_hat))`` with ``g = dy * weight``."""
+    validate_layernorm_backward(dy, cache)
+    dyc = arr("dy", dy)
+    dt = dyc.dtype
+    x_hat = arr("cache.x_hat", cache.x_hat, dt, dyc.shape)
+    c = x_hat.shape[-1]
+    rows = x_hat.size // c
+    rstd = arr("cache.rstd", cache.rstd, dt, x_hat.shape[:-1])
+    wc = arr("cache.weight", cache.weight, dt, (c,))
+    dx = empty(x_hat.shape, dtype=dt)  # (..., C)
+    dweight = empty(c, dtype=dt)
+    dbias = empty(c, dtype=dt)
+    status = kernel("cllm_layernorm_backward", dt)(
+        ptr(dyc), ptr(x_hat), ptr(rstd), ptr(wc), ptr(dx), ptr(dweight), ptr(dbias),
+        rows, c,
+    )  # fmt: skip
+    check(status, "layernorm_backward")
+    return dx, dweight, dbias
+
+
+# -------------------------------------------------------------------- ffn ----
+def ffn_forward(
+    x: np.ndarray,
+    w_fc: np.ndarray,
+    b_fc: np.ndarray | None,
+    w_proj: np.ndarray,
+    b_proj: np.ndarray | None,
+    *,
+    activation: Activation = "gelu",
+) -> tuple[np.ndarray, FFNCache]:
+    """``linear(activation(linear(x, w_fc, b_fc)), w_proj, b_proj)``."""
+    validate_ffn(x, w_fc, b_fc, w_proj, b_proj, activation)
+    h, fc = _linear(x, w_fc, b_fc)  # (..., F)
+    a, act = _activation(h, str(activation))  # (..., F)
+    y, proj = _linear(a, w_proj, b_proj)  # (..., C)
+    return y, FFNCache(fc, act, proj)
+
+
+def ffn_backward(
+    dy: np.ndarray, cache: FFNCache
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray, np.ndarray | None]:
+    """(dx, dw_fc, db_fc, dw_proj, db_proj); bias grads are None without bias."""
+    validate_ffn_backward(dy, cache)
+    da, dw_proj, db_proj = _linear_backward(dy, cache.proj)  # (..., F)
+    validate_activation_backward(da, cache.act)
+    dh = _activation_backward(da, cache.act)  # (..., F)
+    validate_linear_backward(dh, cache.fc)
+    dx, dw_fc, db_fc = _linear_backward(dh, cache.fc)  # (..., C)
+    return dx, dw_fc, db_fc, dw_proj, db_proj
