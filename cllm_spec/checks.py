@@ -97,6 +97,13 @@ def expect_nonempty(name: str, x: np.ndarray) -> None:
 
 def expect_finite(name: str, x: np.ndarray) -> None:
     """Every element of ``x`` is finite."""
+    # One NaN or inf makes the sum non-finite, so a finite sum proves the array
+    # finite without the full elementwise scan (a large win on 33M-parameter
+    # optimizer buffers); only a non-finite sum, which overflow can also cause,
+    # needs the exact check.
+    with np.errstate(over="ignore", invalid="ignore"):
+        if np.isfinite(np.sum(x)):
+            return
     if not np.all(np.isfinite(x)):
         bad = int(np.size(x) - np.count_nonzero(np.isfinite(x)))
         raise NonFiniteError(f"{name}: {bad} non-finite value(s) (NaN or inf)")
