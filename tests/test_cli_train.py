@@ -70,6 +70,21 @@ def ckpt_steps(run: Path) -> list[int]:
     return [step for step, _ in checkpoint.list_checkpoints(run)]
 
 
+def loadable_backends() -> list[str]:
+    names = []
+    for name in available_backends():
+        try:
+            get_backend(name)
+        except BackendError:
+            continue
+        names.append(name)
+    return names
+
+
+#: the end-to-end tests below run on every backend that loads here
+BACKENDS = loadable_backends()
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
     """3000 characters of the bundled corpus: 2700 train + 300 validation bytes."""
@@ -179,11 +194,13 @@ def test_logged_loss_is_the_model_loss_on_the_cursor_batch(tmp_path, corpus):
     assert logged == pytest.approx(whole, rel=1e-6)  # the unsplit batch's mean
 
 
-def test_training_lowers_the_loss(tmp_path, corpus):
+@pytest.mark.parametrize("backend_name", BACKENDS)
+def test_training_lowers_the_loss(tmp_path, corpus, backend_name):
     run = tmp_path / "run"
     ok(
         cllm_train(
             *sets(
+                train__backend=backend_name,
                 data__corpus=corpus,
                 train__out_dir=run,
                 train__steps=40,
@@ -232,7 +249,8 @@ def test_progress_bar_shows_loss_lr_and_throughput_on_a_terminal(tmp_path, corpu
 
 
 # ------------------------------------------------------------------ resume ---
-def test_resume_is_bit_identical(tmp_path, corpus):
+@pytest.mark.parametrize("backend_name", BACKENDS)
+def test_resume_is_bit_identical(tmp_path, corpus, backend_name):
     """Run 8 steps; resume the step-4 checkpoint for steps 5-8; same bits.
 
     grad_accum 2 of batches of 8 from 1500 tokens: 10 micro-batches per epoch,
@@ -241,6 +259,7 @@ def test_resume_is_bit_identical(tmp_path, corpus):
     small = tmp_path / "small.txt"
     small.write_text(corpus.read_text()[:1500])
     common = dict(
+        train__backend=backend_name,
         data__corpus=small,
         train__batch_size=8,
         train__grad_accum=2,
@@ -313,17 +332,6 @@ def test_resume_an_earlier_checkpoint_in_place(tmp_path, corpus):
     assert [r["step"] for r in after] == [1, 2, 3, 4, 5, 6]
     assert [r["loss"] for r in after] == [r["loss"] for r in before]
     assert ckpt_steps(run) == [2, 4, 6]
-
-
-def loadable_backends() -> list[str]:
-    names = []
-    for name in available_backends():
-        try:
-            get_backend(name)
-        except BackendError:
-            continue
-        names.append(name)
-    return names
 
 
 def test_resume_in_float64_follows_the_float32_run(tmp_path, corpus):
