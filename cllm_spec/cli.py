@@ -35,7 +35,10 @@ def cmd_backends(args: argparse.Namespace) -> int:
         else:
             status = f"unavailable: {row['reason']}"
         print(f"{mark} {row['name']:<8} {row['version'] or '-':<8} {status}")
-    print("(* = default, chosen by CLLM_BACKEND or 'numpy')")
+    print(
+        "(* = the default of the registry and the conformance suite: $CLLM_BACKEND, "
+        "else numpy; cllm train prefers c when it loads)"
+    )
     return 0
 
 
