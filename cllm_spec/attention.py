@@ -239,6 +239,24 @@ def validate_kv_cache_reset(cache: Any) -> None:
     _validate_kv_buffers(cache)
 
 
+# The KV cache's buffers are plain arrays in every backend (a backend's kernels
+# read and write them in place), so allocating and resetting one is spec code
+# that backends re-export rather than reimplement.
+def new_kv_cache(
+    batch: int, n_head: int, t_max: int, head_size: int, dtype: Any
+) -> KVCache:
+    """Zero (B, NH, T_max, HS) key and value buffers with length 0."""
+    dt = validate_kv_cache_new(batch, n_head, t_max, head_size, dtype)
+    shape = (int(batch), int(n_head), int(t_max), int(head_size))
+    return KVCache(np.zeros(shape, dt), np.zeros(shape, dt), 0)
+
+
+def reset_kv_cache(cache: KVCache) -> KVCache:
+    """The same buffers with length 0."""
+    validate_kv_cache_reset(cache)
+    return KVCache(cache.k, cache.v, 0)
+
+
 def expect_room(cache: KVCache, t_new: int) -> None:
     """Raise CacheFullError unless ``t_new`` more positions fit in ``cache``."""
     t_max = cache.k.shape[2]

@@ -9,19 +9,17 @@ move and the output projection.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
 from cllm_c._lib import arr, check, empty, ffi, kernel, ptr
 from cllm_c.ffn import _linear, _linear_backward
 from cllm_spec.attention import (
     attention_scale,
+    new_kv_cache,
+    reset_kv_cache,
     validate_attention,
     validate_attention_backward,
     validate_kv_cache_append,
-    validate_kv_cache_new,
-    validate_kv_cache_reset,
     validate_mha,
     validate_mha_backward,
 )
@@ -117,13 +115,7 @@ def attention_backward(
 
 
 # ----------------------------------------------------------- KV cache ------
-def kv_cache_new(
-    batch: int, n_head: int, t_max: int, head_size: int, dtype: Any
-) -> KVCache:
-    """Zero (B, NH, T_max, HS) key and value buffers with length 0."""
-    dt = validate_kv_cache_new(batch, n_head, t_max, head_size, dtype)
-    shape = (int(batch), int(n_head), int(t_max), int(head_size))
-    return KVCache(np.zeros(shape, dt), np.zeros(shape, dt), 0)
+kv_cache_new = new_kv_cache
 
 
 def _append(cache: KVCache, k: np.ndarray, v: np.ndarray) -> KVCache:
@@ -148,10 +140,7 @@ def kv_cache_append(cache: KVCache, k: np.ndarray, v: np.ndarray) -> KVCache:
     return _append(cache, k, v)
 
 
-def kv_cache_reset(cache: KVCache) -> KVCache:
-    """The same buffers with length 0."""
-    validate_kv_cache_reset(cache)
-    return KVCache(cache.k, cache.v, 0)
+kv_cache_reset = reset_kv_cache
 
 
 # ------------------------------------------------ multi-head attention -----
