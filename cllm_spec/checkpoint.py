@@ -635,8 +635,7 @@ def _validate_contents(
 # -------------------------------------------------------------- rotation ---
 def checkpoint_path(directory: str | os.PathLike[str], step: int) -> Path:
     """``<directory>/ckpt-<step, 9 digits>.safetensors``."""
-    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-        raise ConfigError(f"step: expected an int >= 0, got {step!r}")
+    step = checks.expect_nonnegative_int("step", step)
     return Path(directory) / f"ckpt-{step:09d}.safetensors"
 
 

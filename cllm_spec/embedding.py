@@ -53,26 +53,14 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from cllm_spec import checks
-from cllm_spec.errors import ConfigError, DTypeError, ShapeError
+from cllm_spec.errors import DTypeError, ShapeError
 from cllm_spec.protocols import EmbeddingCache
-
-
-def _expect_offset(pos_offset: object) -> int:
-    if isinstance(pos_offset, bool) or not isinstance(pos_offset, int | np.integer):
-        raise ConfigError(
-            f"pos_offset: expected an int, got {type(pos_offset).__name__}"
-        )
-    if pos_offset < 0:
-        raise ConfigError(f"pos_offset: expected >= 0, got {pos_offset}")
-    return int(pos_offset)
 
 
 def validate_embedding(ids: Any, wte: Any, wpe: Any, pos_offset: Any) -> None:
     """The checks of ``embedding_forward`` (see the module docstring)."""
-    offset = _expect_offset(pos_offset)
+    offset = checks.expect_nonnegative_int("pos_offset", pos_offset)
     checks.expect_int("ids", ids)
     checks.expect_rank("ids", ids, 2)
     checks.expect_nonempty("ids", ids)

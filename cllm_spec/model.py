@@ -398,16 +398,6 @@ def init_kv_caches(
 
 
 # ---------------------------------------------------------------- forward -----
-def _expect_offset(pos_offset: object) -> int:
-    if isinstance(pos_offset, bool) or not isinstance(pos_offset, int | np.integer):
-        raise ConfigError(
-            f"pos_offset: expected an int, got {type(pos_offset).__name__}"
-        )
-    if pos_offset < 0:
-        raise ConfigError(f"pos_offset: expected >= 0, got {pos_offset}")
-    return int(pos_offset)
-
-
 def validate_params(backend: Any, cfg: ModelConfig, params: object) -> np.ndarray:
     """``params`` is the finite (P,) buffer of ``cfg`` in a dtype of ``backend``."""
     if not isinstance(cfg, ModelConfig):
@@ -430,7 +420,7 @@ def validate_forward(
     pos_offset: object,
 ) -> None:
     """The checks of :func:`forward` (see "Errors" in the module docstring)."""
-    offset = _expect_offset(pos_offset)
+    offset = checks.expect_nonnegative_int("pos_offset", pos_offset)
     validate_params(backend, cfg, params)
     tokens = checks.expect_int("ids", ids)
     checks.expect_rank("ids", tokens, 2)

@@ -211,9 +211,7 @@ def _validate_arrays(params: Any, grads: Any, state: Any, cls: type[State]) -> N
     checks.expect_shape("grads", grads, p.shape)
     if not isinstance(state, cls):
         raise DTypeError(f"state: expected {cls.__name__}, got {type(state).__name__}")
-    step: Any = state.step
-    if isinstance(step, bool) or not isinstance(step, int | np.integer) or step < 0:
-        raise ConfigError(f"state.step: expected an int >= 0, got {step!r}")
+    checks.expect_nonnegative_int("state.step", state.step)
     arrays = [("params", p), ("grads", grads)]
     for field in cls._fields[:-1]:  # every field but the trailing step
         name, arr = f"state.{field}", getattr(state, field)
