@@ -34,10 +34,12 @@ def cmd_backends(args: argparse.Namespace) -> int:
             status = f"available  {_format_build(row['build_info'])}"
         else:
             status = f"unavailable: {row['reason']}"
+            if row.get("fix"):
+                status += f"\n{'':20}fix: {row['fix']}"
         print(f"{mark} {row['name']:<8} {row['version'] or '-':<8} {status}")
     print(
-        "(* = the default of the registry and the conformance suite: $CLLM_BACKEND, "
-        "else numpy; cllm train prefers c when it loads)"
+        "(* = the default of every command and of the conformance suite: "
+        "$CLLM_BACKEND, else c when it loads, else numpy)"
     )
     return 0
 
@@ -51,7 +53,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--version", action="version", version=f"cllm {cllm_spec.__version__}"
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    p = sub.add_parser("backends", help="list the backends and whether they load")
+    p = sub.add_parser(
+        "backends",
+        help="list the backends and whether they load",
+        description="List every registered backend (entry-point group "
+        "cllm_spec.backends): its version, whether it loads here and, if not, "
+        "why and how to fix it, and how it was built (SIMD level, threads, BLAS). "
+        "The default backend is marked with *.",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_backends)
     for name in COMMAND_MODULES:

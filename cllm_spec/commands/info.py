@@ -26,7 +26,7 @@ from cllm_spec import checkpoint
 from cllm_spec.data.tokenizers import Tokenizer, tokenizer_from_dict
 from cllm_spec.errors import BackendError, CheckpointError, CllmError
 from cllm_spec.model import ModelConfig, param_count
-from cllm_spec.registry import DEFAULT_BACKEND, ENV_VAR, get_backend
+from cllm_spec.registry import ENV_VAR, default_backend_name, get_backend
 
 EXIT_ERROR = 2
 Command = Callable[[argparse.Namespace], int]
@@ -175,10 +175,10 @@ def select_backend(
         except BackendError:
             print(
                 f"cllm {command}: note: the run's backend {recorded!r} does not "
-                f"load here; using {DEFAULT_BACKEND}",
+                f"load here; using {default_backend_name()}",
                 file=sys.stderr,
             )
-    return get_backend(DEFAULT_BACKEND), "default"
+    return get_backend(default_backend_name()), "default"
 
 
 # ------------------------------------------------------------ the command -------

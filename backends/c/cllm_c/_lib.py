@@ -29,9 +29,11 @@ try:
     from cllm_c._ffi import ffi, lib
 except ImportError as exc:  # not built: say how, instead of a bare import error
     raise BackendError(
-        f"the C extension cllm_c._ffi is not built ({exc})",
-        hint="pip install -e . with gcc available, or "
-        "cd backends/c && python cllm_c/_build.py",
+        "the C extension cllm_c._ffi is not built (no working C compiler when "
+        f"cllm was installed?): {exc}",
+        hint="install a C compiler (e.g. apt-get install gcc) and reinstall cllm "
+        "(pip install --force-reinstall --no-deps ., or pip install -e . in a "
+        "clone); the numpy backend works without it",
     ) from exc
 
 F32 = np.dtype(np.float32)
