@@ -1,7 +1,7 @@
 """``cllm train``: train a model (see cllm_spec.train.trainer for what it does).
 
 cllm train [--config RUN.toml] [--backend NAME] [--set SECTION.KEY=VALUE ...]
-           [--resume PATH] [--overwrite]
+           [--resume PATH] [--overwrite] [--print-config]
 
 Exit status:
     0    the run finished (or stopped at train.time_limit) with a checkpoint
@@ -39,6 +39,8 @@ the checkpoint's run (with --resume), then --config, then --set.
 EPILOG = """\
 examples:
   cllm train
+  cllm train --print-config > run.toml            # every field, with its range
+  cllm train --config configs/seed-minimal.toml   # the example configs in configs/
   cllm train --config run.toml --set train.steps=2000 --set optim.lr=1e-3
   cllm train --resume runs/default --set train.steps=3000
   cllm train --set parallel.workers=2          # two worker threads, same bits
@@ -79,7 +81,35 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="first delete the checkpoints in train.out_dir of an earlier run "
         "(or, with --resume, those after the resumed step)",
     )
+    p.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the complete resolved config (defaults, --config, --set) as "
+        "TOML, one comment per field with its range and meaning, and exit",
+    )
     p.set_defaults(func=run_train)
+
+
+def print_config(args: argparse.Namespace, overrides: list[str]) -> int:
+    from cllm_spec.train.config import clamp_warmup, load_config
+    from cllm_spec.train.config_docs import render_toml
+
+    if args.resume:
+        print(
+            "cllm train: error: --print-config shows a new run's config; for a "
+            "checkpoint's run use: cllm info PATH",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    try:
+        cfg, notice = clamp_warmup(load_config(args.config, overrides))
+    except CllmError as exc:
+        print(f"cllm train: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if notice:
+        print(f"# note: {notice}")
+    print(render_toml(cfg), end="")
+    return EXIT_OK
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -89,6 +119,8 @@ def run_train(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.backend:
         overrides.append(f"train.backend={args.backend}")
+    if args.print_config:
+        return print_config(args, overrides)
     try:
         result = train(
             args.config, overrides, resume=args.resume, overwrite=args.overwrite

@@ -16,6 +16,7 @@ too, so a typo never silently falls back to a default.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import tomllib
 import typing
 from collections.abc import Sequence
@@ -25,6 +26,14 @@ from typing import Any
 
 from cllm_spec.checks import expect_choice, expect_in_range, expect_positive_int
 from cllm_spec.errors import ConfigError
+from cllm_spec.files import open_regular
+
+
+#: The hint of every config error: where each field's range and meaning is written.
+FIELD_HINT = (
+    "`cllm train --print-config` lists every field with its range and meaning "
+    "(cllm_spec/train/config_docs.py)"
+)
 
 
 @dataclass(frozen=True)
@@ -288,14 +297,35 @@ def _coerce(where: str, value: Any, annotation: Any) -> Any:
     raise ConfigError(f"{where}: expected {name}, got {value!r}")
 
 
+def _nearest(word: str, choices: Sequence[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``choices``, or ``""``."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def from_dict(data: dict[str, Any]) -> RunConfig:
-    """Build a validated config from nested ``{section: {key: value}}``."""
+    """Build a validated config from nested ``{section: {key: value}}``.
+
+    Every ConfigError carries :data:`FIELD_HINT`, and an unknown section or key
+    names the nearest valid one.
+    """
+    try:
+        return _from_dict(data)
+    except ConfigError as exc:
+        if exc.hint_text != ConfigError.hint:
+            raise
+        raise ConfigError(exc.message, hint=FIELD_HINT) from exc
+
+
+def _from_dict(data: dict[str, Any]) -> RunConfig:
     sections = _section_types()
     kwargs: dict[str, Any] = {}
     for section_name, values in data.items():
         if section_name not in sections:
             raise ConfigError(
-                f"{section_name}: unknown section; expected one of {sorted(sections)}"
+                f"{section_name}: unknown section"
+                f"{_nearest(section_name, sorted(sections))}; expected one of "
+                f"{sorted(sections)}"
             )
         if not isinstance(values, dict):
             raise ConfigError(f"{section_name}: expected a table of keys")
@@ -307,7 +337,8 @@ def from_dict(data: dict[str, Any]) -> RunConfig:
             where = f"{section_name}.{key}"
             if key not in known:
                 raise ConfigError(
-                    f"{where}: unknown key; expected one of {sorted(known)}"
+                    f"{where}: unknown key{_nearest(key, sorted(known))}; expected "
+                    f"one of {sorted(known)}"
                 )
             converted[key] = _coerce(where, value, hints[key])
         kwargs[section_name] = cls(**converted)
@@ -326,6 +357,27 @@ def parse_overrides(pairs: list[str]) -> dict[str, dict[str, Any]]:
     return nested
 
 
+def clamp_warmup(cfg: RunConfig) -> tuple[RunConfig, str | None]:
+    """``(cfg, notice)``: a warmup that does not fit the run, shortened to fit.
+
+    The linear and cosine schedules decay over the steps after the warmup, so
+    they need ``schedule.warmup_steps < train.steps``. A shorter run than the
+    warmup (``--set train.steps=20`` with the default 20 warmup steps) gets
+    ``train.steps // 10`` warmup steps instead, and the notice says so; any
+    other config is returned unchanged with ``None``.
+    """
+    s, steps = cfg.schedule, cfg.train.steps
+    if s.name not in ("linear", "cosine") or s.warmup_steps < steps:
+        return cfg, None
+    fitted = steps // 10
+    notice = (
+        f"schedule.warmup_steps={s.warmup_steps} does not fit in "
+        f"train.steps={steps}; warming up for {fitted} steps instead"
+    )
+    schedule = dataclasses.replace(s, warmup_steps=fitted)
+    return dataclasses.replace(cfg, schedule=schedule), notice
+
+
 def load_config(
     path: str | Path | None = None,
     overrides: Sequence[str] = (),
@@ -337,16 +389,45 @@ def load_config(
         section: dict(values) for section, values in (base or {}).items()
     }
     if path is not None:
-        try:
-            with Path(path).open("rb") as fh:
-                from_file = tomllib.load(fh)
-        except FileNotFoundError as exc:
-            raise ConfigError(f"--config {path}: no such file") from exc
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"--config {path}: not valid TOML: {exc}") from exc
+        from_file = _read_toml(Path(path))
         _merge(data, from_file)
     _merge(data, parse_overrides(list(overrides)))
     return from_dict(data)
+
+
+#: A run config is a few kilobytes; anything far larger is not one.
+MAX_CONFIG_BYTES = 1 << 20
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    """The TOML document at ``path``; a ConfigError for anything that is not a
+    readable UTF-8 TOML file (a directory, a FIFO, a binary file, ...)."""
+    try:
+        handle, size = open_regular(path, "--config", ConfigError)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"--config {path}: no such file") from exc
+    except OSError as exc:
+        raise ConfigError(f"--config {path}: cannot read it: {exc.strerror}") from exc
+    with handle:
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError(
+                f"--config {path}: {size} bytes is not a run config (at most "
+                f"{MAX_CONFIG_BYTES})",
+                hint="name a TOML file such as configs/default.toml",
+            )
+        raw = handle.read(MAX_CONFIG_BYTES + 1)
+    try:
+        return tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"--config {path}: not a text file (not UTF-8 at byte {exc.start})",
+            hint="name a TOML file such as configs/default.toml",
+        ) from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(
+            f"--config {path}: not valid TOML: {exc}",
+            hint="name a TOML file such as configs/default.toml",
+        ) from exc
 
 
 def _merge(data: dict[str, dict[str, Any]], update: dict[str, Any]) -> None:

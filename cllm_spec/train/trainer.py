@@ -191,7 +191,7 @@ from cllm_spec.protocols import Batch
 from cllm_spec.registry import ENV_VAR, get_backend
 from cllm_spec.sampling import SamplingConfig
 from cllm_spec.schedules import lr_at
-from cllm_spec.train.config import RunConfig, load_config
+from cllm_spec.train.config import RunConfig, clamp_warmup, load_config
 from cllm_spec.train.prepare import BatchStream, RunData, prepare_data
 from cllm_spec.train.state import (
     RunSnapshot,
@@ -1139,6 +1139,9 @@ def train(
                 f"{before!r}, got {after!r})",
                 hint="start a new run in another train.out_dir to change it",
             )
+    cfg, notice = clamp_warmup(cfg)
+    if notice:
+        _say(f"note: {notice}")
     schedule_config(cfg)  # the cross-section checks, before anything is written
     backend_name, backend = resolve_backend(cfg.train.backend)
     if cfg.train.dtype not in tuple(str(np.dtype(d)) for d in backend.dtypes):
