@@ -38,7 +38,7 @@ def test_every_field_is_documented_and_no_doc_is_stale() -> None:
 
 def test_rendered_toml_reads_back_to_the_same_config(tmp_path: Path) -> None:
     cfg = load_config(
-        None, ["optim.betas=0.8,0.9", "train.out_dir=a \"b\"", "model.n_layer=3"]
+        None, ["optim.betas=0.8,0.9", 'train.out_dir=a "b"', "model.n_layer=3"]
     )
     path = tmp_path / "run.toml"
     path.write_text(render_toml(cfg))

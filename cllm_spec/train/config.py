@@ -28,7 +28,6 @@ from cllm_spec.checks import expect_choice, expect_in_range, expect_positive_int
 from cllm_spec.errors import ConfigError
 from cllm_spec.files import open_regular
 
-
 #: The hint of every config error: where each field's range and meaning is written.
 FIELD_HINT = (
     "`cllm train --print-config` lists every field with its range and meaning "
