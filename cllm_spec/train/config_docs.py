@@ -9,7 +9,6 @@ step, so a new field cannot go undocumented.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from typing import Any
@@ -82,11 +81,11 @@ FIELD_DOCS: dict[str, str] = {
 
 def field_names() -> list[str]:
     """Every ``section.key`` of :class:`RunConfig`, in declaration order."""
-    names = []
-    for section in dataclasses.fields(RunConfig):
-        default = section.default_factory()  # type: ignore[misc]
-        names += [f"{section.name}.{f.name}" for f in dataclasses.fields(default)]
-    return names
+    return [
+        f"{section}.{key}"
+        for section, values in RunConfig().to_dict().items()
+        for key in values
+    ]
 
 
 def _toml_value(value: Any) -> str:
