@@ -520,7 +520,7 @@ def expect_error(result: subprocess.CompletedProcess[str], pattern: str) -> None
         ("train.batch_size=0", "train.batch_size"),
         ("optim.name=lion", "optim.name"),
         ("train.seq_len=1000", "train.seq_len"),
-        ("schedule.warmup_steps=6", "schedule.warmup_steps"),
+        ("schedule.min_lr=1", "schedule.min_lr"),  # above optim.lr
     ],
 )
 def test_bad_set_value_names_the_field(tmp_path, corpus, override, field):

@@ -123,11 +123,15 @@ class ScheduleSection:
     min_lr: float = 5e-4  # floor reached at train.steps (linear, cosine)
     step_size: int = 100  # step decay: multiply by gamma every step_size steps
     gamma: float = 0.5
+    # what --resume with another train.steps does: continue (the rate goes on
+    # from where it was, reaching min_lr at the new end) | replan (from step 0)
+    on_resume: str = "continue"
 
     def validate(self) -> None:
         expect_choice(
             "schedule.name", self.name, ("constant", "linear", "cosine", "step")
         )
+        expect_choice("schedule.on_resume", self.on_resume, ("continue", "replan"))
         if self.warmup_steps < 0:
             raise ConfigError(
                 f"schedule.warmup_steps: expected >= 0, got {self.warmup_steps}"

@@ -53,6 +53,7 @@ FIELD_DOCS: dict[str, str] = {
     "schedule.min_lr": "floor reached at train.steps (linear, cosine); <= optim.lr",
     "schedule.step_size": "step schedule: steps between decays; >= 1",
     "schedule.gamma": "step schedule: factor per decay; in (0, 1]",
+    "schedule.on_resume": "--resume with a new length: continue (no jump) | replan",
     # [train]
     "train.backend": '"" means $CLLM_BACKEND, else c when it loads, else numpy',
     "train.dtype": "float32 | float64",

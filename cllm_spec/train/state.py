@@ -52,7 +52,7 @@ from cllm_spec.optim import (
     init_rmsprop_state,
     init_sgd_state,
 )
-from cllm_spec.schedules import ScheduleConfig
+from cllm_spec.schedules import ScheduleConfig, continue_schedule, lr_at
 from cllm_spec.train.config import OptimSection, RunConfig
 
 _INIT_STATE: dict[str, Callable[[np.ndarray], Any]] = {
@@ -190,6 +190,9 @@ class RunSnapshot(NamedTuple):
     cursor: dict[str, Any]  # data_cursor metadata
     rng: np.random.Generator  # sampling generator
     metrics: dict[str, Any]
+    # the plan the run follows (a continued one after a resume with a new
+    # length); None: the plain plan of the config
+    schedule: ScheduleConfig | None = None
 
 
 def save_run(path: Path, snap: RunSnapshot) -> Path:
@@ -211,7 +214,7 @@ def save_run(path: Path, snap: RunSnapshot) -> Path:
             "hyperparameters": {**hyper, "lr": last_train.get("lr")},
             "step": step,
         },
-        "scheduler": dataclasses.asdict(schedule_config(cfg)),
+        "scheduler": dataclasses.asdict(snap.schedule or schedule_config(cfg)),
         "data_cursor": snap.cursor,
         "rng_state": checkpoint.rng_state(snap.rng),
         "metrics": snap.metrics,
@@ -288,7 +291,52 @@ def snapshot_from(
         cursor=dict(meta["data_cursor"]),
         rng=checkpoint.rng_from_state(meta["rng_state"]),
         metrics=dict(meta["metrics"] or {}),
+        schedule=stored_schedule(path, meta),
     )
+
+
+def stored_schedule(path: Path, meta: Mapping[str, Any]) -> ScheduleConfig | None:
+    """The plan a checkpoint's run followed (None if it recorded none)."""
+    stored = meta.get("scheduler")
+    if stored is None:
+        return None
+    try:
+        return ScheduleConfig(**stored)
+    except (ConfigError, TypeError) as exc:
+        raise CheckpointError(
+            f"{path}: scheduler: {exc}",
+            hint="the metadata was edited or damaged; use another checkpoint",
+        ) from exc
+
+
+def resumed_schedule(
+    cfg: RunConfig, old: ScheduleConfig | None, step: int
+) -> tuple[ScheduleConfig, str | None]:
+    """``(plan, notice)`` of a run resumed at ``step`` from a run planned ``old``.
+
+    ``schedule.on_resume = "continue"`` (the default) keeps the rate continuous
+    (:func:`cllm_spec.schedules.continue_schedule`); ``"replan"`` plans the
+    config's schedule from step 0, so the rate may jump. ``notice`` says what
+    changed, and is None when the plan is the old one.
+    """
+    new = schedule_config(cfg)
+    if old is None:
+        return new, None
+    if cfg.schedule.on_resume == "replan":
+        plan = new
+    else:
+        plan = continue_schedule(new, old, step)
+    if plan == old:
+        return plan, None
+    before, after = lr_at(step, old), lr_at(step, plan)
+    end = plan.total_steps if plan.total_steps is not None else cfg.train.steps
+    if after == before:
+        how = f"the rate continues from {before:.4g} at step {step}"
+        if plan.name in ("linear", "cosine"):
+            how += f" and reaches min_lr {plan.min_lr:g} at step {end}"
+    else:
+        how = f"the rate jumps from {before:.4g} to {after:.4g} at step {step}"
+    return plan, f"schedule ({cfg.schedule.on_resume}): {how}"
 
 
 __all__ = [
@@ -297,6 +345,8 @@ __all__ = [
     "frozen_field_changes",
     "init_optimizer_state",
     "read_checkpoint",
+    "resumed_schedule",
+    "stored_schedule",
     "model_config",
     "optimizer_hyperparameters",
     "optimizer_step",

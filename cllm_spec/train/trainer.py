@@ -201,6 +201,7 @@ from cllm_spec.train.state import (
     optimizer_hyperparameters,
     optimizer_step,
     read_checkpoint,
+    resumed_schedule,
     save_run,
     schedule_config,
     snapshot_from,
@@ -775,6 +776,7 @@ class Trainer:
         self.out_dir = Path(cfg.train.out_dir)
         self.model_cfg = model_config(cfg, data.tokenizer.vocab_size)
         self.schedule = schedule_config(cfg)
+        self.schedule_notice: str | None = None
         dtype = np.dtype(cfg.train.dtype)
         seed = cfg.train.seed
         if snapshot is None:
@@ -792,6 +794,9 @@ class Trainer:
                 )
             self.params = snapshot.params
             self.opt_state = snapshot.opt_state
+            self.schedule, self.schedule_notice = resumed_schedule(
+                cfg, snapshot.schedule, int(snapshot.opt_state.step)
+            )
             self.rng = snapshot.rng
             self.last_rows = {"train": None, "eval": None, **snapshot.metrics}
             epoch, index = _cursor_position(snapshot.cursor)
@@ -1038,6 +1043,7 @@ class Trainer:
                 "sha256": self.data.sha256,
             },
             rng=self.rng,
+            schedule=self.schedule,
             metrics=self.last_rows,
         )
         save_run(path, snap)
@@ -1226,6 +1232,8 @@ def _describe(trainer: Trainer, resumed_from: Path | None) -> None:
         f"{start}run dir {trainer.out_dir}: {cfg.train.steps} steps of {per_step} "
         f"tokens, {cfg.optim.name} lr {cfg.optim.lr:g} ({cfg.schedule.name})"
     )
+    if trainer.schedule_notice:
+        say(trainer.schedule_notice)
 
 
 __all__ = [
