@@ -47,6 +47,7 @@ FIELD_DOCS: dict[str, str] = {
     "optim.alpha": "rmsprop smoothing constant; in [0, 1]",
     "optim.centered": "rmsprop: normalize by the centered second moment",
     "optim.lr_decay": "adagrad learning-rate decay; in [0, 1000]",
+    "optim.decay": "decayed params: all | matrices (2-D, nanoGPT) | linear",
     # [schedule]
     "schedule.name": "constant | linear | cosine | step",
     "schedule.warmup_steps": "W, step s < W uses lr*(s+1)/W; >= 0 (see README)",

@@ -67,6 +67,7 @@ from cllm_spec.train.runlog import (
 )
 from cllm_spec.train.state import (
     RunSnapshot,
+    decay_mask,
     init_optimizer_state,
     model_config,
     resumed_schedule,
@@ -119,6 +120,7 @@ class Trainer:
         self.out_dir = Path(cfg.train.out_dir)
         self.model_cfg = model_config(cfg, data.tokenizer.vocab_size)
         self.schedule = schedule_config(cfg)
+        self.decay_mask = decay_mask(self.model_cfg, cfg.optim.decay)
         self.schedule_notice: str | None = None
         dtype = np.dtype(cfg.train.dtype)
         seed = cfg.train.seed
@@ -270,7 +272,13 @@ class Trainer:
             raise DivergedError(f"loss {loss}")
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             params, state, norm = apply_update(
-                self.backend, self.cfg, self.params, grad, self.opt_state, self._lr
+                self.backend,
+                self.cfg,
+                self.params,
+                grad,
+                self.opt_state,
+                self._lr,
+                self.decay_mask,
             )
         self.params, self.opt_state = params, state
         return norm

@@ -45,7 +45,7 @@ import cllm_spec
 from cllm_spec import checkpoint
 from cllm_spec.data import Tokenizer, tokenizer_from_dict
 from cllm_spec.errors import CheckpointError, ConfigError
-from cllm_spec.model import ModelConfig
+from cllm_spec.model import ModelConfig, param_layout
 from cllm_spec.optim import (
     init_adagrad_state,
     init_adam_state,
@@ -136,6 +136,42 @@ def init_optimizer_state(name: str, params: np.ndarray) -> Any:
     return _INIT_STATE[name](params)
 
 
+#: optim.decay: which parameters weight decay applies to (see decay_mask)
+DECAY_RULES = ("all", "matrices", "linear")
+_LINEAR_WEIGHTS = (
+    "attn.qkv.weight",
+    "attn.proj.weight",
+    "mlp.fc.weight",
+    "mlp.proj.weight",
+    "model.lm_head.weight",
+)
+_EMBEDDINGS = ("model.wte.weight", "model.wpe.weight")
+
+
+def decay_mask(mcfg: ModelConfig, rule: str) -> np.ndarray | None:
+    """``(P,)`` bool: True where weight decay applies; None for ``"all"``.
+
+    - ``"all"``: every parameter (the optimizer's own rule, torch.optim with one
+      parameter group);
+    - ``"matrices"``: every 2-D tensor, i.e. the linear weights and both
+      embeddings; biases and LayerNorm weights are not decayed (nanoGPT's two
+      parameter groups);
+    - ``"linear"``: the linear weights only; the embeddings are not decayed
+      either. A tied LM head is the token embedding, so it follows the
+      embedding.
+    """
+    if rule not in DECAY_RULES:
+        raise ConfigError(f"optim.decay: expected one of {DECAY_RULES}, got {rule!r}")
+    if rule == "all":
+        return None
+    suffixes = _LINEAR_WEIGHTS + (_EMBEDDINGS if rule == "matrices" else ())
+    layout = param_layout(mcfg)
+    mask = np.zeros(layout.size, dtype=bool)
+    for name in layout.names:
+        mask[layout.slice(name)] = name.endswith(suffixes)
+    return mask
+
+
 def optimizer_step(
     backend: Any,
     name: str,
@@ -144,11 +180,41 @@ def optimizer_step(
     state: Any,
     lr: float,
     hyperparameters: Mapping[str, Any],
+    decay_mask: np.ndarray | None = None,
 ) -> tuple[np.ndarray, Any]:
-    """``backend.<name>_step(params, grads, state, lr=lr, **hyperparameters)``."""
+    """``backend.<name>_step(params, grads, state, lr=lr, **hyperparameters)``,
+    with weight decay only where ``decay_mask`` is True (None: everywhere).
+
+    With a mask, the step is taken twice, with and without decay, and each
+    element of the params and of every per-parameter state array is taken from
+    the first where the mask is True and from the second elsewhere: exactly
+    torch.optim with two parameter groups (``weight_decay`` and 0), since every
+    optimizer here updates each element independently. (Twice the optimizer's
+    arithmetic, which is memory-bound and small next to a step of the model.)
+    """
     step = getattr(backend, f"{name}_step")
-    new_params, new_state = step(params, grads, state, lr=lr, **hyperparameters)
-    return new_params, new_state
+    decayed: tuple[np.ndarray, Any] = step(
+        params, grads, state, lr=lr, **hyperparameters
+    )
+    if decay_mask is None or not hyperparameters.get("weight_decay"):
+        return decayed
+    plain = step(
+        params, grads, state, lr=lr, **{**hyperparameters, "weight_decay": 0.0}
+    )
+    return _select(decay_mask, decayed, plain)
+
+
+def _select(
+    mask: np.ndarray, a: tuple[np.ndarray, Any], b: tuple[np.ndarray, Any]
+) -> tuple[np.ndarray, Any]:
+    """``a`` where ``mask``, else ``b``, for the params and each (P,) state field."""
+    params = np.where(mask, a[0], b[0])
+    fields = {
+        field: np.where(mask, x, y)
+        for field, x, y in zip(a[1]._fields, a[1], b[1], strict=True)
+        if isinstance(x, np.ndarray) and x.shape == mask.shape
+    }
+    return params, a[1]._replace(**fields)
 
 
 def frozen_field_changes(
@@ -344,6 +410,8 @@ __all__ = [
     "RunSnapshot",
     "frozen_field_changes",
     "init_optimizer_state",
+    "DECAY_RULES",
+    "decay_mask",
     "read_checkpoint",
     "resumed_schedule",
     "stored_schedule",

@@ -131,8 +131,10 @@ def apply_update(
     grads: np.ndarray,
     opt_state: Any,
     lr: float,
+    decay_mask: np.ndarray | None = None,
 ) -> tuple[np.ndarray, Any, float]:
-    """Clip ``grads`` (when ``train.clip_norm > 0``) and take one optimizer step.
+    """Clip ``grads`` (when ``train.clip_norm > 0``) and take one optimizer step,
+    decaying only where ``decay_mask`` is True (None: every parameter).
 
     Returns the new params, the new state and the gradient norm before clipping.
     """
@@ -150,6 +152,7 @@ def apply_update(
         opt_state,
         lr,
         optimizer_hyperparameters(run.optim),
+        decay_mask,
     )
     if not np.isfinite(new_params).all():
         raise DivergedError("the update made parameters NaN or inf")
