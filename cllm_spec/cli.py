@@ -70,7 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # only a command that passes arguments on (conformance) takes them
+        if not hasattr(args, "pytest_args"):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.pytest_args = [*args.pytest_args, *extra]
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2
