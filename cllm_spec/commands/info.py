@@ -252,6 +252,30 @@ def _format_value(value: Any) -> str:
     return str(value)
 
 
+#: The fields of each schedule that change its rates (cllm_spec.schedules).
+_SCHEDULE_FIELDS = {
+    "constant": ("lr", "warmup_steps"),
+    "linear": ("lr", "warmup_steps", "total_steps", "min_lr"),
+    "cosine": ("lr", "warmup_steps", "total_steps", "min_lr"),
+    "step": ("lr", "warmup_steps", "step_size", "gamma", "min_lr"),
+}
+
+
+def schedule_fields(scheduler: Any) -> Any:
+    """The stored schedule with only the fields its ``name`` uses (and a
+    continuation, when the run was extended on resume); anything else as is."""
+    if not isinstance(scheduler, Mapping):
+        return scheduler
+    used = _SCHEDULE_FIELDS.get(scheduler.get("name"))  # type: ignore[arg-type]
+    if used is None:
+        return scheduler
+    shown = {"name": scheduler["name"]}
+    shown |= {k: scheduler[k] for k in used if k in scheduler}
+    if scheduler.get("resume_step") is not None:
+        shown |= {k: scheduler.get(k) for k in ("resume_step", "resume_lr")}
+    return shown
+
+
 def format_description(info: Mapping[str, Any]) -> str:
     """The human-readable table of :func:`describe`'s result."""
     cfg = info["model_config"]
@@ -271,7 +295,7 @@ def format_description(info: Mapping[str, Any]) -> str:
         ),
         ("backend", info["backend"] or "not recorded"),
         ("optimizer", "-" if opt is None else f"{opt['name']} (step {opt['step']})"),
-        ("scheduler", _format_value(info["scheduler"])),
+        ("scheduler", _format_value(schedule_fields(info["scheduler"]))),
         ("metrics", _format_value(info["metrics"])),
     ]
     return "\n".join(f"{key:<11} {value}" for key, value in rows)
