@@ -92,15 +92,17 @@ equals ``d`` exactly. A dict of the wrong kind, version or shape is a
 from __future__ import annotations
 
 import importlib
+import itertools
 import os
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
 from cllm_spec.checks import expect_choice, expect_ids, expect_positive_int
+from cllm_spec.data.pieces import regroup
 from cllm_spec.errors import (
     ConfigError,
     DTypeError,
@@ -108,6 +110,7 @@ from cllm_spec.errors import (
     ShapeError,
     Unsupported,
 )
+from cllm_spec.files import open_regular
 
 PAD_ID = 0
 UNK_ID = 1
@@ -211,7 +214,14 @@ class WordTokenizer:
         cls, text: str, max_vocab: int | None = None, min_count: int = 1
     ) -> WordTokenizer:
         """Vocabulary of ``text``: specials, then words by count desc, token asc."""
-        words = _expect_text(text).lower().split()
+        return cls.train_from_pieces([_expect_text(text)], max_vocab, min_count)
+
+    @classmethod
+    def train_from_pieces(
+        cls, pieces: Iterable[str], max_vocab: int | None = None, min_count: int = 1
+    ) -> WordTokenizer:
+        """:meth:`train` on the concatenation of ``pieces`` (cut anywhere), which
+        are counted one at a time, so the text is never held whole."""
         if max_vocab is not None:
             max_vocab = expect_positive_int("max_vocab", max_vocab)
             if max_vocab <= NUM_SPECIAL:
@@ -220,12 +230,16 @@ class WordTokenizer:
                     f"least one word), got {max_vocab}"
                 )
         min_count = expect_positive_int("min_count", min_count)
-        if not words:
+        counts: Counter[str] = Counter()
+        for text in regroup(cls.kind, pieces):
+            counts.update(_expect_text(text).lower().split())
+        if not counts:
             raise EmptyInputError(
                 "word tokenizer: the text has no words to build a vocabulary from",
                 hint="train on a non-empty corpus (see read_corpus)",
             )
-        counts = Counter(w for w in words if w not in SPECIAL_TOKENS)
+        for special in SPECIAL_TOKENS:
+            counts.pop(special, None)
         ranked = sorted(
             ((w, c) for w, c in counts.items() if c >= min_count),
             key=lambda wc: (-wc[1], wc[0]),
@@ -255,10 +269,10 @@ class WordTokenizer:
 
     def encode(self, text: str) -> np.ndarray:
         words = _expect_text(text).lower().split()
-        get = self._index.get
-        return np.fromiter(
-            (get(w, UNK_ID) for w in words), dtype=np.int32, count=len(words)
-        )
+        # map() with a second iterable calls get(w, UNK_ID) without a Python
+        # frame per word: the hot loop of data preparation.
+        ids = map(self._index.get, words, itertools.repeat(UNK_ID))
+        return np.fromiter(ids, dtype=np.int32, count=len(words))
 
     def decode(self, ids: np.ndarray | Sequence[int]) -> str:
         arr = _decode_ids(ids, self.vocab_size)
@@ -335,7 +349,9 @@ def write_vocab(path: str | os.PathLike[str], tokenizer: WordTokenizer) -> None:
 
 def read_vocab(path: str | os.PathLike[str]) -> WordTokenizer:
     """Read ``vocab.txt`` (ours or the seed's); errors name the line number."""
-    raw = Path(path).read_bytes()
+    handle, _ = open_regular(path, "vocab.txt", ConfigError)  # no FIFO, no device
+    with handle:
+        raw = handle.read()
     try:
         content = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -500,18 +516,20 @@ class BpeTokenizer:
         cls, text: str, vocab_size: int = 1024, min_frequency: int = 2
     ) -> BpeTokenizer:
         """Learn merges on ``text`` until ``vocab_size`` ids (specials included)."""
-        text = _expect_text(text)
+        return cls.train_from_pieces([_expect_text(text)], vocab_size, min_frequency)
+
+    @classmethod
+    def train_from_pieces(
+        cls, pieces: Iterable[str], vocab_size: int = 1024, min_frequency: int = 2
+    ) -> BpeTokenizer:
+        """:meth:`train` on the concatenation of ``pieces`` (cut anywhere); the
+        library counts its pre-tokens one regrouped piece at a time."""
         vocab_size = expect_positive_int("vocab_size", vocab_size)
         min_frequency = expect_positive_int("min_frequency", min_frequency)
         if vocab_size < cls.MIN_VOCAB:
             raise ConfigError(
                 f"vocab_size: expected >= {cls.MIN_VOCAB} (5 specials + 256 bytes), "
                 f"got {vocab_size}"
-            )
-        if not text.strip():
-            raise EmptyInputError(
-                "bpe tokenizer: the text is empty",
-                hint="train on a non-empty corpus (see read_corpus)",
             )
         lib = _import_tokenizers()
         tok = lib.Tokenizer(lib.models.BPE())
@@ -524,7 +542,13 @@ class BpeTokenizer:
             initial_alphabet=lib.pre_tokenizers.ByteLevel.alphabet(),
             show_progress=False,
         )
-        tok.train_from_iterator([text], trainer)
+        seen = _TextSeen(regroup(cls.kind, pieces))
+        tok.train_from_iterator(seen, trainer)
+        if not seen.any_text:
+            raise EmptyInputError(
+                "bpe tokenizer: the text is empty",
+                hint="train on a non-empty corpus (see read_corpus)",
+            )
         return cls(tok.to_str())
 
     @property
@@ -563,6 +587,23 @@ class BpeTokenizer:
         return f"BpeTokenizer(vocab_size={self.vocab_size})"
 
 
+class _TextSeen:
+    """Passes str pieces on and notes whether any had a non-whitespace character."""
+
+    def __init__(self, pieces: Iterator[str]) -> None:
+        self._pieces = pieces
+        self.any_text = False
+
+    def __iter__(self) -> Iterator[str]:
+        return self
+
+    def __next__(self) -> str:
+        text = _expect_text(next(self._pieces))
+        if not self.any_text and text and not text.isspace():
+            self.any_text = True
+        return text
+
+
 # --------------------------------------------------------------------------- factory
 
 _TRAIN_OPTIONS = {
@@ -578,6 +619,24 @@ def make_tokenizer(kind: str, text: str, **opts: Any) -> Tokenizer:
     Options: word ``max_vocab``, ``min_count``; bpe ``vocab_size``,
     ``min_frequency``; byte none. An unknown kind or option is a ``ConfigError``.
     """
+    _expect_kind_and_options(kind, opts)
+    return make_tokenizer_from_pieces(kind, [_expect_text(text)], **opts)
+
+
+def make_tokenizer_from_pieces(
+    kind: str, pieces: Iterable[str], **opts: Any
+) -> Tokenizer:
+    """:func:`make_tokenizer` on the concatenation of ``pieces`` (cut anywhere),
+    read one piece at a time (``byte`` reads none)."""
+    _expect_kind_and_options(kind, opts)
+    if kind == "word":
+        return WordTokenizer.train_from_pieces(pieces, **opts)
+    if kind == "bpe":
+        return BpeTokenizer.train_from_pieces(pieces, **opts)
+    return ByteTokenizer()
+
+
+def _expect_kind_and_options(kind: str, opts: dict[str, Any]) -> None:
     kind = expect_choice("kind", kind, TOKENIZER_KINDS)
     unknown = sorted(set(opts) - set(_TRAIN_OPTIONS[kind]))
     if unknown:
@@ -585,12 +644,6 @@ def make_tokenizer(kind: str, text: str, **opts: Any) -> Tokenizer:
             f"tokenizer {kind}: unknown option(s) {unknown}; "
             f"accepted: {list(_TRAIN_OPTIONS[kind])}"
         )
-    _expect_text(text)
-    if kind == "word":
-        return WordTokenizer.train(text, **opts)
-    if kind == "bpe":
-        return BpeTokenizer.train(text, **opts)
-    return ByteTokenizer()
 
 
 def tokenizer_from_dict(d: object) -> Tokenizer:
