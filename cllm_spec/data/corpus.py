@@ -1,7 +1,7 @@
 """Reading a text corpus from a file or a directory, and the bundled corpus.
 
 ``open_corpus(path) -> Corpus`` checks a corpus; ``Corpus.pieces()`` streams its
-text in pieces of at most about ``CHUNK_BYTES`` characters, so a corpus of any
+text in pieces of about ``CHUNK_BYTES`` (1 MiB) characters, so a corpus of any
 size is read in bounded memory; ``read_corpus(path) -> str`` is the whole text,
 ``"".join(open_corpus(path).pieces())``.
 
@@ -57,7 +57,7 @@ from importlib import resources
 from pathlib import Path
 from typing import BinaryIO
 
-from cllm_spec.errors import ConfigError, EmptyInputError
+from cllm_spec.errors import CllmWarning, ConfigError, EmptyInputError
 from cllm_spec.files import open_regular
 
 DEFAULT_CORPUS_FILE = "pride_and_prejudice.txt"
@@ -66,10 +66,10 @@ EMPTY_HINT = (
     "omit the corpus to use the bundled default"
 )
 #: bytes read from a corpus file at a time (pieces hold at most this many characters)
-CHUNK_BYTES = 1 << 22
+CHUNK_BYTES = 1 << 20
 
 
-class CorpusWarning(UserWarning):
+class CorpusWarning(CllmWarning):
     """A corpus file was skipped (binary, special) or had bytes replaced (not UTF-8)."""
 
 
@@ -96,7 +96,9 @@ class Corpus:
     files: tuple[Path, ...]
 
     def pieces(self, chunk_bytes: int = CHUNK_BYTES) -> Iterator[str]:
-        """The corpus text in order, in pieces of at most ``chunk_bytes`` characters."""
+        """The corpus text in order, in pieces of at most ``chunk_bytes + 4``
+        characters (a piece of a file's start holds its first 3 bytes as well,
+        and a CR at a piece's end waits for the next, which may start with LF)."""
         last = len(self.files) - 1
         for i, file in enumerate(self.files):
             tail = ""

@@ -436,7 +436,9 @@ class ByteTokenizer:
 
     def encode(self, text: str) -> np.ndarray:
         data = _expect_text(text).encode("utf-8")
-        return np.frombuffer(data, dtype=np.uint8).astype(np.int32) + self.OFFSET
+        ids = np.frombuffer(data, dtype=np.uint8).astype(np.int32)
+        ids += self.OFFSET  # in place: one (N,) int32 array, not two
+        return ids
 
     def decode(self, ids: np.ndarray | Sequence[int]) -> str:
         arr = _decode_ids(ids, self.vocab_size)

@@ -37,7 +37,7 @@ Streaming
 =========
 
 Nothing holds the corpus, its text or its ids whole (except the ids of
-``write=False``): the corpus is read in pieces of ``chunk_bytes`` (4 MiB), which
+``write=False``): the corpus is read in pieces of ``chunk_bytes`` (1 MiB), which
 are regrouped at cuts that are safe for the tokenizer
 (:mod:`cllm_spec.data.pieces`), encoded and appended to ``dataset.bin`` one at a
 time. The word tokenizer's vocabulary is counted in a first pass over the
@@ -76,6 +76,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,7 +92,7 @@ from cllm_spec.data import (
     read_dataset_bin,
     train_val_split,
 )
-from cllm_spec.data.corpus import CHUNK_BYTES, Corpus, open_corpus
+from cllm_spec.data.corpus import CHUNK_BYTES, Corpus, CorpusWarning, open_corpus
 from cllm_spec.data.dataset import (
     ID_DTYPE,
     WrittenDataset,
@@ -205,7 +206,10 @@ def prepare_data(
     chunk_bytes: int = CHUNK_BYTES,
 ) -> RunData:
     """Tokenize the corpus, write the run's data files, split (module docstring)."""
-    corpus = open_run_corpus(cfg.data.corpus, chunk_bytes)
+    with warnings.catch_warnings():
+        if not write:  # the writing rank has said it already: one warning a run
+            warnings.simplefilter("ignore", CorpusWarning)
+        corpus = open_run_corpus(cfg.data.corpus, chunk_bytes)
     tok = tokenizer
     if tok is None:
         tok = train_tokenizer_from_pieces(cfg, corpus.pieces(chunk_bytes))
