@@ -14,15 +14,17 @@ as ``cllm train`` does before its first step. Reported per process:
   ``ru_maxrss`` after the imports, just before the call, so that the growth is
   what preparation needed.
 
-Rounds are interleaved (byte, word, byte, word, ...) so that a change in the
-machine's load hits both alike; the table gives the median of the rounds.
-``--source DIR`` runs the code of another checkout (its ``cllm_spec`` imported
-before the installed one; each line names the package that ran), to compare
-with an earlier version on the same corpus.
+``--source DIR`` (repeatable) also measures the code of another checkout (its
+``cllm_spec`` imported before the installed one; each line names the package
+that ran), to compare with an earlier version on the same corpus. Rounds are
+interleaved (this checkout byte, word, then each source byte, word; then the
+next round) so that a change in the machine's load hits all alike; the table
+gives the median of the rounds.
 
     python benchmarks/prepare.py                    # 200 MiB, 3 rounds
     python benchmarks/prepare.py --size-mib 50 --rounds 1 --markdown
-    python benchmarks/prepare.py --source /tmp/old-checkout --tokenizers byte
+    git archive c5f17a9 cllm_spec | tar -x -C /tmp/before
+    python benchmarks/prepare.py --source /tmp/before --markdown
 
 The load average is printed before and after: the machine may be shared.
 """
@@ -110,48 +112,55 @@ def main() -> None:
     parser.add_argument("--size-mib", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--tokenizers", nargs="+", default=["byte", "word"])
-    parser.add_argument("--source", help="a checkout whose cllm_spec to measure")
+    parser.add_argument(
+        "--source",
+        action="append",
+        default=[],
+        help="also measure this checkout's cllm_spec (repeatable)",
+    )
     parser.add_argument("--markdown", action="store_true", help="a table for RESULTS")
     args = parser.parse_args()
 
+    this = f"this checkout (cllm {cllm_spec.__version__})"
+    codes: list[str | None] = [None, *args.source]
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, "
         f"{platform.system()} {platform.release()}; Python "
-        f"{platform.python_version()}, numpy {np.__version__}; code: "
-        f"{args.source or f'cllm {cllm_spec.__version__} (this checkout)'}"
+        f"{platform.python_version()}, numpy {np.__version__}"
     )
     print(f"load average before: {load()} (1/5/15 min)")
-    rows: dict[str, list[dict[str, Any]]] = {t: [] for t in args.tokenizers}
+    rows: dict[tuple[str, str], list[dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         corpus = Path(tmp) / "corpus.txt"
         size = make_corpus(corpus, args.size_mib)
         print(f"corpus: {size:,} bytes ({size / MIB:.0f} MiB)")
         for r in range(args.rounds):
-            for tokenizer in args.tokenizers:
-                row = measure(corpus, tokenizer, args.source)
-                rows[tokenizer].append(row)
-                print(
-                    f"round {r + 1} {tokenizer:>5}: {row['seconds']:7.2f} s, peak RSS "
-                    f"{row['peak_rss_kib'] / 1024:7.1f} MiB (before "
-                    f"{row['rss_before_kib'] / 1024:.1f} MiB), "
-                    f"{row['n_tokens']:,} tokens; {row['code']}",
-                    flush=True,
-                )
+            for source in codes:
+                for tokenizer in args.tokenizers:
+                    row = measure(corpus, tokenizer, source)
+                    rows.setdefault((source or this, tokenizer), []).append(row)
+                    print(
+                        f"round {r + 1} {tokenizer:>5}: {row['seconds']:7.2f} s, "
+                        f"peak RSS {row['peak_rss_kib'] / 1024:7.1f} MiB (before "
+                        f"{row['rss_before_kib'] / 1024:.1f} MiB), "
+                        f"{row['n_tokens']:,} tokens; {row['code']}",
+                        flush=True,
+                    )
     print(f"load average after: {load()} (1/5/15 min)")
     if args.markdown:
         print(
-            "\n| tokenizer | seconds (median) | runs | peak RSS (median) "
-            "| RSS before | tokens |"
+            "\n| code | tokenizer | seconds (median) | runs | peak RSS (median) "
+            "| RSS before |"
         )
-        print("| --- | ---: | --- | ---: | ---: | ---: |")
-        for tokenizer, runs in rows.items():
+        print("| --- | --- | ---: | --- | ---: | ---: |")
+        for (code, tokenizer), runs in rows.items():
             secs = [r["seconds"] for r in runs]
             peak = statistics.median(r["peak_rss_kib"] for r in runs) / 1024
             before = statistics.median(r["rss_before_kib"] for r in runs) / 1024
             print(
-                f"| {tokenizer} | {statistics.median(secs):.1f} | "
-                f"{', '.join(f'{s:.1f}' for s in secs)} | {peak:.0f} MiB | "
-                f"{before:.0f} MiB | {int(runs[0]['n_tokens']):,} |"
+                f"| {code} | {tokenizer} | {statistics.median(secs):.1f} | "
+                f"{', '.join(f'{s:.1f}' for s in secs)} | {peak:,.0f} MiB | "
+                f"{before:.0f} MiB |"
             )
 
 
