@@ -14,6 +14,7 @@ from cllm_spec.data.pieces import encode_pieces, regroup, safe_cut
 from cllm_spec.data.tokenizers import (
     BpeTokenizer,
     ByteTokenizer,
+    WordCounter,
     WordTokenizer,
     make_tokenizer,
     make_tokenizer_from_pieces,
@@ -106,6 +107,23 @@ def test_word_pieces_encode_and_train_as_the_whole_text(case):
     else:
         with pytest.raises(EmptyInputError):
             WordTokenizer.train_from_pieces(pieces)
+
+
+@settings(max_examples=200, derandomize=True, deadline=None)
+@given(case=pieces_of)
+def test_word_counter_numbers_map_to_the_ids_of_the_whole_text(case):
+    # One pass: count and number the words, map the numbers once the
+    # vocabulary is known; the same tokenizer and ids as train, then encode.
+    text, pieces = case
+    counter = WordCounter(max_vocab=12)
+    numbers = [counter.add(p) for p in regroup("word", pieces)]
+    if not text.split():
+        with pytest.raises(EmptyInputError):
+            counter.tokenizer()
+        return
+    tok, remap = counter.tokenizer()
+    assert tok == WordTokenizer.train(text, 12)
+    assert concat(remap[n] for n in numbers) == tok.encode(text).tolist()
 
 
 def test_final_sigma_is_lowered_as_in_the_whole_text():

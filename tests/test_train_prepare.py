@@ -320,6 +320,10 @@ def test_ranks_that_do_not_write_get_the_same_data(tmp_path, kind):
     )
     assert np.array_equal(kept.train, written.train)
     assert np.array_equal(kept.val, written.val)
+    alone = prepare_quietly(cfg, tmp_path / "r3", write=False, chunk_bytes=64)
+    assert alone.tokenizer == written.tokenizer  # trained without a run dir
+    assert alone.sha256 == written.sha256
+    assert not (tmp_path / "r3").exists()
 
 
 def run_limited(code: str, *args: str) -> subprocess.CompletedProcess[str]:

@@ -8,6 +8,12 @@ Every tokenizer turns text into ids and back::
     kind: str                                    "word", "byte" or "bpe"
     to_dict() -> dict / from_dict(d)             JSON-ready, exact round trip
 
+A corpus too large to hold whole is trained on and encoded in pieces:
+``make_tokenizer_from_pieces(kind, pieces)`` (and each class's
+``train_from_pieces``) gives exactly the tokenizer of the concatenated text, and
+:func:`cllm_spec.data.pieces.encode_pieces` exactly its ids, wherever the pieces
+end (they are regrouped at cuts where the tokens cannot change).
+
 Special ids
 ===========
 
@@ -222,32 +228,10 @@ class WordTokenizer:
     ) -> WordTokenizer:
         """:meth:`train` on the concatenation of ``pieces`` (cut anywhere), which
         are counted one at a time, so the text is never held whole."""
-        if max_vocab is not None:
-            max_vocab = expect_positive_int("max_vocab", max_vocab)
-            if max_vocab <= NUM_SPECIAL:
-                raise ConfigError(
-                    f"max_vocab: expected > {NUM_SPECIAL} (the specials plus at "
-                    f"least one word), got {max_vocab}"
-                )
-        min_count = expect_positive_int("min_count", min_count)
-        counts: Counter[str] = Counter()
+        counter = WordCounter(max_vocab, min_count)
         for text in regroup(cls.kind, pieces):
-            counts.update(_expect_text(text).lower().split())
-        if not counts:
-            raise EmptyInputError(
-                "word tokenizer: the text has no words to build a vocabulary from",
-                hint="train on a non-empty corpus (see read_corpus)",
-            )
-        for special in SPECIAL_TOKENS:
-            counts.pop(special, None)
-        ranked = sorted(
-            ((w, c) for w, c in counts.items() if c >= min_count),
-            key=lambda wc: (-wc[1], wc[0]),
-        )
-        if max_vocab is not None:
-            ranked = ranked[: max_vocab - NUM_SPECIAL]
-        tokens = [*SPECIAL_TOKENS, *(w for w, _ in ranked)]
-        return cls(tokens, [0] * NUM_SPECIAL + [c for _, c in ranked])
+            counter.add(text)
+        return counter.tokenizer()[0]
 
     @property
     def vocab_size(self) -> int:
@@ -303,6 +287,79 @@ class WordTokenizer:
 
     def __repr__(self) -> str:
         return f"WordTokenizer(vocab_size={self.vocab_size})"
+
+
+class _FirstSeen(dict[str, int]):
+    """word -> its number in order of first appearance: 0, 1, 2, ..."""
+
+    def __missing__(self, word: str) -> int:
+        number = self[word] = len(self)
+        return number
+
+
+class WordCounter:
+    """The word tokenizer's training, one piece of text at a time.
+
+    ``add(text) -> numbers: (n,) uint32`` counts the words of ``text`` (pieces
+    must end at safe cuts, see :func:`cllm_spec.data.pieces.regroup`) and
+    returns each word's number, in order of first appearance over all pieces.
+    ``tokenizer() -> (tok, remap: (W,) uint32)`` is :meth:`WordTokenizer.train`
+    of all the text added, and ``remap[number]`` the id of that word in it
+    (``<unk>`` for words cut from the vocabulary), so
+    ``remap[add(text)] == tok.encode(text)``: a corpus is counted and encoded in
+    one pass over its text, the numbers kept until the vocabulary is known.
+    The options are checked at construction, before any text is read.
+    """
+
+    def __init__(self, max_vocab: int | None = None, min_count: int = 1) -> None:
+        if max_vocab is not None:
+            max_vocab = expect_positive_int("max_vocab", max_vocab)
+            if max_vocab <= NUM_SPECIAL:
+                raise ConfigError(
+                    f"max_vocab: expected > {NUM_SPECIAL} (the specials plus at "
+                    f"least one word), got {max_vocab}"
+                )
+        self._max_vocab = max_vocab
+        self._min_count = expect_positive_int("min_count", min_count)
+        self._numbers = _FirstSeen()
+        self._counts = np.zeros(0, dtype=np.int64)  # (W,) by number
+
+    def add(self, text: str) -> np.ndarray:
+        words = _expect_text(text).lower().split()
+        # __getitem__ runs in C; __missing__ (Python) only for a new word.
+        numbers = map(self._numbers.__getitem__, words)
+        ids = np.fromiter(numbers, dtype=np.uint32, count=len(words))
+        seen = np.bincount(ids)
+        if seen.size > self._counts.size:
+            grown = np.zeros(len(self._numbers), dtype=np.int64)
+            grown[: self._counts.size] = self._counts
+            self._counts = grown
+        self._counts[: seen.size] += seen
+        return ids
+
+    def tokenizer(self) -> tuple[WordTokenizer, np.ndarray]:
+        if not self._numbers:
+            raise EmptyInputError(
+                "word tokenizer: the text has no words to build a vocabulary from",
+                hint="train on a non-empty corpus (see read_corpus)",
+            )
+        words = list(self._numbers)  # in number order: dicts keep insertion order
+        ranked = sorted(
+            (
+                (w, c)
+                for w, c in zip(words, self._counts.tolist(), strict=True)
+                if c >= self._min_count and w not in SPECIAL_TOKENS
+            ),
+            key=lambda wc: (-wc[1], wc[0]),
+        )
+        if self._max_vocab is not None:
+            ranked = ranked[: self._max_vocab - NUM_SPECIAL]
+        tokens = [*SPECIAL_TOKENS, *(w for w, _ in ranked)]
+        tok = WordTokenizer(tokens, [0] * NUM_SPECIAL + [c for _, c in ranked])
+        remap = np.fromiter(
+            map(tok.token_to_id, words), dtype=np.uint32, count=len(words)
+        )
+        return tok, remap
 
 
 def _word_vocab_problem(tokens: list[Any], counts: list[Any]) -> str | None:

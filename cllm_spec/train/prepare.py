@@ -40,8 +40,11 @@ Nothing holds the corpus, its text or its ids whole (except the ids of
 ``write=False``): the corpus is read in pieces of ``chunk_bytes`` (1 MiB), which
 are regrouped at cuts that are safe for the tokenizer
 (:mod:`cllm_spec.data.pieces`), encoded and appended to ``dataset.bin`` one at a
-time. The word tokenizer's vocabulary is counted in a first pass over the
-pieces, BPE trains on them as an iterator; ``byte`` needs no pass. The
+time. The word tokenizer is trained and the corpus encoded in one pass: each
+word is counted and numbered in order of first appearance, the numbers wait in
+an unnamed temporary file in ``out_dir`` (4 bytes a word) and are mapped to ids
+once the vocabulary is known. BPE trains on the pieces as an iterator, then
+encodes them; ``byte`` needs no training. The
 fingerprint and the token counts are taken while writing, and the counts of the
 validation tail, read back with plain reads, are subtracted to get the training
 split's. Memory is therefore bounded by the pieces, the tokenizer's tables and
@@ -76,11 +79,13 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import tempfile
 import warnings
 from collections.abc import Iterable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -99,8 +104,8 @@ from cllm_spec.data.dataset import (
     iter_dataset_range,
     write_dataset_stream,
 )
-from cllm_spec.data.pieces import encode_pieces
-from cllm_spec.data.tokenizers import make_tokenizer_from_pieces
+from cllm_spec.data.pieces import encode_pieces, regroup
+from cllm_spec.data.tokenizers import WordCounter, make_tokenizer_from_pieces
 from cllm_spec.errors import CheckpointError, ConfigError, EmptyInputError
 from cllm_spec.protocols import Batch
 from cllm_spec.train.config import RunConfig
@@ -210,24 +215,34 @@ def prepare_data(
         if not write:  # the writing rank has said it already: one warning a run
             warnings.simplefilter("ignore", CorpusWarning)
         corpus = open_run_corpus(cfg.data.corpus, chunk_bytes)
-    tok = tokenizer
-    if tok is None:
-        tok = train_tokenizer_from_pieces(cfg, corpus.pieces(chunk_bytes))
-    chunks = encode_pieces(tok, corpus.pieces(chunk_bytes))
-    try:
+    with ExitStack() as stack:
         if write:
             out_dir.mkdir(parents=True, exist_ok=True)
-            path = out_dir / DATASET_FILE
-            written = write_dataset_stream(path, chunks, vocab_size=tok.vocab_size)
-            (out_dir / TOKENIZER_FILE).write_text(json.dumps(tok.to_dict()) + "\n")
-            stored = read_dataset_bin(path)  # ids < V were checked while writing
+        if tokenizer is not None:
+            tok = tokenizer
+            chunks = encode_pieces(tok, corpus.pieces(chunk_bytes))
+        elif cfg.data.tokenizer == "word":  # counted and encoded in one pass
+            scratch = stack.enter_context(
+                tempfile.TemporaryFile(dir=out_dir if write else None)
+            )
+            tok, chunks = _count_and_number_words(cfg, corpus, chunk_bytes, scratch)
         else:
-            stored, written = _collect(chunks, tok.vocab_size)
-    except EmptyInputError as exc:
-        raise EmptyInputError(
-            f"data.corpus: the {tok.kind} tokenizer found no tokens in the corpus",
-            hint="use a larger corpus or another tokenizer",
-        ) from exc
+            tok = train_tokenizer_from_pieces(cfg, corpus.pieces(chunk_bytes))
+            chunks = encode_pieces(tok, corpus.pieces(chunk_bytes))
+        try:
+            if write:
+                path = out_dir / DATASET_FILE
+                written = write_dataset_stream(path, chunks, vocab_size=tok.vocab_size)
+                tok_json = json.dumps(tok.to_dict()) + "\n"
+                (out_dir / TOKENIZER_FILE).write_text(tok_json)
+                stored = read_dataset_bin(path)  # ids < V were checked while writing
+            else:
+                stored, written = _collect(chunks, tok.vocab_size)
+        except EmptyInputError as exc:
+            raise EmptyInputError(
+                f"data.corpus: the {tok.kind} tokenizer found no tokens in the corpus",
+                hint="use a larger corpus or another tokenizer",
+            ) from exc
     train, val = train_val_split(
         stored, cfg.data.val_fraction, min_tokens=cfg.train.seq_len + 1
     )
@@ -267,6 +282,33 @@ def _collect(
     return ids, WrittenDataset(
         int(ids.size), fingerprint(ids), token_counts(ids, vocab_size)
     )
+
+
+def _count_and_number_words(
+    cfg: RunConfig, corpus: Corpus, chunk_bytes: int, scratch: BinaryIO
+) -> tuple[Tokenizer, Iterator[np.ndarray]]:
+    """The word tokenizer of the corpus, and its ids, from one pass over the text.
+
+    Each word is numbered in order of first appearance while it is counted
+    (:class:`cllm_spec.data.tokenizers.WordCounter`); the numbers wait in
+    ``scratch`` (4 bytes a word) until the vocabulary is known, then are mapped
+    to ids chunk by chunk. Same ids as training first and encoding after, with
+    the text split and looked up once instead of twice.
+    """
+    try:
+        counter = WordCounter(cfg.data.vocab_size)
+    except ConfigError as exc:
+        raise ConfigError(f"data.vocab_size: {exc.message}") from exc
+    for text in regroup("word", corpus.pieces(chunk_bytes)):
+        scratch.write(counter.add(text).data)
+    tok, remap = counter.tokenizer()
+    scratch.seek(0)
+
+    def ids() -> Iterator[np.ndarray]:
+        while data := scratch.read(4 * SLICE_TOKENS):
+            yield remap[np.frombuffer(data, dtype=np.uint32)]
+
+    return tok, ids()
 
 
 def _file_counts(path: Path, start: int, stop: int, vocab_size: int) -> np.ndarray:
