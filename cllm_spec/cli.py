@@ -2,6 +2,10 @@
 
 cllm --version
 cllm backends [--json]      every registered backend: version, availability, build
+
+A warning of the spec (:class:`cllm_spec.errors.CllmWarning`, e.g. a corpus file
+that is not valid UTF-8) is printed as one line on stderr, ``cllm COMMAND:
+warning: MESSAGE``, without Python's file and line; other warnings as usual.
 """
 
 from __future__ import annotations
@@ -10,11 +14,13 @@ import argparse
 import importlib
 import json
 import sys
-from collections.abc import Sequence
-from typing import Any
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any, TextIO
 
 import cllm_spec
 from cllm_spec.commands import COMMAND_MODULES
+from cllm_spec.errors import CllmWarning
 from cllm_spec.registry import default_backend_name, describe_backends
 
 
@@ -68,6 +74,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+ShowWarning = Callable[..., None]
+
+
+def one_line_warnings(prog: str, fallback: ShowWarning) -> ShowWarning:
+    """A ``warnings.showwarning`` printing a CllmWarning as ``prog: warning: ...``."""
+
+    def show(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: TextIO | None = None,
+        line: str | None = None,
+    ) -> None:
+        if not issubclass(category, CllmWarning):
+            fallback(message, category, filename, lineno, file, line)
+            return
+        print(f"{prog}: warning: {message}", file=sys.stderr if file is None else file)
+
+    return show
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -78,7 +106,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2
-    result: int = args.func(args)
+    with warnings.catch_warnings():  # restores showwarning when the command ends
+        warnings.showwarning = one_line_warnings(
+            f"cllm {args.command}", warnings.showwarning
+        )
+        result: int = args.func(args)
     return result
 
 

@@ -578,6 +578,32 @@ def test_missing_corpus(tmp_path):
     expect_error(result, "data.corpus: no such file or directory")
 
 
+@pytest.mark.parametrize("special", ["fifo", "/dev/zero", "/dev/urandom"])
+def test_special_corpus_fails_fast(tmp_path, special):
+    # A FIFO blocked the read forever, a device read until memory ran out.
+    path = tmp_path / "pipe.txt" if special == "fifo" else Path(special)
+    if special == "fifo":
+        os.mkfifo(path)
+    result = cllm_train(
+        *sets(data__corpus=path, train__out_dir=tmp_path / "r"), timeout=60
+    )
+    kind = "a FIFO" if special == "fifo" else "a character device"
+    expect_error(result, re.escape(f"corpus: {path} is {kind}"))
+    assert len(result.stderr.strip().splitlines()) == 2  # the error and its hint
+
+
+def test_a_corpus_that_is_not_utf8_warns_in_one_line(tmp_path):
+    text = read_default_corpus()[:3000].encode()
+    corpus = tmp_path / "latin1.txt"
+    corpus.write_bytes(text[:100] + b"caf\xe9 " + text[100:] + b"\xff")
+    result = ok(cllm_train(*sets(data__corpus=corpus, train__out_dir=tmp_path / "r")))
+    warning = (
+        f"cllm train: warning: corpus file {corpus} is not valid UTF-8; 2 byte(s) "
+        "replaced with U+FFFD (the first at byte offset 103)"
+    )
+    assert result.stderr.splitlines() == [warning], result.stderr
+
+
 def test_existing_run_needs_resume_or_overwrite(tmp_path, corpus):
     args = sets(
         data__corpus=corpus,
