@@ -61,14 +61,14 @@ from cllm_spec import checkpoint
 from cllm_spec.data import tokenizer_from_dict
 from cllm_spec.errors import BackendError, CllmError, ConfigError
 from cllm_spec.registry import ENV_VAR, get_backend
-from cllm_spec.train.config import load_config
+from cllm_spec.train.config import from_dict, merge_settings, read_settings
 from cllm_spec.train.engines import blas_threads, make_step_engine
 from cllm_spec.train.loop import Trainer, TrainResult
 from cllm_spec.train.prepare import prepare_data
+from cllm_spec.train.resume import open_resume
 from cllm_spec.train.runlog import say_nothing, say_stdout
 from cllm_spec.train.state import (
     frozen_field_changes,
-    read_checkpoint,
     schedule_config,
     snapshot_from,
 )
@@ -84,16 +84,10 @@ def train(
     say: Callable[[str], None] = say_stdout,
 ) -> TrainResult:
     """Configure, prepare and run (module docstring)."""
-    loaded = None
-    base = None
-    if resume is not None:
-        path = checkpoint.resolve(resume)
-        tensors, meta, run = read_checkpoint(path)
-        loaded = (path, tensors, meta)
-        # The run continues where its checkpoint is, unless told otherwise.
-        base = {**run["config"], "train": {**run["config"].get("train", {})}}
-        base["train"]["out_dir"] = str(path.parent)
-    cfg = load_config(config_path, overrides, base=base)
+    settings = read_settings(config_path, overrides)
+    loaded = None if resume is None else open_resume(resume)
+    base = None if loaded is None else loaded.base()
+    cfg = from_dict(merge_settings(base or {}, settings))
     if base is not None:
         changed = frozen_field_changes(base, cfg)
         if changed:
@@ -116,8 +110,9 @@ def train(
     out_dir = Path(cfg.train.out_dir)
     snapshot = None
     if loaded is not None:
-        path, tensors, meta = loaded
-        snapshot = snapshot_from(path, tensors, meta, cfg, backend_name)
+        snapshot = snapshot_from(
+            loaded.path, loaded.tensors, loaded.meta, cfg, backend_name
+        )
         done = int(snapshot.opt_state.step)
         if done >= cfg.train.steps:
             raise ConfigError(
@@ -158,7 +153,7 @@ def train(
                 hint="resume with the corpus of the run",
             )
         trainer = Trainer(cfg, backend_name, backend, data, snapshot, say, engine)
-        _describe(trainer, resumed_from=None if loaded is None else loaded[0])
+        _describe(trainer, resumed_from=None if loaded is None else loaded.path)
         return trainer.run()
 
 

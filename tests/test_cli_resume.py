@@ -1,0 +1,93 @@
+"""``cllm train --resume`` on hostile and damaged run directories.
+
+A checkpoint's SHA-256 is a checksum anyone can recompute, so the hostile
+checkpoints here are real ones whose metadata was edited and re-signed
+(:func:`resign`). Each test copies one small trained run (``base_run``) and
+damages its copy.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cllm_spec import checkpoint
+from tests.test_cli_train import cllm_train, corpus, expect_error, ok, sets
+
+__all__ = ["corpus"]  # the fixture, shared with test_cli_train
+
+STEPS = 3
+
+
+@pytest.fixture(scope="module")
+def base_run(tmp_path_factory, corpus) -> Path:
+    """A finished 3-step run with one checkpoint."""
+    run = tmp_path_factory.mktemp("base") / "run"
+    ok(
+        cllm_train(
+            *sets(
+                data__corpus=corpus,
+                train__out_dir=run,
+                train__steps=STEPS,
+                schedule__warmup_steps=1,
+            )
+        )
+    )
+    return run
+
+
+@pytest.fixture
+def run(base_run, tmp_path) -> Path:
+    """A copy of ``base_run`` to damage."""
+    copy = tmp_path / "run"
+    shutil.copytree(base_run, copy)
+    return copy
+
+
+def resign(path: Path, edit: Callable[[dict[str, Any]], None]) -> None:
+    """Edit the checkpoint's metadata in place and write it with a valid checksum."""
+    tensors, meta = checkpoint.load(path)
+    edit(meta)
+    automatic = ("format", "format_version", "sha256")
+    checkpoint.save(
+        path,
+        tensors=tensors,
+        metadata={k: v for k, v in meta.items() if k not in automatic},
+    )
+
+
+def resume(run: Path, *args: str) -> Any:
+    return cllm_train("--resume", str(run), "--set", f"train.steps={STEPS + 2}", *args)
+
+
+# ------------------------------------------------------ the stored config ---
+@pytest.mark.parametrize(
+    ("section", "key", "value", "message"),
+    [
+        ("parallel", "workers", 100_000, r"parallel\.workers: expected <= 1,024"),
+        ("train", "eval_batches", 10**12, r"train\.eval_batches: expected <="),
+        ("model", "n_layer", -1, r"model\.n_layer: expected >= 1"),
+        ("train", "keep_last", "many", r"train\.keep_last: expected int"),
+        ("parallel", "timeout", 1e300, r"parallel\.timeout: expected a value in"),
+    ],
+)
+def test_stored_config_is_validated_like_set(run, section, key, value, message):
+    path = checkpoint.latest(run)
+    resign(path, lambda meta: meta["run"]["config"][section].update({key: value}))
+    result = resume(run)
+    expect_error(
+        result,
+        re.escape(str(path)) + ": the run config stored in the checkpoint is not "
+        "valid: " + message,
+    )
+
+
+def test_stored_config_of_the_wrong_shape_is_refused(run):
+    path = checkpoint.latest(run)
+    resign(path, lambda meta: meta["run"]["config"].update(train=[1, 2]))
+    expect_error(resume(run), r".*run config stored .*train: expected a table")
