@@ -287,3 +287,27 @@ def test_a_recorded_backend_that_does_not_load_falls_back_with_a_note(tmp_path, 
     assert code == 0
     assert "note: the run's backend 'gone_backend' does not load here" in err
     assert out.endswith("\n")
+
+
+def test_a_recorded_module_path_is_never_imported(tmp_path):
+    """generate, eval and info with a checkpoint whose run names a module: the
+    module does not run (the checkpoint is anyone's to edit)."""
+    plant = tmp_path / "plant"
+    plant.mkdir()
+    marker = tmp_path / "imported"
+    (plant / "planted_backend.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    saved = make_checkpoint(tmp_path, run_backend="planted_backend")
+    env = {
+        "PYTHONPATH": os.pathsep.join([str(plant), os.environ.get("PYTHONPATH", "")])
+    }
+    text = tmp_path / "text.txt"
+    text.write_text(TEXT)
+    for args in (
+        ("generate", str(saved.path), "-n", "3"),
+        ("eval", str(saved.path), "--data", str(text)),
+        ("info", str(saved.path)),
+    ):
+        code, _, err = cllm(*args, env=env)
+        assert code == 0, (args, err)
+        assert "Traceback" not in err
+        assert not marker.exists(), args

@@ -91,3 +91,34 @@ def test_stored_config_of_the_wrong_shape_is_refused(run):
     path = checkpoint.latest(run)
     resign(path, lambda meta: meta["run"]["config"].update(train=[1, 2]))
     expect_error(resume(run), r".*run config stored .*train: expected a table")
+
+
+# ----------------------------------------------------------------- backend ---
+def test_a_backend_the_checkpoint_names_is_never_imported(run, tmp_path):
+    """The stored train.backend is looked up among registered backends only; a
+    module path the user gives on the command line still loads."""
+    plant = tmp_path / "plant"
+    plant.mkdir()
+    marker = tmp_path / "imported"
+    (plant / "planted_backend.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    path = checkpoint.latest(run)
+    resign(
+        path,
+        lambda meta: meta["run"]["config"]["train"].update(backend="planted_backend"),
+    )
+    env = {"PYTHONPATH": str(plant)}
+    result = cllm_train("--resume", str(run), "--set", "train.steps=5", env=env)
+    expect_error(result, r"backend 'planted_backend' is not a registered backend")
+    assert not marker.exists()
+    ok(
+        cllm_train(
+            "--resume",
+            str(run),
+            "--set",
+            "train.steps=5",
+            "--backend",
+            "cllm_numpy",
+            env=env,
+        )
+    )
+    assert not marker.exists()

@@ -55,9 +55,16 @@ def sets(omit: tuple[str, ...] = (), **fields: object) -> list[str]:
     ]
 
 
-def cllm_train(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def cllm_train(
+    *args: str, timeout: float = 120, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``cllm train ARGS``; ``env`` adds to the environment."""
     return subprocess.run(
-        [*CLLM, "train", *args], capture_output=True, text=True, timeout=timeout
+        [*CLLM, "train", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=None if env is None else {**os.environ, **env},
     )
 
 

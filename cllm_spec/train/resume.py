@@ -8,6 +8,11 @@ metadata and recompute it. So everything in it is untrusted input, and
   ``--set`` (:func:`cllm_spec.train.config.from_dict`, bounds included) before
   anything else is done with it; a bad value is a ConfigError naming the field
   and the checkpoint.
+- **Backend.** The backend the run recorded (``train.backend``) is looked up
+  among the registered backends only (``get_backend(name,
+  registered_only=True)`` of :mod:`cllm_spec.registry`), never imported as a
+  module path; a path the user gives (``--backend``, ``--set
+  train.backend=``, ``$CLLM_BACKEND``) still is.
 """
 
 from __future__ import annotations

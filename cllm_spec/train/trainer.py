@@ -98,7 +98,11 @@ def train(
                 hint="start a new run in another train.out_dir to change it",
             )
     schedule_config(cfg)  # the cross-section checks, before anything is written
-    backend_name, backend = resolve_backend(cfg.train.backend)
+    # A backend the checkpoint names is looked up, never imported (resume.py).
+    stored_backend = loaded is not None and "backend" not in settings.get("train", {})
+    backend_name, backend = resolve_backend(
+        cfg.train.backend, registered_only=stored_backend
+    )
     if cfg.train.dtype not in tuple(str(np.dtype(d)) for d in backend.dtypes):
         raise ConfigError(
             f"train.dtype: backend {backend_name!r} computes in "
@@ -184,10 +188,14 @@ def _describe(trainer: Trainer, resumed_from: Path | None) -> None:
     )
 
 
-def resolve_backend(name: str) -> tuple[str, Any]:
+def resolve_backend(name: str, *, registered_only: bool = False) -> tuple[str, Any]:
     """``(name, backend)``: ``name``, else ``$CLLM_BACKEND``, else "c" if it
-    loads, else "numpy"."""
-    chosen = name or os.environ.get(ENV_VAR, "").strip()
+    loads, else "numpy". ``registered_only``: ``name`` was read from a
+    checkpoint, so it must be a registered backend (never a module to import);
+    ``$CLLM_BACKEND`` is the user's and may be a module path."""
+    if name:
+        return name, get_backend(name, registered_only=registered_only)
+    chosen = os.environ.get(ENV_VAR, "").strip()
     if chosen:
         return chosen, get_backend(chosen)
     try:
