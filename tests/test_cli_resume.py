@@ -8,6 +8,7 @@ damages its copy.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from collections.abc import Callable
@@ -17,7 +18,7 @@ from typing import Any
 import pytest
 
 from cllm_spec import checkpoint
-from tests.test_cli_train import cllm_train, corpus, expect_error, ok, sets
+from tests.test_cli_train import cllm_train, corpus, expect_error, ok, rows, sets
 
 __all__ = ["corpus"]  # the fixture, shared with test_cli_train
 
@@ -61,8 +62,11 @@ def resign(path: Path, edit: Callable[[dict[str, Any]], None]) -> None:
     )
 
 
-def resume(run: Path, *args: str) -> Any:
-    return cllm_train("--resume", str(run), "--set", f"train.steps={STEPS + 2}", *args)
+def resume(run: Path, *args: str, **kwargs: Any) -> Any:
+    """``cllm train --resume RUN`` for two more steps."""
+    return cllm_train(
+        "--resume", str(run), "--set", f"train.steps={STEPS + 2}", *args, **kwargs
+    )
 
 
 # ------------------------------------------------------ the stored config ---
@@ -122,3 +126,58 @@ def test_a_backend_the_checkpoint_names_is_never_imported(run, tmp_path):
         )
     )
     assert not marker.exists()
+
+
+# ------------------------------------------------------------------ corpus ---
+def plant_corpus(run: Path, tmp_path: Path) -> Path:
+    """Point the checkpoint's data.corpus at a FIFO: opening it for reading
+    would block forever."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    resign(
+        checkpoint.latest(run),
+        lambda meta: meta["run"]["config"]["data"].update(corpus=str(fifo)),
+    )
+    return fifo
+
+
+def test_resume_reads_the_run_dirs_data_not_the_stored_corpus_path(run, tmp_path):
+    plant_corpus(run, tmp_path)
+    result = ok(resume(run, timeout=60))
+    assert f"data: the run's prepared {run / 'dataset.bin'}" in result.stdout
+    assert [r["step"] for r in rows(run, "train")] == list(range(1, STEPS + 3))
+
+
+def test_resume_without_prepared_data_needs_a_named_corpus(run, tmp_path, corpus):
+    plant_corpus(run, tmp_path)
+    (run / "dataset.bin").unlink()
+    expect_error(
+        resume(run, timeout=60),
+        re.escape(f"--resume: the run directory {run} has no prepared data"),
+    )
+    moved = tmp_path / "moved.txt"  # the same text at another path
+    shutil.copyfile(corpus, moved)
+    ok(resume(run, "--set", f"data.corpus={moved}", timeout=60))
+    assert (run / "dataset.bin").exists()
+
+
+def test_a_named_corpus_with_other_text_is_refused(run, tmp_path, corpus):
+    other = tmp_path / "other.txt"
+    other.write_text(corpus.read_text()[::-1])
+    expect_error(
+        resume(run, "--set", f"data.corpus={other}"),
+        "data.corpus: the tokens of corpus .* differ from the ones the checkpoint",
+    )
+
+
+def test_a_special_prepared_dataset_is_refused_unopened(run):
+    (run / "dataset.bin").unlink()
+    os.mkfifo(run / "dataset.bin")
+    expect_error(resume(run, timeout=60), r"dataset.bin: .* is a FIFO")
+
+
+def test_resume_into_another_directory_copies_the_prepared_data(run, tmp_path):
+    other = tmp_path / "other"
+    ok(resume(run, "--set", f"train.out_dir={other}"))
+    for name in ("dataset.bin", "tokenizer.json", "dataset.json"):
+        assert (other / name).read_bytes() == (run / name).read_bytes(), name

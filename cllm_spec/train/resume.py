@@ -8,6 +8,13 @@ metadata and recompute it. So everything in it is untrusted input, and
   ``--set`` (:func:`cllm_spec.train.config.from_dict`, bounds included) before
   anything else is done with it; a bad value is a ConfigError naming the field
   and the checkpoint.
+- **Corpus.** The corpus path the run config records is never opened. The data
+  is the corpus the user names (``--set data.corpus=PATH`` or ``--config``),
+  else the prepared ``dataset.bin`` of the checkpoint's own run directory
+  (:func:`run_dir_data`); either way the tokens must have the checkpoint's
+  fingerprint (``data_cursor.sha256``). Anything else is refused with a hint
+  naming the fix. (So ``data.corpus`` may change on resume: the same text at
+  another path is the same run.)
 - **Backend.** The backend the run recorded (``train.backend``) is looked up
   among the registered backends only (``get_backend(name,
   registered_only=True)`` of :mod:`cllm_spec.registry`), never imported as a
@@ -17,14 +24,31 @@ metadata and recompute it. So everything in it is untrusted input, and
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from cllm_spec import checkpoint
+from cllm_spec.batching import num_batches
+from cllm_spec.data import (
+    Tokenizer,
+    read_dataset_bin,
+    train_val_split,
+    write_dataset_bin,
+)
 from cllm_spec.errors import ConfigError
+from cllm_spec.files import open_regular
 from cllm_spec.train.config import RunConfig, from_dict
+from cllm_spec.train.prepare import (
+    DATASET_FILE,
+    DATASET_INFO_FILE,
+    TOKENIZER_FILE,
+    RunData,
+    fingerprint,
+    unigram_entropy,
+)
 from cllm_spec.train.state import read_checkpoint
 
 RESUME_HINT = "resume from a checkpoint written by `cllm train`"
@@ -68,8 +92,74 @@ def open_resume(resume: str | Path) -> Resume:
     return Resume(path, tensors, meta, stored)
 
 
+# -------------------------------------------------------------------- data ---
+def run_dir_data(
+    cfg: RunConfig,
+    run_dir: Path,
+    tokenizer: Tokenizer,
+    out_dir: Path,
+    *,
+    write: bool = True,
+) -> RunData:
+    """The run's data from the prepared ``dataset.bin`` of ``run_dir``.
+
+    Used on resume when the user names no corpus. A missing file is a
+    ConfigError naming the fix; anything but a regular file is refused before
+    it is read. The ids are checked against the tokenizer's vocabulary here and
+    against the checkpoint's fingerprint by the caller. When ``out_dir`` is
+    another directory (and ``write``), the run files are written there too, so
+    that it is a complete run directory.
+    """
+    path = run_dir / DATASET_FILE
+    try:
+        handle, _ = open_regular(path, "dataset.bin", ConfigError)
+    except FileNotFoundError as exc:
+        raise ConfigError(
+            f"--resume: the run directory {run_dir} has no prepared data "
+            f"({DATASET_FILE}), and no corpus was named",
+            hint="name the run's corpus with --set data.corpus=PATH",
+        ) from exc
+    handle.close()
+    ids = read_dataset_bin(path, tokenizer.vocab_size)
+    train, val = train_val_split(
+        ids, cfg.data.val_fraction, min_tokens=cfg.train.seq_len + 1
+    )
+    num_batches(train.size, cfg.train.batch_size, cfg.train.seq_len)
+    data = RunData(
+        tokenizer,
+        train,
+        val,
+        fingerprint(ids),
+        unigram_entropy(train, tokenizer.vocab_size),
+    )
+    if write and not _same_dir(out_dir, run_dir):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / TOKENIZER_FILE).write_text(json.dumps(tokenizer.to_dict()) + "\n")
+        write_dataset_bin(out_dir / DATASET_FILE, ids)
+        info = {
+            "corpus": cfg.data.corpus,
+            "tokenizer": tokenizer.kind,
+            "vocab_size": tokenizer.vocab_size,
+            "n_tokens": int(ids.size),
+            "n_train": int(train.size),
+            "n_val": int(val.size),
+            "sha256": data.sha256,
+            "unigram_entropy": data.unigram_entropy,
+        }
+        (out_dir / DATASET_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    return data
+
+
+def _same_dir(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and a.samefile(b)
+    except OSError:
+        return False
+
+
 __all__ = [
     "RESUME_HINT",
     "Resume",
     "open_resume",
+    "run_dir_data",
 ]

@@ -34,13 +34,16 @@ Checkpoints and resuming
 checkpoint) restores the parameters, the optimizer state and step, the
 schedule, the data cursor, the sampling RNG, the tokenizer and the run config,
 so the losses after resuming are bit-identical to the uninterrupted run's on
-the same backend and dtype. ``model.*``, ``data.*``, ``optim.name``,
-``train.seed``, ``train.batch_size`` and ``train.seq_len`` cannot change on
-resume; everything else can (``train.steps`` to extend a run,
+the same backend and dtype. ``model.*``, ``data.*`` but ``data.corpus``,
+``optim.name``, ``train.seed``, ``train.batch_size`` and ``train.seq_len``
+cannot change on resume; everything else can (``train.steps`` to extend a run,
 ``train.backend``, ``train.dtype``: the tensors are cast, and named, so any
 backend reads them). A resumed run writes to the checkpoint's directory unless
 ``train.out_dir`` is given, and keeps the rows of its ``metrics.jsonl`` up to
-its step, then appends.
+its step, then appends. The checkpoint is untrusted input
+(:mod:`cllm_spec.train.resume`): its tokens come from the corpus the user names
+(``--set data.corpus=PATH``), else from the ``dataset.bin`` of the checkpoint's
+run directory, never from the path its config records.
 
 A new run refuses an ``out_dir`` that already holds checkpoints, and a resumed
 run one that holds checkpoints newer than its own, unless ``overwrite``: then
@@ -58,14 +61,14 @@ from typing import Any
 import numpy as np
 
 from cllm_spec import checkpoint
-from cllm_spec.data import tokenizer_from_dict
+from cllm_spec.data import Tokenizer, tokenizer_from_dict
 from cllm_spec.errors import BackendError, CllmError, ConfigError
 from cllm_spec.registry import ENV_VAR, get_backend
-from cllm_spec.train.config import from_dict, merge_settings, read_settings
+from cllm_spec.train.config import RunConfig, from_dict, merge_settings, read_settings
 from cllm_spec.train.engines import blas_threads, make_step_engine
 from cllm_spec.train.loop import Trainer, TrainResult
-from cllm_spec.train.prepare import prepare_data
-from cllm_spec.train.resume import open_resume
+from cllm_spec.train.prepare import DATASET_FILE, RunData, prepare_data
+from cllm_spec.train.resume import open_resume, run_dir_data
 from cllm_spec.train.runlog import say_nothing, say_stdout
 from cllm_spec.train.state import (
     frozen_field_changes,
@@ -124,6 +127,16 @@ def train(
                 f"train.steps={cfg.train.steps}",
                 hint=f"continue with --set train.steps=N for some N > {done}",
             )
+    # The tokens: the corpus of a new run or the one the user names on resume,
+    # else the resumed run's own dataset.bin; never a path the checkpoint names.
+    run_dir = None
+    if loaded is not None and "corpus" not in settings.get("data", {}):
+        run_dir = loaded.run_dir
+    source = (
+        f"corpus {cfg.data.corpus!r}"
+        if run_dir is None
+        else f"the run's prepared {run_dir / DATASET_FILE}"
+    )
     data = None
     failure: BaseException | None = None
     # Rank 0 alone checks and writes the run directory; its error is raised on
@@ -132,7 +145,7 @@ def train(
         try:
             _check_out_dir(out_dir, None if snapshot is None else done, overwrite)
             tokenizer = None if snapshot is None else snapshot.tokenizer
-            data = prepare_data(cfg, out_dir, tokenizer)
+            data = _read_data(cfg, out_dir, run_dir, tokenizer, write=True)
         except (CllmError, OSError) as exc:
             failure = exc
     with blas_threads(cfg.train.blas_threads), engine:
@@ -141,27 +154,41 @@ def train(
             None if data is None else (data.tokenizer.to_dict(), data.sha256)
         )
         if data is None:  # the other ranks: the same ids from rank 0's tokenizer
-            data = prepare_data(
-                cfg, out_dir, tokenizer_from_dict(shared[0]), write=False
-            )
+            tokenizer = tokenizer_from_dict(shared[0])
+            data = _read_data(cfg, out_dir, run_dir, tokenizer, write=False)
         if data.sha256 != shared[1]:
             raise ConfigError(
-                f"data.corpus: this rank read other tokens than rank 0 from "
-                f"{cfg.data.corpus!r}",
+                f"data.corpus: this rank read other tokens than rank 0 from {source}",
                 hint="every rank must see the same corpus file",
             )
         if snapshot is not None and snapshot.cursor.get("sha256") != data.sha256:
             raise ConfigError(
-                f"data.corpus: the tokens of {cfg.data.corpus!r} differ from the "
-                "ones the checkpoint was trained on",
-                hint="resume with the corpus of the run",
+                f"data.corpus: the tokens of {source} differ from the ones the "
+                "checkpoint was trained on",
+                hint="resume with the corpus of the run: --set data.corpus=PATH",
             )
         trainer = Trainer(cfg, backend_name, backend, data, snapshot, say, engine)
-        _describe(trainer, resumed_from=None if loaded is None else loaded.path)
+        _describe(trainer, None if loaded is None else loaded.path, source)
         return trainer.run()
 
 
-def _describe(trainer: Trainer, resumed_from: Path | None) -> None:
+def _read_data(
+    cfg: RunConfig,
+    out_dir: Path,
+    run_dir: Path | None,
+    tokenizer: Tokenizer | None,
+    *,
+    write: bool,
+) -> RunData:
+    """The run's data from the corpus (``run_dir`` None) or from ``run_dir``'s
+    prepared dataset.bin (a resume that names no corpus)."""
+    if run_dir is None:
+        return prepare_data(cfg, out_dir, tokenizer, write=write)
+    assert tokenizer is not None  # a resume has the checkpoint's
+    return run_dir_data(cfg, run_dir, tokenizer, out_dir, write=write)
+
+
+def _describe(trainer: Trainer, resumed_from: Path | None, source: str) -> None:
     cfg, mcfg, data = trainer.cfg, trainer.model_cfg, trainer.data
     say = trainer.say
     say(
@@ -170,7 +197,7 @@ def _describe(trainer: Trainer, resumed_from: Path | None) -> None:
         f"n_layer={mcfg.n_layer}, n_head={mcfg.n_head}, block_size={mcfg.block_size})"
     )
     say(
-        f"data: corpus {cfg.data.corpus!r}, {data.tokenizer.kind} tokenizer "
+        f"data: {source}, {data.tokenizer.kind} tokenizer "
         f"(V={data.tokenizer.vocab_size}): {data.train.size:,} train + "
         f"{data.val.size:,} validation tokens; unigram entropy "
         f"{data.unigram_entropy:.4f} nats/token (training split)"
