@@ -181,3 +181,30 @@ def test_resume_into_another_directory_copies_the_prepared_data(run, tmp_path):
     ok(resume(run, "--set", f"train.out_dir={other}"))
     for name in ("dataset.bin", "tokenizer.json", "dataset.json"):
         assert (other / name).read_bytes() == (run / name).read_bytes(), name
+
+
+# ---------------------------------------------------------------- metadata ---
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("metrics", [1, 2], "metrics: expected an object, got a list"),
+        ("metrics", {"train": [1]}, "metrics.train: expected an object, got a list"),
+        (
+            "metrics",
+            {"train": {"loss": "low"}},
+            "metrics.train.loss: expected a number",
+        ),
+        ("metrics", {"train": {"loss": {"a": 1}}}, "metrics.train.loss: expected a"),
+        ("metrics", {"other": {}}, "metrics: unexpected entry 'other'"),
+        ("data_cursor", [0, 0], "data_cursor: expected an object, got a list"),
+        ("data_cursor", {"epoch": "0", "batch": 0}, "data_cursor.epoch: expected an"),
+        ("data_cursor", {"epoch": 0, "batch": 0}, "data_cursor.sha256: expected a"),
+        ("tokenizer", "byte", "tokenizer: expected an object, got a string"),
+    ],
+)
+def test_malformed_metadata_is_a_clear_error(run, key, value, message):
+    """What the loader accepts but a resume cannot use: one line naming the
+    entry (metrics that are a list raised a TypeError)."""
+    path = checkpoint.latest(run)
+    resign(path, lambda meta: meta.update({key: value}))
+    expect_error(resume(run), re.escape(f"{path}: metadata {message}"))

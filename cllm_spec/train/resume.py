@@ -20,6 +20,10 @@ metadata and recompute it. So everything in it is untrusted input, and
   registered_only=True)`` of :mod:`cllm_spec.registry`), never imported as a
   module path; a path the user gives (``--backend``, ``--set
   train.backend=``, ``$CLLM_BACKEND``) still is.
+- **Metadata.** The metrics, data cursor, tokenizer, optimizer and RNG state
+  must have the shapes ``cllm train`` writes (:func:`check_run_metadata`), or
+  the resume is refused with a CheckpointError naming the entry instead of
+  failing somewhere later with a TypeError.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from cllm_spec.data import (
     train_val_split,
     write_dataset_bin,
 )
-from cllm_spec.errors import ConfigError
+from cllm_spec.errors import CheckpointError, ConfigError
 from cllm_spec.files import open_regular
 from cllm_spec.train.config import RunConfig, from_dict
 from cllm_spec.train.prepare import (
@@ -80,6 +84,7 @@ def open_resume(resume: str | Path) -> Resume:
     check its run config and metadata (module docstring)."""
     path = checkpoint.resolve(resume)
     tensors, meta, run = read_checkpoint(path)
+    check_run_metadata(path, meta)
     try:
         stored = from_dict(run["config"])
     except ConfigError as exc:
@@ -90,6 +95,71 @@ def open_resume(resume: str | Path) -> Resume:
             "checkpoint of the run, or start a new run",
         ) from exc
     return Resume(path, tensors, meta, stored)
+
+
+# ---------------------------------------------------------------- metadata ---
+def _fail(path: Path, message: str) -> CheckpointError:
+    return CheckpointError(f"{path}: metadata {message}", hint=RESUME_HINT)
+
+
+def _json_kind(value: object) -> str:
+    """The JSON name of ``value``'s type, for messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a bool"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    return "an object" if isinstance(value, dict) else type(value).__name__
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_run_metadata(path: Path, meta: dict[str, Any]) -> None:
+    """The metadata a resume reads has the shapes ``cllm train`` writes
+    (:mod:`cllm_spec.train.state`), or a CheckpointError names the entry."""
+    for key in ("optimizer", "tokenizer", "data_cursor", "rng_state"):
+        if not isinstance(meta.get(key), dict):
+            found = _json_kind(meta.get(key))
+            raise _fail(path, f"{key}: expected an object, got {found}")
+    cursor = meta["data_cursor"]
+    for key in ("epoch", "batch"):
+        if not _is_int(cursor.get(key)) or cursor[key] < 0:
+            raise _fail(path, f"data_cursor.{key}: expected an int >= 0")
+    if not isinstance(cursor.get("sha256"), str):
+        raise _fail(path, "data_cursor.sha256: expected a string")
+    metrics = meta.get("metrics")
+    if metrics is None:
+        return
+    if not isinstance(metrics, dict):
+        raise _fail(path, f"metrics: expected an object, got {_json_kind(metrics)}")
+    for kind, row in metrics.items():
+        if kind not in ("train", "eval"):
+            raise _fail(path, f"metrics: unexpected entry {kind!r}")
+        if row is None:
+            continue
+        if not isinstance(row, dict):
+            found = _json_kind(row)
+            raise _fail(path, f"metrics.{kind}: expected an object, got {found}")
+        for key, value in row.items():
+            if isinstance(value, list | dict):
+                found = _json_kind(value)
+                raise _fail(
+                    path,
+                    f"metrics.{kind}.{key}: expected a number or a string, got {found}",
+                )
+        for key in ("loss", "lr", "val_loss"):
+            value = row.get(key)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int | float)
+            ):
+                raise _fail(path, f"metrics.{kind}.{key}: expected a number")
 
 
 # -------------------------------------------------------------------- data ---
@@ -160,6 +230,7 @@ def _same_dir(a: Path, b: Path) -> bool:
 __all__ = [
     "RESUME_HINT",
     "Resume",
+    "check_run_metadata",
     "open_resume",
     "run_dir_data",
 ]
