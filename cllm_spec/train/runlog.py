@@ -29,38 +29,89 @@ writes the log; the others get :func:`say_nothing` and :class:`NullLog`.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
+import os
 import signal
 import sys
+import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm  # type: ignore[import-untyped]
 
+from cllm_spec.checkpoint import _fsync_directory as fsync_directory
+from cllm_spec.errors import ConfigError
+from cllm_spec.files import open_regular
 from cllm_spec.parallel import WorkerStats
 
 METRICS_FILE = "metrics.jsonl"
 
 
 class MetricsLog:
-    """``metrics.jsonl``: rows appended and flushed one by one."""
+    """``metrics.jsonl``: rows appended and flushed one by one.
+
+    The history is never truncated in place: a resumed run that keeps every
+    row appends to the file as it is; one that drops rows (resuming an earlier
+    checkpoint, or a torn last line from a killed run) writes the kept rows to
+    a temporary file, fsyncs it and renames it over the log, so a kill at any
+    moment leaves either the old history or the new one.
+    """
 
     def __init__(self, path: Path, keep_through: int | None) -> None:
         """Start empty, or keep the rows with ``step <= keep_through``."""
         self.path = path
-        kept: list[str] = []
-        if keep_through is not None and path.exists():
-            for line in path.read_text().splitlines():
-                with contextlib.suppress(ValueError, TypeError, KeyError):
-                    if json.loads(line)["step"] <= keep_through:
-                        kept.append(line)
-        path.write_text("".join(line + "\n" for line in kept))
+        if keep_through is None:
+            _replace(path, [])
+            return
+        if not path.exists():
+            path.touch()
+            return
+        lines, kept = 0, 0
+        whole = True  # every line ends with a newline
+        for line in _lines(path):
+            lines += 1
+            kept += _step_at_most(line, keep_through)
+            whole = line.endswith("\n")
+        if kept < lines or not whole:
+            _replace(path, [x for x in _lines(path) if _step_at_most(x, keep_through)])
 
     def write(self, row: dict[str, Any]) -> None:
         with self.path.open("a") as fh:
             fh.write(json.dumps(row, allow_nan=False) + "\n")
+
+
+def _lines(path: Path) -> Iterator[str]:
+    """The lines of the log, streamed; a special file is refused unread."""
+    handle, _ = open_regular(path, METRICS_FILE, ConfigError)
+    with io.TextIOWrapper(handle, encoding="utf-8", errors="replace") as fh:
+        yield from fh
+
+
+def _step_at_most(line: str, keep_through: int) -> bool:
+    """A complete row (newline included) whose ``step`` is <= ``keep_through``."""
+    if not line.endswith("\n"):
+        return False  # torn by a kill while it was appended
+    with contextlib.suppress(ValueError, TypeError, KeyError, RecursionError):
+        return bool(json.loads(line)["step"] <= keep_through)
+    return False
+
+
+def _replace(path: Path, lines: Iterable[str]) -> None:
+    """Write ``lines`` to a temporary file, fsync, rename over ``path``."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.writelines(lines)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_directory(path.parent)
 
 
 class StopRequest:
