@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,18 @@ from typing import Any
 import pytest
 
 from cllm_spec import checkpoint
-from tests.test_cli_train import cllm_train, corpus, expect_error, ok, rows, sets
+from tests.test_cli_train import (
+    ckpt_steps,
+    cllm_train,
+    corpus,
+    expect_error,
+    has_rows,
+    ok,
+    rows,
+    sets,
+    start_long_run,
+    wait_for,
+)
 
 __all__ = ["corpus"]  # the fixture, shared with test_cli_train
 
@@ -208,3 +220,28 @@ def test_malformed_metadata_is_a_clear_error(run, key, value, message):
     path = checkpoint.latest(run)
     resign(path, lambda meta: meta.update({key: value}))
     expect_error(resume(run), re.escape(f"{path}: metadata {message}"))
+
+
+# ---------------------------------------------------------- one writer only ---
+def test_a_run_directory_has_one_writer(tmp_path, corpus):
+    """A second run on a directory in use is refused naming the holder, even
+    with --overwrite (which would delete the live run's checkpoints)."""
+    run = tmp_path / "run"
+    proc = start_long_run(run, corpus, train__checkpoint_every=1)
+    try:
+        wait_for(lambda: has_rows(run) and ckpt_steps(run))
+        holder = re.escape(f"(pid {proc.pid})")
+        busy = r"train\.out_dir: .* is being written by another cllm train " + holder
+        expect_error(
+            cllm_train("--resume", str(run), "--set", "train.steps=2000000"), busy
+        )
+        again = sets(data__corpus=corpus, train__out_dir=run)
+        expect_error(cllm_train(*again, "--overwrite"), busy)
+        assert ckpt_steps(run)  # still there
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, out + err
+    step = rows(run, "train")[-1]["step"]  # the lock went with the process
+    ok(cllm_train("--resume", str(run), "--set", f"train.steps={step + 1}"))

@@ -17,6 +17,8 @@ Run directory (``train.out_dir``)
 =================================
 ::
 
+    .lock                       held (flock) by the run writing the directory;
+                                holds its pid (cllm_spec.train.rundir)
     tokenizer.json              the tokenizer (cllm_spec.train.prepare)
     dataset.bin                 every token id of the corpus, in order
     dataset.json                sizes of the train/val split, the stream's
@@ -45,14 +47,15 @@ its step, then appends. The checkpoint is untrusted input
 (``--set data.corpus=PATH``), else from the ``dataset.bin`` of the checkpoint's
 run directory, never from the path its config records.
 
-A new run refuses an ``out_dir`` that already holds checkpoints, and a resumed
-run one that holds checkpoints newer than its own, unless ``overwrite``: then
-those checkpoints are deleted first (rotation is by step, so they would
-otherwise outlive the new ones).
+A run locks its ``out_dir`` for as long as it writes it; a new run refuses an
+``out_dir`` that already holds checkpoints, and a resumed run one that holds
+checkpoints newer than its own, unless ``overwrite``
+(:mod:`cllm_spec.train.rundir`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -60,7 +63,6 @@ from typing import Any
 
 import numpy as np
 
-from cllm_spec import checkpoint
 from cllm_spec.data import Tokenizer, tokenizer_from_dict
 from cllm_spec.errors import BackendError, CllmError, ConfigError
 from cllm_spec.registry import ENV_VAR, get_backend
@@ -69,6 +71,7 @@ from cllm_spec.train.engines import blas_threads, make_step_engine
 from cllm_spec.train.loop import Trainer, TrainResult
 from cllm_spec.train.prepare import DATASET_FILE, RunData, prepare_data
 from cllm_spec.train.resume import open_resume, run_dir_data
+from cllm_spec.train.rundir import RunDirLock, check_out_dir
 from cllm_spec.train.runlog import say_nothing, say_stdout
 from cllm_spec.train.state import (
     frozen_field_changes,
@@ -138,17 +141,19 @@ def train(
         else f"the run's prepared {run_dir / DATASET_FILE}"
     )
     data = None
+    lock: RunDirLock | None = None
     failure: BaseException | None = None
-    # Rank 0 alone checks and writes the run directory; its error is raised on
-    # every rank (settle), so that none waits for it.
+    # Rank 0 alone locks, checks and writes the run directory; its error is
+    # raised on every rank (settle), so that none waits for it.
     if engine.is_root:
         try:
-            _check_out_dir(out_dir, None if snapshot is None else done, overwrite)
+            lock = RunDirLock(out_dir)
+            check_out_dir(out_dir, None if snapshot is None else done, overwrite)
             tokenizer = None if snapshot is None else snapshot.tokenizer
             data = _read_data(cfg, out_dir, run_dir, tokenizer, write=True)
         except (CllmError, OSError) as exc:
             failure = exc
-    with blas_threads(cfg.train.blas_threads), engine:
+    with lock or contextlib.nullcontext(), blas_threads(cfg.train.blas_threads), engine:
         engine.settle(failure)
         shared = engine.share(
             None if data is None else (data.tokenizer.to_dict(), data.sha256)
@@ -229,34 +234,6 @@ def resolve_backend(name: str, *, registered_only: bool = False) -> tuple[str, A
         return "c", get_backend("c")
     except BackendError:
         return "numpy", get_backend("numpy")
-
-
-def _check_out_dir(out_dir: Path, resume_step: int | None, overwrite: bool) -> None:
-    """Refuse to mix two runs' checkpoints (module docstring), or delete first."""
-    if not out_dir.exists():
-        return
-    if not out_dir.is_dir():
-        raise ConfigError(f"train.out_dir: {out_dir} exists and is not a directory")
-    found = checkpoint.list_checkpoints(out_dir)
-    clash = [p for s, p in found if resume_step is None or s > resume_step]
-    if not clash:
-        return
-    if overwrite:
-        for path in clash:
-            path.unlink(missing_ok=True)
-        return
-    if resume_step is None:
-        raise ConfigError(
-            f"train.out_dir: {out_dir} already holds a run ({clash[-1].name})",
-            hint=f"continue it with --resume {out_dir}, pick another directory with "
-            "--set train.out_dir=DIR, or pass --overwrite to start over",
-        )
-    raise ConfigError(
-        f"train.out_dir: {out_dir} holds checkpoints after step {resume_step} "
-        f"({clash[-1].name}), from the run being resumed or another",
-        hint="resume into another directory with --set train.out_dir=DIR, or pass "
-        "--overwrite to delete the later checkpoints",
-    )
 
 
 __all__ = ["DivergedError", "TrainResult", "resolve_backend", "train"]
