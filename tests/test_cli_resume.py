@@ -245,3 +245,22 @@ def test_a_run_directory_has_one_writer(tmp_path, corpus):
     assert proc.returncode == 130, out + err
     step = rows(run, "train")[-1]["step"]  # the lock went with the process
     ok(cllm_train("--resume", str(run), "--set", f"train.steps={step + 1}"))
+
+
+def test_partial_files_of_killed_writes_are_removed_at_start(run):
+    """A kill during a write leaves its temporary file; the next run on the
+    directory deletes them (and nothing else)."""
+    partial = [
+        run / ".ckpt-000000004.safetensors.k2j4_x.tmp",
+        run / ".metrics.jsonl.a8f3.tmp",
+        run / "dataset.binq9z1.tmp",
+    ]
+    for path in partial:
+        path.write_bytes(b"\0" * 100)
+    keep = run / "notes.tmp"
+    keep.write_text("mine")
+    result = ok(resume(run))
+    for path in partial:
+        assert not path.exists(), path.name
+        assert f"removed {path.name}, a partial write" in result.stdout
+    assert keep.read_text() == "mine"

@@ -9,6 +9,10 @@ instead of interleaving its rows and checkpoints with the first one's. The
 lock goes with the process: a killed run leaves no lock behind (the file
 stays, unlocked). Under MPI only rank 0 writes, so only rank 0 locks.
 
+A run killed while writing leaves the temporary file of that write behind
+(every writer writes a temporary file and renames it into place); with the
+lock taken, :func:`remove_stale_temporaries` deletes those of earlier runs.
+
 :func:`check_out_dir` refuses to mix two runs' checkpoints: a new run refuses
 a directory that already holds checkpoints, a resumed run one that holds
 checkpoints newer than its own, unless ``overwrite`` (then those are deleted
@@ -28,6 +32,13 @@ from cllm_spec.errors import ConfigError
 from cllm_spec.files import describe_kind
 
 LOCK_FILE = ".lock"
+#: the temporary files of the run's atomic writers (write, fsync, rename):
+#: checkpoint.save, the metrics log's rewrite, data.write_dataset_bin
+TEMPORARY_PATTERNS = (
+    ".ckpt-*.safetensors.*.tmp",
+    ".metrics.jsonl.*.tmp",
+    "dataset.bin*.tmp",
+)
 
 
 class RunDirLock:
@@ -91,6 +102,22 @@ def _holder(fd: int) -> str:
     return f"pid {text}" if text.isdigit() else "pid unknown"
 
 
+def remove_stale_temporaries(out_dir: Path) -> list[Path]:
+    """Delete the partial files of writes a killed run left in ``out_dir``.
+
+    Called with the lock held, so no live writer owns them. Only regular files
+    (or links, which are removed, not followed) matching TEMPORARY_PATTERNS.
+    """
+    removed = []
+    for pattern in TEMPORARY_PATTERNS:
+        for path in sorted(out_dir.glob(pattern)):
+            mode = path.lstat().st_mode
+            if stat.S_ISREG(mode) or stat.S_ISLNK(mode):
+                path.unlink(missing_ok=True)
+                removed.append(path)
+    return removed
+
+
 def check_out_dir(out_dir: Path, resume_step: int | None, overwrite: bool) -> None:
     """Refuse to mix two runs' checkpoints (module docstring), or delete first."""
     if not out_dir.exists():
@@ -119,4 +146,10 @@ def check_out_dir(out_dir: Path, resume_step: int | None, overwrite: bool) -> No
     )
 
 
-__all__ = ["LOCK_FILE", "RunDirLock", "check_out_dir"]
+__all__ = [
+    "LOCK_FILE",
+    "TEMPORARY_PATTERNS",
+    "RunDirLock",
+    "check_out_dir",
+    "remove_stale_temporaries",
+]

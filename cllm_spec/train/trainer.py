@@ -71,7 +71,11 @@ from cllm_spec.train.engines import blas_threads, make_step_engine
 from cllm_spec.train.loop import Trainer, TrainResult
 from cllm_spec.train.prepare import DATASET_FILE, RunData, prepare_data
 from cllm_spec.train.resume import open_resume, run_dir_data
-from cllm_spec.train.rundir import RunDirLock, check_out_dir
+from cllm_spec.train.rundir import (
+    RunDirLock,
+    check_out_dir,
+    remove_stale_temporaries,
+)
 from cllm_spec.train.runlog import say_nothing, say_stdout
 from cllm_spec.train.state import (
     frozen_field_changes,
@@ -148,6 +152,8 @@ def train(
     if engine.is_root:
         try:
             lock = RunDirLock(out_dir)
+            for stale in remove_stale_temporaries(out_dir):
+                say(f"removed {stale.name}, a partial write of an interrupted run")
             check_out_dir(out_dir, None if snapshot is None else done, overwrite)
             tokenizer = None if snapshot is None else snapshot.tokenizer
             data = _read_data(cfg, out_dir, run_dir, tokenizer, write=True)
