@@ -444,6 +444,25 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes(tmp_path, corpus):
     assert [r["step"] for r in rows(run, "train")] == list(range(1, step + 3))
 
 
+def test_sigterm_saves_a_checkpoint_like_ctrl_c_and_exits_143(tmp_path, corpus):
+    """What batch schedulers and docker stop send: no steps are lost."""
+    run = tmp_path / "run"
+    proc = start_long_run(run, corpus)
+    try:
+        wait_for(lambda: has_rows(run))
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, out + err
+    assert "Traceback" not in err
+    assert "interrupted (SIGTERM): saving a checkpoint" in out
+    step = int(re.search(r"interrupted at step (\d+) \(SIGTERM\)", out).group(1))
+    assert ckpt_steps(run) == [step]
+    assert rows(run, "train")[-1]["step"] == step
+    ok(cllm_train("--resume", str(run), "--set", f"train.steps={step + 1}"))
+
+
 def test_kill_during_checkpointing_leaves_loadable_checkpoints(tmp_path, corpus):
     run = tmp_path / "run"
     proc = start_long_run(run, corpus, train__checkpoint_every=1, train__keep_last=3)

@@ -11,6 +11,8 @@ Exit status:
          and the message with its hint on stderr, no traceback
     130  interrupted by Ctrl-C: a checkpoint of the last step was saved (or, on
          a second Ctrl-C, the run was aborted without one)
+    143  stopped by SIGTERM (batch schedulers, docker stop, kill): the same as
+         Ctrl-C
 
 A worker thread's error ends the run with that error (its notes name the
 worker, the group and the step). Under ``mpiexec`` every rank runs this command;
@@ -20,6 +22,7 @@ a rank that fails aborts the whole job and mpiexec exits non-zero.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 from cllm_spec.errors import CllmError
@@ -28,6 +31,7 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM
 
 DESCRIPTION = """\
 Train a small GPT model. Every setting has a default, so `cllm train` alone
@@ -44,7 +48,8 @@ examples:
   cllm train --set parallel.workers=2          # two worker threads, same bits
   mpiexec -n 2 cllm train --set parallel.engine=mpi   # two processes (cllm[mpi])
 
-exit status: 0 done, 1 diverged, 2 bad input, 130 interrupted (checkpoint saved)
+exit status: 0 done, 1 diverged, 2 bad input, 130 interrupted (checkpoint saved),
+143 SIGTERM (checkpoint saved)
 """
 
 
@@ -102,14 +107,16 @@ def run_train(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"cllm train: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print(
             "cllm train: aborted without saving this step; earlier checkpoints are "
             "intact",
             file=sys.stderr,
         )
-        return EXIT_INTERRUPTED
-    return EXIT_INTERRUPTED if result.status == "interrupted" else EXIT_OK
+        return 128 + getattr(exc, "signum", signal.SIGINT)
+    return {"interrupted": EXIT_INTERRUPTED, "terminated": EXIT_TERMINATED}.get(
+        result.status, EXIT_OK
+    )
 
 
 def _notes(exc: BaseException) -> str:

@@ -19,8 +19,8 @@ under MPI, ``batches`` counts group micro-batches, ``busy_s`` the time in
 forward and backward, ``idle_s`` the time waiting for work
 (:func:`worker_table` prints the same as a table).
 
-:class:`StopRequest` turns the first Ctrl-C (SIGINT) into a flag the loop reads
-between steps; a second one raises KeyboardInterrupt at once.
+:class:`StopRequest` turns the first Ctrl-C (SIGINT) or SIGTERM into a flag the
+loop reads between steps; a second one raises :class:`StopNow` at once.
 
 Only the process that logs (rank 0 under MPI) prints (:func:`say_stdout`) and
 writes the log; the others get :func:`say_nothing` and :class:`NullLog`.
@@ -114,30 +114,55 @@ def _replace(path: Path, lines: Iterable[str]) -> None:
     fsync_directory(path.parent)
 
 
-class StopRequest:
-    """Turns the first SIGINT into a flag checked between steps (main thread only).
+class StopNow(KeyboardInterrupt):
+    """A second stop signal: the run aborts at once, without saving."""
 
-    A second SIGINT raises KeyboardInterrupt at once.
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class StopRequest:
+    """Turns the first SIGINT or SIGTERM into a flag checked between steps (main
+    thread only); ``signum`` says which came.
+
+    SIGTERM is what batch schedulers, ``docker stop`` and ``kill`` send; it is
+    handled like Ctrl-C so that such a stop saves a checkpoint of the last
+    step instead of losing up to ``train.checkpoint_every`` steps. A second
+    signal raises :class:`StopNow` (a KeyboardInterrupt) at once.
     """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
         self.requested = False
-        self._previous: Any = None
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: Any) -> None:
         # Only a flag: printing from a handler could re-enter the output code.
         if self.requested:
-            raise KeyboardInterrupt
+            raise StopNow(signum)
         self.requested = True
+        self.signum = signum
+
+    @property
+    def how(self) -> str:
+        """The signal as a user knows it: ``Ctrl-C`` or ``SIGTERM``."""
+        if self.signum is None or self.signum == signal.SIGINT:
+            return "Ctrl-C"
+        return signal.Signals(self.signum).name
 
     def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous = {}
 
 
 def say_stdout(message: str) -> None:
@@ -174,6 +199,7 @@ __all__ = [
     "METRICS_FILE",
     "MetricsLog",
     "NullLog",
+    "StopNow",
     "StopRequest",
     "say_nothing",
     "say_stdout",
