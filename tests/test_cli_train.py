@@ -604,6 +604,24 @@ def test_missing_corpus(tmp_path):
     expect_error(result, "data.corpus: no such file or directory")
 
 
+@pytest.mark.parametrize(
+    "launcher", [{"PMI_SIZE": "2", "PMI_RANK": "1"}, {"OMPI_COMM_WORLD_SIZE": "3"}]
+)
+def test_an_mpi_launch_without_the_mpi_engine_is_refused(tmp_path, corpus, launcher):
+    """What mpiexec sets in each process it starts: with the threads engine,
+    each would train alone into the same run directory."""
+    run = tmp_path / "r"
+    result = cllm_train(*sets(data__corpus=corpus, train__out_dir=run), env=launcher)
+    expect_error(result, r"parallel\.engine: this is one of [23] processes started by")
+    assert "--set parallel.engine=mpi" in result.stderr
+    assert not run.exists()
+    ok(
+        cllm_train(
+            *sets(data__corpus=corpus, train__out_dir=run), env={"PMI_SIZE": "1"}
+        )
+    )
+
+
 def test_existing_run_needs_resume_or_overwrite(tmp_path, corpus):
     args = sets(
         data__corpus=corpus,

@@ -532,6 +532,17 @@ def test_mpi_ctrl_c_saves_on_rank_0_and_every_rank_exits_130(tmp_path, corpus):
 
 
 @needs_mpi
+def test_mpiexec_without_the_mpi_engine_is_refused(tmp_path, corpus):
+    run = run_tiny(tmp_path / "run", corpus, ranks=2)
+    assert run.rc == 2, run.stdout + run.stderr
+    assert "Traceback" not in run.stderr
+    line = "cllm train: error: parallel.engine: this is one of 2 processes started"
+    assert run.stderr.count(line) == 2  # every process says why it stopped
+    assert "hint: add --set parallel.engine=mpi" in run.stderr
+    assert not run.out.exists()
+
+
+@needs_mpi
 def test_rank_0_refusing_the_run_ends_every_rank_at_once(tmp_path, corpus):
     # Only rank 0 checks the run directory; the others must not wait for it
     # until parallel.timeout.
