@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from cllm_spec import checkpoint
@@ -264,3 +265,34 @@ def test_partial_files_of_killed_writes_are_removed_at_start(run):
         assert not path.exists(), path.name
         assert f"removed {path.name}, a partial write" in result.stdout
     assert keep.read_text() == "mine"
+
+
+# ------------------------------------------------------------ sampling RNG ---
+def test_resume_restores_the_sampling_rng(tmp_path, corpus):
+    """A run that printed samples before its checkpoint prints, after resuming,
+    the samples of the uninterrupted run and saves the same RNG state."""
+    common = sets(
+        data__corpus=corpus,
+        train__steps=8,
+        train__sample_every=2,
+        train__sample_tokens=12,
+        train__checkpoint_every=4,
+        train__keep_last=5,
+    )
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    ok(cllm_train(*common, "--set", f"train.out_dir={whole}"))
+    at_4 = checkpoint.checkpoint_path(whole, 4)
+    ok(cllm_train("--resume", str(at_4), "--set", f"train.out_dir={resumed}"))
+    fresh = checkpoint.rng_state(np.random.default_rng([1337, 1]))  # the seed's
+    assert checkpoint.load(at_4)[1]["rng_state"] != fresh  # samples 2, 4 drew
+    samples = {r["step"]: r["text"] for r in rows(whole, "sample")}
+    assert sorted(samples) == [2, 4, 6, 8]
+    assert {r["step"]: r["text"] for r in rows(resumed, "sample")} == {
+        6: samples[6],
+        8: samples[8],
+    }
+    assert samples[6] != samples[8]
+    end = [
+        checkpoint.load(checkpoint.checkpoint_path(d, 8))[1] for d in (whole, resumed)
+    ]
+    assert end[0]["rng_state"] == end[1]["rng_state"]
