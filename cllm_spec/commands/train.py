@@ -16,7 +16,10 @@ Exit status:
 
 A worker thread's error ends the run with that error (its notes name the
 worker, the group and the step). Under ``mpiexec`` every rank runs this command;
-a rank that fails aborts the whole job and mpiexec exits non-zero.
+a rank that fails aborts the whole job and mpiexec exits non-zero; when a rank
+is lost (killed, or aborting the job), rank 0's watcher prints one
+``cllm train: error: the MPI job ... ended abnormally`` line with the resume
+command (cllm_spec.train.watchdog).
 """
 
 from __future__ import annotations

@@ -83,6 +83,7 @@ from cllm_spec.train.state import (
     snapshot_from,
 )
 from cllm_spec.train.step import DivergedError
+from cllm_spec.train.watchdog import LostRankReport
 
 
 def train(
@@ -159,7 +160,13 @@ def train(
             data = _read_data(cfg, out_dir, run_dir, tokenizer, write=True)
         except (CllmError, OSError) as exc:
             failure = exc
-    with lock or contextlib.nullcontext(), blas_threads(cfg.train.blas_threads), engine:
+    # mpiexec kills the job's ranks when one is lost: rank 0 leaves a watcher
+    # to say so (watchdog.py).
+    watcher: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+    if engine.name == "mpi" and engine.is_root and engine.n_workers > 1:
+        watcher = LostRankReport(out_dir, engine.n_workers)
+    threads = blas_threads(cfg.train.blas_threads)
+    with lock or contextlib.nullcontext(), threads, engine, watcher:
         engine.settle(failure)
         shared = engine.share(
             None if data is None else (data.tokenizer.to_dict(), data.sha256)
