@@ -164,7 +164,8 @@ def train(
     # to say so (watchdog.py).
     watcher: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
     if engine.name == "mpi" and engine.is_root and engine.n_workers > 1:
-        watcher = LostRankReport(out_dir, engine.n_workers)
+        with contextlib.suppress(OSError):  # only a report: run without one
+            watcher = LostRankReport(out_dir, engine.n_workers)
     threads = blas_threads(cfg.train.blas_threads)
     with lock or contextlib.nullcontext(), threads, engine, watcher:
         engine.settle(failure)
