@@ -12,6 +12,12 @@ A backend is named in one of three ways, tried in this order:
 
 A backend that cannot be found or imported raises :class:`BackendError` naming the
 available backends and the underlying import error; it is never silently replaced.
+
+A name read from a file (the backend a checkpoint's run recorded) is looked up
+with ``registered_only=True``: among the registered names only, never imported
+as a module path, since importing runs the module's code and a checkpoint's
+metadata is anyone's to edit. Only a name the user gives (``--backend``,
+``$CLLM_BACKEND``, ``--set train.backend=``) may be a module path.
 """
 
 from __future__ import annotations
@@ -80,8 +86,11 @@ def _load(name: str) -> Any:
 
 
 @cache
-def get_backend(name: str | None = None) -> Any:
+def get_backend(name: str | None = None, *, registered_only: bool = False) -> Any:
     """Return the backend called ``name`` (default: :func:`default_backend_name`).
+
+    With ``registered_only`` a name that is not registered is an error, never
+    imported as a module (module docstring).
 
     Raises:
         BackendError: unknown name, failed import, or a module that lacks part of
@@ -89,6 +98,12 @@ def get_backend(name: str | None = None) -> Any:
     """
     name = name or default_backend_name()
     known = ", ".join(available_backends()) or "(none registered)"
+    if registered_only and name not in _entry_points():
+        raise BackendError(
+            f"backend {name!r} is not a registered backend (registered: {known}); "
+            "a backend named in a file is never imported as a module",
+            hint="choose a backend with --backend NAME",
+        )
     try:
         backend = _load(name)
     except CllmError as exc:  # the backend's own explanation, with its fix

@@ -55,9 +55,16 @@ def sets(omit: tuple[str, ...] = (), **fields: object) -> list[str]:
     ]
 
 
-def cllm_train(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def cllm_train(
+    *args: str, timeout: float = 120, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``cllm train ARGS``; ``env`` adds to the environment."""
     return subprocess.run(
-        [*CLLM, "train", *args], capture_output=True, text=True, timeout=timeout
+        [*CLLM, "train", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=None if env is None else {**os.environ, **env},
     )
 
 
@@ -437,6 +444,25 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes(tmp_path, corpus):
     assert [r["step"] for r in rows(run, "train")] == list(range(1, step + 3))
 
 
+def test_sigterm_saves_a_checkpoint_like_ctrl_c_and_exits_143(tmp_path, corpus):
+    """What batch schedulers and docker stop send: no steps are lost."""
+    run = tmp_path / "run"
+    proc = start_long_run(run, corpus)
+    try:
+        wait_for(lambda: has_rows(run))
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, out + err
+    assert "Traceback" not in err
+    assert "interrupted (SIGTERM): saving a checkpoint" in out
+    step = int(re.search(r"interrupted at step (\d+) \(SIGTERM\)", out).group(1))
+    assert ckpt_steps(run) == [step]
+    assert rows(run, "train")[-1]["step"] == step
+    ok(cllm_train("--resume", str(run), "--set", f"train.steps={step + 1}"))
+
+
 def test_kill_during_checkpointing_leaves_loadable_checkpoints(tmp_path, corpus):
     run = tmp_path / "run"
     proc = start_long_run(run, corpus, train__checkpoint_every=1, train__keep_last=3)
@@ -602,6 +628,24 @@ def test_a_corpus_that_is_not_utf8_warns_in_one_line(tmp_path):
         "replaced with U+FFFD (the first at byte offset 103)"
     )
     assert result.stderr.splitlines() == [warning], result.stderr
+
+
+@pytest.mark.parametrize(
+    "launcher", [{"PMI_SIZE": "2", "PMI_RANK": "1"}, {"OMPI_COMM_WORLD_SIZE": "3"}]
+)
+def test_an_mpi_launch_without_the_mpi_engine_is_refused(tmp_path, corpus, launcher):
+    """What mpiexec sets in each process it starts: with the threads engine,
+    each would train alone into the same run directory."""
+    run = tmp_path / "r"
+    result = cllm_train(*sets(data__corpus=corpus, train__out_dir=run), env=launcher)
+    expect_error(result, r"parallel\.engine: this is one of [23] processes started by")
+    assert "--set parallel.engine=mpi" in result.stderr
+    assert not run.exists()
+    ok(
+        cllm_train(
+            *sets(data__corpus=corpus, train__out_dir=run), env={"PMI_SIZE": "1"}
+        )
+    )
 
 
 def test_existing_run_needs_resume_or_overwrite(tmp_path, corpus):

@@ -76,3 +76,18 @@ def test_describe_backends_reports_every_registered_backend():
     assert rows["numpy"]["available"] is True
     assert rows["numpy"]["version"]
     assert "numpy" in rows["numpy"]["build_info"]
+
+
+def test_registered_only_never_imports_a_module(tmp_path, monkeypatch):
+    """A name read from a file must not run code: the module is not imported."""
+    marker = tmp_path / "imported"
+    (tmp_path / "planted_backend.py").write_text(
+        f"open({str(marker)!r}, 'w').close()\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(BackendError, match="'planted_backend' is not a registered"):
+        registry.get_backend("planted_backend", registered_only=True)
+    assert not marker.exists()
+    assert registry.get_backend("numpy", registered_only=True).name == "numpy"
+    with pytest.raises(BackendError, match="'cllm_numpy' is not a registered"):
+        registry.get_backend("cllm_numpy", registered_only=True)

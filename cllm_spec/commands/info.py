@@ -158,10 +158,11 @@ def select_backend(
     """The backend and where its name came from.
 
     Order: ``--backend``, else ``$CLLM_BACKEND``, else the backend the run
-    recorded (``metadata["run"]["backend"]``) if it loads here, else numpy. A
-    name given explicitly (flag or environment) that does not load is an error;
-    a recorded one that does not load only prints a note, since the weights
-    are backend-independent.
+    recorded (``metadata["run"]["backend"]``) if it is registered and loads
+    here, else numpy. A name given explicitly (flag or environment) that does
+    not load is an error; a recorded one that does not only prints a note,
+    since the weights are backend-independent. A recorded name is never
+    imported as a module path (the checkpoint is untrusted input).
     """
     if flag:
         return get_backend(flag), "--backend"
@@ -171,7 +172,7 @@ def select_backend(
     recorded = recorded_backend(metadata)
     if recorded is not None:
         try:
-            return get_backend(recorded), "the checkpoint's run"
+            return get_backend(recorded, registered_only=True), "the checkpoint's run"
         except BackendError:
             print(
                 f"cllm {command}: note: the run's backend {recorded!r} does not "

@@ -11,15 +11,21 @@ Exit status:
          and the message with its hint on stderr, no traceback
     130  interrupted by Ctrl-C: a checkpoint of the last step was saved (or, on
          a second Ctrl-C, the run was aborted without one)
+    143  stopped by SIGTERM (batch schedulers, docker stop, kill): the same as
+         Ctrl-C
 
 A worker thread's error ends the run with that error (its notes name the
 worker, the group and the step). Under ``mpiexec`` every rank runs this command;
-a rank that fails aborts the whole job and mpiexec exits non-zero.
+a rank that fails aborts the whole job and mpiexec exits non-zero; when a rank
+is lost (killed, or aborting the job), rank 0's watcher prints one
+``cllm train: error: the MPI job ... ended abnormally`` line with the resume
+command (cllm_spec.train.watchdog).
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 from cllm_spec.errors import CllmError
@@ -28,6 +34,7 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM
 
 DESCRIPTION = """\
 Train a small GPT model. Every setting has a default, so `cllm train` alone
@@ -46,7 +53,8 @@ examples:
   cllm train --set parallel.workers=2          # two worker threads, same bits
   mpiexec -n 2 cllm train --set parallel.engine=mpi   # two processes (cllm[mpi])
 
-exit status: 0 done, 1 diverged, 2 bad input, 130 interrupted (checkpoint saved)
+exit status: 0 done, 1 diverged, 2 bad input, 130 interrupted (checkpoint saved),
+143 SIGTERM (checkpoint saved)
 """
 
 
@@ -134,14 +142,16 @@ def run_train(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"cllm train: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print(
             "cllm train: aborted without saving this step; earlier checkpoints are "
             "intact",
             file=sys.stderr,
         )
-        return EXIT_INTERRUPTED
-    return EXIT_INTERRUPTED if result.status == "interrupted" else EXIT_OK
+        return 128 + getattr(exc, "signum", signal.SIGINT)
+    return {"interrupted": EXIT_INTERRUPTED, "terminated": EXIT_TERMINATED}.get(
+        result.status, EXIT_OK
+    )
 
 
 def _notes(exc: BaseException) -> str:

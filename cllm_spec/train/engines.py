@@ -34,6 +34,10 @@ rank that raises aborts the job (``cllm mpi: rank r of K failed ...`` and the
 traceback on stderr; mpiexec exits non-zero), one that dies is ended by
 mpiexec, one that hangs by the others after ``parallel.timeout`` seconds.
 
+An ``mpiexec`` launch without ``parallel.engine=mpi`` is refused on every
+process (:func:`make_step_engine`): each would train alone, into one run
+directory.
+
 Either way, ``metrics.jsonl`` ends with one ``parallel`` row
 (:mod:`cllm_spec.train.runlog`).
 
@@ -50,8 +54,9 @@ numpy kernels release the GIL inside BLAS.
 from __future__ import annotations
 
 import contextlib
+import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from types import TracebackType
 from typing import Any, Protocol
 
@@ -330,11 +335,37 @@ class MPISteps(StepEngine):
         )
 
 
+#: what MPI launchers set in every process they start: the job's size
+#: (MPICH and Intel MPI: PMI_SIZE, MPI_LOCALNRANKS; Open MPI: OMPI_COMM_WORLD_SIZE)
+LAUNCHER_SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS")
+
+
+def launched_ranks(environ: Mapping[str, str] | None = None) -> int:
+    """How many processes the MPI launcher that started this one started
+    (1 when none did)."""
+    env = os.environ if environ is None else environ
+    sizes = [env.get(name, "").strip() for name in LAUNCHER_SIZE_VARS]
+    return max([int(v) for v in sizes if v.isdigit()] or [1])
+
+
 def make_step_engine(cfg: RunConfig, backend: Any) -> StepEngine:
-    """The engine ``parallel.engine`` names, set up from ``[parallel]``."""
+    """The engine ``parallel.engine`` names, set up from ``[parallel]``.
+
+    ``mpiexec -n K cllm train`` with the threads engine would start K
+    independent runs writing one run directory: refused, with the fix.
+    """
     par = cfg.parallel
     if par.engine == "mpi":
         return MPISteps(backend, par.check_every, par.timeout)
+    ranks = launched_ranks()
+    if ranks > 1:
+        raise ConfigError(
+            f"parallel.engine: this is one of {ranks} processes started by mpiexec, "
+            f"but parallel.engine is {par.engine!r}: each would train alone and "
+            "write the same run directory",
+            hint=f"add --set parallel.engine=mpi (mpiexec -n {ranks} cllm train "
+            "--set parallel.engine=mpi ...), or start cllm train without mpiexec",
+        )
     return ThreadSteps(backend, par.workers, par.timeout)
 
 
@@ -344,5 +375,6 @@ __all__ = [
     "StepTarget",
     "ThreadSteps",
     "blas_threads",
+    "launched_ranks",
     "make_step_engine",
 ]

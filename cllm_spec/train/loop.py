@@ -24,6 +24,8 @@ Stopping
   aborts at once without saving; the last checkpoint is intact, since writes are
   atomic. Under MPI (mpiexec forwards the signal to every rank) the ranks agree
   at the step boundary (``any_rank``), rank 0 saves, and every rank exits 130.
+- SIGTERM (batch schedulers, ``docker stop``, ``kill``): the same, with the
+  result ``"terminated"`` (``cllm train`` exits with 143 = 128 + 15).
 - ``train.time_limit`` seconds (0: none): the run stops after the step that
   crosses it, evaluates, saves a checkpoint; the result is ``"time_limit"``.
 - A non-finite loss, gradient norm or updated parameter raises
@@ -35,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -88,7 +91,7 @@ PROMPT_TOKENS = 16  # tokens of validation text that start each sample
 
 @dataclass(frozen=True)
 class TrainResult:
-    status: str  # "completed" | "interrupted" | "time_limit"
+    status: str  # "completed" | "interrupted" | "terminated" | "time_limit"
     step: int  # optimizer steps done
     checkpoint: Path | None
     val_loss: float | None  # of the final evaluation (None if interrupted)
@@ -208,9 +211,11 @@ class Trainer:
                 if self.engine.any_rank(stop.requested or late):
                     if self.engine.any_rank(stop.requested):
                         self.say(
-                            "interrupted: saving a checkpoint (Ctrl-C again aborts)"
+                            f"interrupted ({stop.how}): saving a checkpoint "
+                            f"({stop.how} again aborts)"
                         )
-                        status = "interrupted"
+                        terminated = stop.signum == signal.SIGTERM
+                        status = "terminated" if terminated else "interrupted"
                     else:
                         status = "time_limit"
                     break
@@ -226,7 +231,7 @@ class Trainer:
             seconds = time.perf_counter() - started
             # Still under StopRequest: a Ctrl-C now cannot cut the final save.
             val_loss = None
-            if status != "interrupted" and self.is_root:
+            if status not in ("interrupted", "terminated") and self.is_root:
                 val_loss = self.run_evaluation(None).loss  # every validation window
             if self.saved_step != self.step:
                 self.save_checkpoint()
@@ -433,6 +438,8 @@ class Trainer:
         )
         if status == "interrupted":
             self.say(f"interrupted at step {self.step}")
+        elif status == "terminated":
+            self.say(f"interrupted at step {self.step} (SIGTERM)")
         elif status == "time_limit":
             self.say(
                 f"time limit of {self.cfg.train.time_limit:g} s reached at step "

@@ -19,8 +19,8 @@ under MPI, ``batches`` counts group micro-batches, ``busy_s`` the time in
 forward and backward, ``idle_s`` the time waiting for work
 (:func:`worker_table` prints the same as a table).
 
-:class:`StopRequest` turns the first Ctrl-C (SIGINT) into a flag the loop reads
-between steps; a second one raises KeyboardInterrupt at once.
+:class:`StopRequest` turns the first Ctrl-C (SIGINT) or SIGTERM into a flag the
+loop reads between steps; a second one raises :class:`StopNow` at once.
 
 Only the process that logs (rank 0 under MPI) prints (:func:`say_stdout`) and
 writes the log; the others get :func:`say_nothing` and :class:`NullLog`.
@@ -29,64 +29,140 @@ writes the log; the others get :func:`say_nothing` and :class:`NullLog`.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
+import os
 import signal
 import sys
+import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm  # type: ignore[import-untyped]
 
+from cllm_spec.checkpoint import _fsync_directory as fsync_directory
+from cllm_spec.errors import ConfigError
+from cllm_spec.files import open_regular
 from cllm_spec.parallel import WorkerStats
 
 METRICS_FILE = "metrics.jsonl"
 
 
 class MetricsLog:
-    """``metrics.jsonl``: rows appended and flushed one by one."""
+    """``metrics.jsonl``: rows appended and flushed one by one.
+
+    The history is never truncated in place: a resumed run that keeps every
+    row appends to the file as it is; one that drops rows (resuming an earlier
+    checkpoint, or a torn last line from a killed run) writes the kept rows to
+    a temporary file, fsyncs it and renames it over the log, so a kill at any
+    moment leaves either the old history or the new one.
+    """
 
     def __init__(self, path: Path, keep_through: int | None) -> None:
         """Start empty, or keep the rows with ``step <= keep_through``."""
         self.path = path
-        kept: list[str] = []
-        if keep_through is not None and path.exists():
-            for line in path.read_text().splitlines():
-                with contextlib.suppress(ValueError, TypeError, KeyError):
-                    if json.loads(line)["step"] <= keep_through:
-                        kept.append(line)
-        path.write_text("".join(line + "\n" for line in kept))
+        if keep_through is None:
+            _replace(path, [])
+            return
+        if not path.exists():
+            path.touch()
+            return
+        lines, kept = 0, 0
+        whole = True  # every line ends with a newline
+        for line in _lines(path):
+            lines += 1
+            kept += _step_at_most(line, keep_through)
+            whole = line.endswith("\n")
+        if kept < lines or not whole:
+            _replace(path, [x for x in _lines(path) if _step_at_most(x, keep_through)])
 
     def write(self, row: dict[str, Any]) -> None:
         with self.path.open("a") as fh:
             fh.write(json.dumps(row, allow_nan=False) + "\n")
 
 
-class StopRequest:
-    """Turns the first SIGINT into a flag checked between steps (main thread only).
+def _lines(path: Path) -> Iterator[str]:
+    """The lines of the log, streamed; a special file is refused unread."""
+    handle, _ = open_regular(path, METRICS_FILE, ConfigError)
+    with io.TextIOWrapper(handle, encoding="utf-8", errors="replace") as fh:
+        yield from fh
 
-    A second SIGINT raises KeyboardInterrupt at once.
+
+def _step_at_most(line: str, keep_through: int) -> bool:
+    """A complete row (newline included) whose ``step`` is <= ``keep_through``."""
+    if not line.endswith("\n"):
+        return False  # torn by a kill while it was appended
+    with contextlib.suppress(ValueError, TypeError, KeyError, RecursionError):
+        return bool(json.loads(line)["step"] <= keep_through)
+    return False
+
+
+def _replace(path: Path, lines: Iterable[str]) -> None:
+    """Write ``lines`` to a temporary file, fsync, rename over ``path``."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.writelines(lines)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_directory(path.parent)
+
+
+class StopNow(KeyboardInterrupt):
+    """A second stop signal: the run aborts at once, without saving."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class StopRequest:
+    """Turns the first SIGINT or SIGTERM into a flag checked between steps (main
+    thread only); ``signum`` says which came.
+
+    SIGTERM is what batch schedulers, ``docker stop`` and ``kill`` send; it is
+    handled like Ctrl-C so that such a stop saves a checkpoint of the last
+    step instead of losing up to ``train.checkpoint_every`` steps. A second
+    signal raises :class:`StopNow` (a KeyboardInterrupt) at once.
     """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
         self.requested = False
-        self._previous: Any = None
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: Any) -> None:
         # Only a flag: printing from a handler could re-enter the output code.
         if self.requested:
-            raise KeyboardInterrupt
+            raise StopNow(signum)
         self.requested = True
+        self.signum = signum
+
+    @property
+    def how(self) -> str:
+        """The signal as a user knows it: ``Ctrl-C`` or ``SIGTERM``."""
+        if self.signum is None or self.signum == signal.SIGINT:
+            return "Ctrl-C"
+        return signal.Signals(self.signum).name
 
     def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous = {}
 
 
 def say_stdout(message: str) -> None:
@@ -123,6 +199,7 @@ __all__ = [
     "METRICS_FILE",
     "MetricsLog",
     "NullLog",
+    "StopNow",
     "StopRequest",
     "say_nothing",
     "say_stdout",

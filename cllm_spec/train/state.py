@@ -70,10 +70,13 @@ _HYPERPARAMETERS = {
     "adagrad": ("lr_decay", "weight_decay", "eps"),
 }
 # Fields that fix the model, the data or the batch order: a resumed run that
-# changed one would not continue the same run.
+# changed one would not continue the same run. data.corpus is not one: the same
+# text may have moved, and the tokens' fingerprint decides (train/resume.py).
 FROZEN_ON_RESUME = (
     "model",
-    "data",
+    "data.tokenizer",
+    "data.vocab_size",
+    "data.val_fraction",
     "optim.name",
     "train.seed",
     "train.batch_size",

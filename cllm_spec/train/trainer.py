@@ -17,6 +17,8 @@ Run directory (``train.out_dir``)
 =================================
 ::
 
+    .lock                       held (flock) by the run writing the directory;
+                                holds its pid (cllm_spec.train.rundir)
     tokenizer.json              the tokenizer (cllm_spec.train.prepare)
     dataset.bin                 every token id of the corpus, in order
     dataset.json                sizes of the train/val split, the stream's
@@ -34,44 +36,59 @@ Checkpoints and resuming
 checkpoint) restores the parameters, the optimizer state and step, the
 schedule, the data cursor, the sampling RNG, the tokenizer and the run config,
 so the losses after resuming are bit-identical to the uninterrupted run's on
-the same backend and dtype. ``model.*``, ``data.*``, ``optim.name``,
-``train.seed``, ``train.batch_size`` and ``train.seq_len`` cannot change on
-resume; everything else can (``train.steps`` to extend a run,
+the same backend and dtype. ``model.*``, ``data.*`` but ``data.corpus``,
+``optim.name``, ``train.seed``, ``train.batch_size`` and ``train.seq_len``
+cannot change on resume; everything else can (``train.steps`` to extend a run,
 ``train.backend``, ``train.dtype``: the tensors are cast, and named, so any
 backend reads them). A resumed run writes to the checkpoint's directory unless
 ``train.out_dir`` is given, and keeps the rows of its ``metrics.jsonl`` up to
-its step, then appends.
+its step, then appends. The checkpoint is untrusted input
+(:mod:`cllm_spec.train.resume`): its tokens come from the corpus the user names
+(``--set data.corpus=PATH``), else from the ``dataset.bin`` of the checkpoint's
+run directory, never from the path its config records.
 
-A new run refuses an ``out_dir`` that already holds checkpoints, and a resumed
-run one that holds checkpoints newer than its own, unless ``overwrite``: then
-those checkpoints are deleted first (rotation is by step, so they would
-otherwise outlive the new ones).
+A run locks its ``out_dir`` for as long as it writes it; a new run refuses an
+``out_dir`` that already holds checkpoints, and a resumed run one that holds
+checkpoints newer than its own, unless ``overwrite``
+(:mod:`cllm_spec.train.rundir`).
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from cllm_spec import checkpoint
-from cllm_spec.data import tokenizer_from_dict
+from cllm_spec.data import Tokenizer, tokenizer_from_dict
 from cllm_spec.errors import CllmError, ConfigError
 from cllm_spec.registry import default_backend_name, get_backend
-from cllm_spec.train.config import clamp_warmup, load_config
+from cllm_spec.train.config import (
+    RunConfig,
+    clamp_warmup,
+    from_dict,
+    merge_settings,
+    read_settings,
+)
 from cllm_spec.train.engines import blas_threads, make_step_engine
 from cllm_spec.train.loop import Trainer, TrainResult
-from cllm_spec.train.prepare import prepare_data
+from cllm_spec.train.prepare import DATASET_FILE, RunData, prepare_data
+from cllm_spec.train.resume import open_resume, run_dir_data
+from cllm_spec.train.rundir import (
+    RunDirLock,
+    check_out_dir,
+    remove_stale_temporaries,
+)
 from cllm_spec.train.runlog import say_nothing, say_stdout
 from cllm_spec.train.state import (
     frozen_field_changes,
-    read_checkpoint,
     schedule_config,
     snapshot_from,
 )
 from cllm_spec.train.step import DivergedError
+from cllm_spec.train.watchdog import LostRankReport
 
 
 def train(
@@ -83,16 +100,10 @@ def train(
     say: Callable[[str], None] = say_stdout,
 ) -> TrainResult:
     """Configure, prepare and run (module docstring)."""
-    loaded = None
-    base = None
-    if resume is not None:
-        path = checkpoint.resolve(resume)
-        tensors, meta, run = read_checkpoint(path)
-        loaded = (path, tensors, meta)
-        # The run continues where its checkpoint is, unless told otherwise.
-        base = {**run["config"], "train": {**run["config"].get("train", {})}}
-        base["train"]["out_dir"] = str(path.parent)
-    cfg = load_config(config_path, overrides, base=base)
+    settings = read_settings(config_path, overrides)
+    loaded = None if resume is None else open_resume(resume)
+    base = None if loaded is None else loaded.base()
+    cfg = from_dict(merge_settings(base or {}, settings))
     if base is not None:
         changed = frozen_field_changes(base, cfg)
         if changed:
@@ -104,7 +115,11 @@ def train(
             )
     cfg, notice = clamp_warmup(cfg)
     schedule_config(cfg)  # the cross-section checks, before anything is written
-    backend_name, backend = resolve_backend(cfg.train.backend)
+    # A backend the checkpoint names is looked up, never imported (resume.py).
+    stored_backend = loaded is not None and "backend" not in settings.get("train", {})
+    backend_name, backend = resolve_backend(
+        cfg.train.backend, registered_only=stored_backend
+    )
     if cfg.train.dtype not in tuple(str(np.dtype(d)) for d in backend.dtypes):
         raise ConfigError(
             f"train.dtype: backend {backend_name!r} computes in "
@@ -118,8 +133,9 @@ def train(
     out_dir = Path(cfg.train.out_dir)
     snapshot = None
     if loaded is not None:
-        path, tensors, meta = loaded
-        snapshot = snapshot_from(path, tensors, meta, cfg, backend_name)
+        snapshot = snapshot_from(
+            loaded.path, loaded.tensors, loaded.meta, cfg, backend_name
+        )
         done = int(snapshot.opt_state.step)
         if done >= cfg.train.steps:
             raise ConfigError(
@@ -127,44 +143,79 @@ def train(
                 f"train.steps={cfg.train.steps}",
                 hint=f"continue with --set train.steps=N for some N > {done}",
             )
+    # The tokens: the corpus of a new run or the one the user names on resume,
+    # else the resumed run's own dataset.bin; never a path the checkpoint names.
+    run_dir = None
+    if loaded is not None and "corpus" not in settings.get("data", {}):
+        run_dir = loaded.run_dir
+    source = (
+        f"corpus {cfg.data.corpus!r}"
+        if run_dir is None
+        else f"the run's prepared {run_dir / DATASET_FILE}"
+    )
     data = None
+    lock: RunDirLock | None = None
     failure: BaseException | None = None
-    # Rank 0 alone checks and writes the run directory; its error is raised on
-    # every rank (settle), so that none waits for it.
+    # Rank 0 alone locks, checks and writes the run directory; its error is
+    # raised on every rank (settle), so that none waits for it.
     if engine.is_root:
         try:
-            _check_out_dir(out_dir, None if snapshot is None else done, overwrite)
+            lock = RunDirLock(out_dir)
+            for stale in remove_stale_temporaries(out_dir):
+                say(f"removed {stale.name}, a partial write of an interrupted run")
+            check_out_dir(out_dir, None if snapshot is None else done, overwrite)
             tokenizer = None if snapshot is None else snapshot.tokenizer
-            data = prepare_data(cfg, out_dir, tokenizer)
+            data = _read_data(cfg, out_dir, run_dir, tokenizer, write=True)
         except (CllmError, OSError) as exc:
             failure = exc
-    with blas_threads(cfg.train.blas_threads), engine:
+    # mpiexec kills the job's ranks when one is lost: rank 0 leaves a watcher
+    # to say so (watchdog.py).
+    watcher: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+    if engine.name == "mpi" and engine.is_root and engine.n_workers > 1:
+        with contextlib.suppress(OSError):  # only a report: run without one
+            watcher = LostRankReport(out_dir, engine.n_workers)
+    threads = blas_threads(cfg.train.blas_threads)
+    with lock or contextlib.nullcontext(), threads, engine, watcher:
         engine.settle(failure)
         shared = engine.share(
             None if data is None else (data.tokenizer.to_dict(), data.sha256)
         )
         if data is None:  # the other ranks: the same ids from rank 0's tokenizer
-            data = prepare_data(
-                cfg, out_dir, tokenizer_from_dict(shared[0]), write=False
-            )
+            tokenizer = tokenizer_from_dict(shared[0])
+            data = _read_data(cfg, out_dir, run_dir, tokenizer, write=False)
         if data.sha256 != shared[1]:
             raise ConfigError(
-                f"data.corpus: this rank read other tokens than rank 0 from "
-                f"{cfg.data.corpus!r}",
+                f"data.corpus: this rank read other tokens than rank 0 from {source}",
                 hint="every rank must see the same corpus file",
             )
         if snapshot is not None and snapshot.cursor.get("sha256") != data.sha256:
             raise ConfigError(
-                f"data.corpus: the tokens of {cfg.data.corpus!r} differ from the "
-                "ones the checkpoint was trained on",
-                hint="resume with the corpus of the run",
+                f"data.corpus: the tokens of {source} differ from the ones the "
+                "checkpoint was trained on",
+                hint="resume with the corpus of the run: --set data.corpus=PATH",
             )
         trainer = Trainer(cfg, backend_name, backend, data, snapshot, say, engine)
-        _describe(trainer, resumed_from=None if loaded is None else loaded[0])
+        _describe(trainer, None if loaded is None else loaded.path, source)
         return trainer.run()
 
 
-def _describe(trainer: Trainer, resumed_from: Path | None) -> None:
+def _read_data(
+    cfg: RunConfig,
+    out_dir: Path,
+    run_dir: Path | None,
+    tokenizer: Tokenizer | None,
+    *,
+    write: bool,
+) -> RunData:
+    """The run's data from the corpus (``run_dir`` None) or from ``run_dir``'s
+    prepared dataset.bin (a resume that names no corpus)."""
+    if run_dir is None:
+        return prepare_data(cfg, out_dir, tokenizer, write=write)
+    assert tokenizer is not None  # a resume has the checkpoint's
+    return run_dir_data(cfg, run_dir, tokenizer, out_dir, write=write)
+
+
+def _describe(trainer: Trainer, resumed_from: Path | None, source: str) -> None:
     cfg, mcfg, data = trainer.cfg, trainer.model_cfg, trainer.data
     say = trainer.say
     say(
@@ -173,7 +224,7 @@ def _describe(trainer: Trainer, resumed_from: Path | None) -> None:
         f"n_layer={mcfg.n_layer}, n_head={mcfg.n_head}, block_size={mcfg.block_size})"
     )
     say(
-        f"data: corpus {cfg.data.corpus!r}, {data.tokenizer.kind} tokenizer "
+        f"data: {source}, {data.tokenizer.kind} tokenizer "
         f"(V={data.tokenizer.vocab_size}): {data.train.size:,} train + "
         f"{data.val.size:,} validation tokens; unigram entropy "
         f"{data.unigram_entropy:.4f} nats/token (training split)"
@@ -193,39 +244,16 @@ def _describe(trainer: Trainer, resumed_from: Path | None) -> None:
         say(trainer.schedule_notice)
 
 
-def resolve_backend(name: str) -> tuple[str, Any]:
+def resolve_backend(name: str, *, registered_only: bool = False) -> tuple[str, Any]:
     """``(name, backend)``: ``name``, else the registry's default
-    (:func:`cllm_spec.registry.default_backend_name`)."""
-    chosen = name or default_backend_name()
+    (:func:`cllm_spec.registry.default_backend_name`: ``$CLLM_BACKEND``, else
+    c when it loads, else numpy). ``registered_only``: ``name`` was read from
+    a checkpoint, so it must be a registered backend (never a module to
+    import); ``$CLLM_BACKEND`` is the user's and may be a module path."""
+    if name:
+        return name, get_backend(name, registered_only=registered_only)
+    chosen = default_backend_name()
     return chosen, get_backend(chosen)
-
-
-def _check_out_dir(out_dir: Path, resume_step: int | None, overwrite: bool) -> None:
-    """Refuse to mix two runs' checkpoints (module docstring), or delete first."""
-    if not out_dir.exists():
-        return
-    if not out_dir.is_dir():
-        raise ConfigError(f"train.out_dir: {out_dir} exists and is not a directory")
-    found = checkpoint.list_checkpoints(out_dir)
-    clash = [p for s, p in found if resume_step is None or s > resume_step]
-    if not clash:
-        return
-    if overwrite:
-        for path in clash:
-            path.unlink(missing_ok=True)
-        return
-    if resume_step is None:
-        raise ConfigError(
-            f"train.out_dir: {out_dir} already holds a run ({clash[-1].name})",
-            hint=f"continue it with --resume {out_dir}, pick another directory with "
-            "--set train.out_dir=DIR, or pass --overwrite to start over",
-        )
-    raise ConfigError(
-        f"train.out_dir: {out_dir} holds checkpoints after step {resume_step} "
-        f"({clash[-1].name}), from the run being resumed or another",
-        hint="resume into another directory with --set train.out_dir=DIR, or pass "
-        "--overwrite to delete the later checkpoints",
-    )
 
 
 __all__ = ["DivergedError", "TrainResult", "resolve_backend", "train"]
