@@ -301,6 +301,9 @@ def test_resume_with_another_worker_count_is_bitwise(tmp_path, corpus, reference
             f"train.out_dir={tmp_path / 'second'}",
             "--set",
             "parallel.workers=3",
+            # the first run planned 3 steps; the reference planned them all
+            "--set",
+            "schedule.on_resume=replan",
         )
     )
     assert first.trajectory() + second.trajectory() == reference.trajectory()
