@@ -33,7 +33,9 @@ Names are written in sorted order, in the header and in the data, and the JSON
 is compact with sorted keys, so the same tensors and metadata always give the
 same bytes. (The ``safetensors`` writer orders ``__metadata__`` by a hash that
 changes from process to process and groups tensors by dtype; that is why this
-module writes the bytes itself and uses the library only to read them.)
+module writes the bytes itself; it reads them itself too, one tensor at a
+time with the limits of ``load`` below. The tests check that the library
+reads what it writes.)
 
 Metadata
 --------
@@ -71,20 +73,58 @@ bad arguments raise ConfigError or DTypeError, and an I/O failure raises the
 OSError after removing the temporary file.
 
 ``load(path) -> (tensors, metadata)`` treats the file as hostile. It checks, in
-this order, before anything is allocated from the file's numbers: the path is a
-readable file of >= 8 bytes; the header length is <= file size - 8 and <= 100
-MiB; the header is UTF-8 JSON with a ``__metadata__`` map naming this format and
-a known version; every tensor entry has a known dtype, a shape of non-negative
-ints and offsets that tile the data exactly with the shape's size; then the
-safetensors library parses the file; the checksum matches; the metadata is
-well-formed JSON; the model config is valid; the tensor names, shapes and
-dtypes are exactly those of the config (and of the optimizer, if any); the RNG
-state can be restored. Any failure raises :class:`CheckpointError` with a hint,
-never another exception. ``metadata`` comes back with the keys of ``save``'s
-argument, ``model_config`` as a :class:`ModelConfig`, so
-``save(p2, tensors=t, metadata=m)`` after ``t, m = load(p1)`` rewrites the same
-bytes.
+this order, and reads no tensor byte before the last header check:
 
+1. the path names a regular file (:func:`cllm_spec.files.open_regular`: a
+   FIFO, a device or a directory is refused before it is opened for reading)
+   of >= 8 bytes;
+2. it begins like a safetensors file, a length below 2**48 then ``{``, else it
+   is "not a CLLM checkpoint" (a text file, a picture, ...); the header length
+   is <= file size - 8 and <= MAX_HEADER_BYTES;
+3. the header, read piece by piece, is printable ASCII (what ``json.dumps``
+   writes; a sparse file's zeros stop the read at the first piece), and JSON
+   within the limits below, with a ``__metadata__`` map naming this format and
+   a known version;
+4. at most MAX_TENSORS entries, each with a known dtype, a shape of
+   non-negative ints and offsets that tile the data exactly with the shape's
+   size (so the declared sizes add up to the file's);
+5. the metadata values are JSON within the limits below, each of the shape
+   :mod:`cllm_spec.checkpoint_metadata` gives; the model config is valid; the
+   RNG state can be restored;
+6. the tensor names, shapes and dtypes are exactly those of the config (and of
+   the optimizer, if any): a file declaring more data than its config needs
+   is refused here, however large;
+7. the checksum matches, computed through one 1 MiB buffer in name order;
+8. only then is each tensor read, one at a time, straight into its own array.
+
+Any failure raises :class:`CheckpointError` with a hint, never another
+exception. ``metadata`` comes back with the keys of ``save``'s argument,
+``model_config`` as a :class:`ModelConfig`, so ``save(p2, tensors=t,
+metadata=m)`` after ``t, m = load(p1)`` rewrites the same bytes.
+
+Limits
+------
+What the numbers of a file can make the reader do::
+
+    MAX_HEADER_BYTES  100 MiB   the header (a word vocabulary of 30,000 takes
+                                ~0.5 MB, a BPE tokenizer a few MB)
+    MAX_TENSORS       65,536    entries: a 1,300-layer model with 3 optimizer
+                                fields
+    MAX_JSON_DEPTH    32        nesting of the header and of each metadata
+                                value (cllm writes at most 4)
+    MAX_JSON_ITEMS    1,000,000 containers and commas of the header and all
+                                metadata values together (:mod:`cllm_spec.
+                                bounded_json`): ~8 per tensor, 2 per word of a
+                                word vocabulary
+
+Memory: Python objects cost up to ~25 times their JSON text (``[],`` is 3
+bytes and 64 of list), so the item limit, not the byte limit, is what bounds
+the objects the header makes: ~60 MB at most. Until the checksum has
+matched, the reader holds the header (as bytes, then text) and that: never
+more than ~3 times the header plus a constant, whatever the file declares. A
+sparse file reads as zeros; its apparent size is what the header must tile,
+and a header whose config wants that much data and whose checksum matches is
+an all-zero checkpoint of that size, which is then read like any other.
 ``resolve(path)`` is ``path``, or the newest checkpoint when it is a run directory.
 ``rotate(directory, keep_last=K)`` deletes all but the K newest
 ``ckpt-<step>.safetensors`` files (by step, never by time stamp);
@@ -101,21 +141,27 @@ import math
 import os
 import re
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
 
 import numpy as np
-from safetensors.numpy import load as safetensors_load
 
-from cllm_spec import checks
+from cllm_spec import bounded_json, checks
+from cllm_spec.checkpoint_metadata import check_metadata, is_count
 from cllm_spec.errors import CheckpointError, ConfigError
+from cllm_spec.files import open_regular
 from cllm_spec.model import ModelConfig, param_layout, param_shapes
 from cllm_spec.protocols import AdagradState, AdamState, RMSpropState, SGDState
 
 FORMAT_NAME = "cllm-checkpoint"
 FORMAT_VERSION = 1
+# Limits on what a file may make the reader parse (module docstring, "Limits").
 MAX_HEADER_BYTES = 100 * 2**20
+MAX_TENSORS = 65_536
+MAX_JSON_DEPTH = 32
+MAX_JSON_ITEMS = 1_000_000
+_CHUNK = 2**20  # bytes read at a time while checking the header and the checksum
 METADATA_FIELDS = (
     "model_config",
     "tokenizer",
@@ -223,17 +269,57 @@ def _tensor_code(name: str, arr: np.ndarray) -> str:
     return code
 
 
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
+
+
+def _manifest_chunks(
+    meta: Mapping[str, str], entries: Iterable[tuple[str, str, list[int]]]
+) -> Iterator[bytes]:
+    """The bytes of ``_json({"metadata": meta, "tensors": [...]})``, the first
+    part of the checksum, in pieces: a 100 MiB header is never copied whole."""
+    manifest = {"metadata": dict(meta), "tensors": [list(e) for e in entries]}
+    pending: list[str] = []
+    size = 0
+    for piece in _ENCODER.iterencode(manifest):
+        pending.append(piece)
+        size += len(piece)
+        if size >= _CHUNK:
+            yield "".join(pending).encode()
+            pending, size = [], 0
+    yield "".join(pending).encode()
+
+
 def _checksum(
     meta: Mapping[str, str],
     entries: list[tuple[str, str, list[int]]],
     blobs: Iterable[np.ndarray],
 ) -> str:
     digest = hashlib.sha256()
-    manifest = {"metadata": dict(meta), "tensors": [list(e) for e in entries]}
-    digest.update(_json(manifest).encode())
+    for chunk in _manifest_chunks(meta, entries):
+        digest.update(chunk)
     for blob in blobs:  # C-contiguous arrays: hashed in place, no copies
         digest.update(blob.data)
     return digest.hexdigest()
+
+
+def _header_bytes(
+    full_meta: Mapping[str, str], entries: list[tuple[str, str, list[int]]]
+) -> bytes:
+    """The 8 length bytes and the padded JSON header of tensors laid out back
+    to back in the order of ``entries``."""
+    header: dict[str, Any] = {"__metadata__": dict(full_meta)}
+    offset = 0
+    for name, code, shape in entries:
+        size = math.prod(shape) * _DTYPES[code].itemsize
+        header[name] = {
+            "data_offsets": [offset, offset + size],
+            "dtype": code,
+            "shape": shape,
+        }
+        offset += size
+    text = _json(header).encode()
+    text += b" " * (-len(text) % 8)  # 8-byte alignment of the data, as safetensors pads
+    return len(text).to_bytes(8, "little") + text
 
 
 class _Prepared(NamedTuple):
@@ -250,18 +336,7 @@ def _prepare(tensors: Mapping[str, np.ndarray], meta: Mapping[str, str]) -> _Pre
     ]
     full_meta = dict(meta)
     full_meta["sha256"] = _checksum(meta, entries, arrays)
-    header: dict[str, Any] = {"__metadata__": full_meta}
-    offset = 0
-    for (name, code, shape), arr in zip(entries, arrays, strict=True):
-        header[name] = {
-            "data_offsets": [offset, offset + arr.nbytes],
-            "dtype": code,
-            "shape": shape,
-        }
-        offset += arr.nbytes
-    text = _json(header).encode()
-    text += b" " * (-len(text) % 8)  # 8-byte alignment of the data, as safetensors pads
-    return _Prepared(len(text).to_bytes(8, "little") + text, arrays)
+    return _Prepared(_header_bytes(full_meta, entries), arrays)
 
 
 def _encode_metadata(metadata: Mapping[str, Any]) -> dict[str, str]:
@@ -287,6 +362,17 @@ def _encode_metadata(metadata: Mapping[str, Any]) -> dict[str, str]:
             meta[key] = _json(values[key])
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"metadata.{key}: not JSON-serializable: {exc}") from exc
+        except RecursionError as exc:
+            raise ConfigError(
+                f"metadata.{key}: nested too deeply to store (the limit is "
+                f"{MAX_JSON_DEPTH} levels)"
+            ) from exc
+        try:  # the reader's limits, so that what is written can be read
+            bounded_json.measure(
+                meta[key], max_depth=MAX_JSON_DEPTH, max_items=MAX_JSON_ITEMS
+            )
+        except bounded_json.JSONLimitError as exc:
+            raise ConfigError(f"metadata.{key}: {exc}") from exc
     return meta
 
 
@@ -307,7 +393,8 @@ def _checked_prepare(
         checks.as_array(name, arr)
     meta = _encode_metadata(metadata)
     # Refuse to write what load would refuse to read.
-    _validate_contents(tensors, _decode_metadata(meta))
+    specs = {n: (np.shape(a), np.asarray(a).dtype) for n, a in tensors.items()}
+    _validate_contents(specs, _decode_metadata(meta))
     return _prepare(tensors, meta)
 
 
@@ -371,31 +458,81 @@ def _fail(path: Path, message: str, hint: str | None = None) -> CheckpointError:
     return CheckpointError(f"{path}: {message}", hint=hint)
 
 
-def _read_bytes(path: Path) -> bytes:
-    if not path.exists():
+_TRUNCATED = "the file is truncated or corrupted; use an earlier checkpoint"
+_EDITED = (
+    "the file is damaged, or was edited or written by other code; use an earlier "
+    "checkpoint"
+)
+_NOT_OURS = (
+    "pass a checkpoint written by cllm (ckpt-<step>.safetensors in a run "
+    "directory); if this was one, it is damaged: use an earlier checkpoint"
+)
+_FOREIGN = (
+    "this is a safetensors file written by another program; load it with safetensors"
+)
+# Bytes a header written by cllm can hold: its JSON escapes everything else.
+_NOT_HEADER_BYTE = re.compile(rb"[^\t\n\r\x20-\x7e]")
+
+
+class _Entry(NamedTuple):
+    """One tensor of the header: offsets relative to the tensor bytes."""
+
+    name: str
+    code: str  # "F32", ...
+    shape: tuple[int, ...]
+    begin: int
+    end: int
+
+
+class _Layout(NamedTuple):
+    meta: dict[str, str]  # __metadata__
+    entries: list[_Entry]  # in name order
+    start: int  # file offset of the tensor bytes
+    items: int  # JSON items of the header (bounded_json), counted against the cap
+
+
+def _open(path: Path) -> tuple[BinaryIO, int]:
+    try:
+        return open_regular(path, "checkpoint", CheckpointError)
+    except FileNotFoundError as exc:
         raise _fail(
             path, "no such file", "check the path; `ls` the checkpoint directory"
-        )
-    if not path.is_file():
-        raise _fail(
-            path, "not a regular file", "pass the checkpoint file, not a directory"
-        )
-    try:
-        return path.read_bytes()
+        ) from exc
     except OSError as exc:
         raise _fail(
             path, f"cannot be read: {exc}", "check the file's permissions"
         ) from exc
 
 
-def _parse_header(path: Path, data: bytes) -> tuple[dict[str, Any], int]:
-    """The header object and the start of the tensor bytes, checked structurally."""
-    size = len(data)
+def _read_into(path: Path, fh: BinaryIO, offset: int, out: memoryview) -> None:
+    """Fill ``out`` with the bytes at ``offset`` (the file may shrink meanwhile)."""
+    fh.seek(offset)
+    done = 0
+    while done < len(out):
+        got = fh.readinto(out[done:])  # type: ignore[attr-defined]
+        if not got:
+            raise _fail(path, "the file ended early while being read", _TRUNCATED)
+        done += got
+
+
+def _read_layout(path: Path, fh: BinaryIO, size: int) -> _Layout:
+    """The header, checked structurally; nothing is read past it."""
     if size < 8:
         raise _fail(
             path, f"{size} bytes is too short for a checkpoint (>= 8)", _TRUNCATED
         )
-    n = int.from_bytes(data[:8], "little")
+    first = memoryview(bytearray(min(size, 9)))
+    _read_into(path, fh, 0, first)
+    n = int.from_bytes(first[:8], "little")
+    # A safetensors file begins with its header's length, which no real file
+    # brings near 2**48, and then "{": text and other files fail both.
+    if bytes(first[8:9]) != b"{" or n >= 2**48:
+        raise _fail(
+            path,
+            "not a CLLM checkpoint: it does not begin like a safetensors file "
+            "(an 8-byte length, then a JSON object)",
+            _NOT_OURS,
+        )
     if n > size - 8 or n > MAX_HEADER_BYTES:
         raise _fail(
             path,
@@ -404,18 +541,40 @@ def _parse_header(path: Path, data: bytes) -> tuple[dict[str, Any], int]:
             _TRUNCATED,
         )
     try:
-        header = json.loads(data[8 : 8 + n].decode("utf-8"))
-    except (ValueError, RecursionError) as exc:  # RecursionError: deep nesting
-        raise _fail(path, f"header is not UTF-8 JSON: {exc}", _TRUNCATED) from exc
+        header, items = bounded_json.loads(
+            _read_header_text(path, fh, n),
+            max_depth=MAX_JSON_DEPTH,
+            max_items=MAX_JSON_ITEMS,
+        )
+    except bounded_json.JSONLimitError as exc:
+        raise _fail(path, f"header: {exc}", _EDITED) from exc
+    except ValueError as exc:
+        raise _fail(path, f"header is not JSON: {exc}", _TRUNCATED) from exc
     if not isinstance(header, dict):
         raise _fail(path, "header is not a JSON object", _TRUNCATED)
-    return header, 8 + n
+    meta = _check_format(path, header)
+    entries = _check_entries(path, header, size - 8 - n)
+    return _Layout(meta, entries, 8 + n, items)
 
 
-_TRUNCATED = "the file is truncated or corrupted; use an earlier checkpoint"
-_FOREIGN = (
-    "this is a safetensors file written by another program; load it with safetensors"
-)
+def _read_header_text(path: Path, fh: BinaryIO, n: int) -> str:
+    """The ``n`` header bytes after the length, as text, read piece by piece:
+    a byte cllm never writes (a sparse file's zeros, binary data) stops the
+    read before the next piece is taken."""
+    buffer = np.empty(n, np.uint8)  # pages are only taken as they are filled
+    view = buffer.data
+    for begin in range(0, n, _CHUNK):
+        piece = view[begin : begin + _CHUNK]
+        _read_into(path, fh, 8 + begin, piece)
+        bad = _NOT_HEADER_BYTE.search(piece)
+        if bad is not None:
+            raise _fail(
+                path,
+                f"header byte {begin + bad.start()} is {piece[bad.start()]:#04x}, "
+                "not printable ASCII: the file is damaged or not a CLLM checkpoint",
+                _TRUNCATED,
+            )
+    return str(view, "ascii")
 
 
 def _check_format(path: Path, header: Mapping[str, Any]) -> dict[str, str]:
@@ -446,15 +605,15 @@ def _check_format(path: Path, header: Mapping[str, Any]) -> dict[str, str]:
     return meta
 
 
-def _is_count(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-def _check_entries(
-    path: Path, header: Mapping[str, Any], body: int
-) -> list[tuple[str, str, list[int]]]:
+def _check_entries(path: Path, header: Mapping[str, Any], body: int) -> list[_Entry]:
     """Each tensor entry is well-formed and the entries tile [0, body) exactly."""
-    spans = []
+    if len(header) - 1 > MAX_TENSORS:
+        raise _fail(
+            path,
+            f"the header lists {len(header) - 1:,} tensors, more than the "
+            f"{MAX_TENSORS:,} a checkpoint may hold",
+            _EDITED,
+        )
     entries = []
     for name in sorted(k for k in header if k != "__metadata__"):
         entry = header[name]
@@ -467,12 +626,12 @@ def _check_entries(
         dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
         if dtype not in _DTYPES:
             raise _fail(path, f"tensor {name!r}: unknown dtype {dtype!r}", _TRUNCATED)
-        if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
+        if not isinstance(shape, list) or not all(is_count(d) for d in shape):
             raise _fail(path, f"tensor {name!r}: bad shape {shape!r}", _TRUNCATED)
         if (
             not isinstance(offsets, list)
             or len(offsets) != 2
-            or not all(_is_count(o) for o in offsets)
+            or not all(is_count(o) for o in offsets)
             or not offsets[0] <= offsets[1] <= body
         ):
             raise _fail(
@@ -484,13 +643,12 @@ def _check_entries(
             raise _fail(
                 path, f"tensor {name!r}: offsets disagree with its shape", _TRUNCATED
             )
-        spans.append((offsets[0], offsets[1]))
-        entries.append((name, dtype, shape))
+        entries.append(_Entry(name, dtype, tuple(shape), offsets[0], offsets[1]))
     position = 0
-    for begin, end in sorted(spans):
-        if begin != position:
+    for entry in sorted(entries, key=lambda e: (e.begin, e.end)):
+        if entry.begin != position:
             raise _fail(path, "tensor data overlaps or leaves gaps", _TRUNCATED)
-        position = end
+        position = entry.end
     if position != body:
         raise _fail(path, f"tensor data covers {position} of {body} bytes", _TRUNCATED)
     return entries
@@ -499,61 +657,89 @@ def _check_entries(
 def load(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Read and fully validate a checkpoint (module docstring)."""
     target = Path(path)
-    data = _read_bytes(target)
-    header, start = _parse_header(target, data)
-    meta = _check_format(target, header)
-    entries = _check_entries(target, header, len(data) - start)
-    raw = _parse_tensors(target, data)
-    names = sorted(raw)
-    if names != [e[0] for e in entries]:
-        raise _fail(target, "the parsed tensors differ from the header", _TRUNCATED)
-    stored = {k: v for k, v in meta.items() if k != "sha256"}
-    digest = _checksum(stored, entries, [_little_endian(raw[n]) for n in names])
-    if digest != meta["sha256"]:
+    fh, size = _open(target)
+    with fh:
+        layout = _read_layout(target, fh, size)
+        try:
+            metadata = _decode_metadata(layout.meta, MAX_JSON_ITEMS - layout.items)
+            specs = {e.name: (e.shape, _DTYPES[e.code]) for e in layout.entries}
+            _validate_contents(specs, metadata)
+        except CheckpointError as exc:
+            raise _fail(target, exc.message, exc.hint_text or _EDITED) from exc
+        # Everything the header declares is consistent: only now is data read.
+        _verify_checksum(target, fh, layout)
+        tensors = _read_tensors(target, fh, layout)
+    return tensors, metadata
+
+
+def _verify_checksum(path: Path, fh: BinaryIO, layout: _Layout) -> None:
+    """Hash the manifest and the tensor bytes in name order through one small
+    buffer, before anything is allocated for the tensors."""
+    stored = {k: v for k, v in layout.meta.items() if k != "sha256"}
+    manifest = [(e.name, e.code, list(e.shape)) for e in layout.entries]
+    digest = hashlib.sha256()
+    for chunk in _manifest_chunks(stored, manifest):
+        digest.update(chunk)
+    buffer = memoryview(bytearray(_CHUNK))
+    for entry in layout.entries:
+        for begin in range(entry.begin, entry.end, _CHUNK):
+            piece = buffer[: min(_CHUNK, entry.end - begin)]
+            _read_into(path, fh, layout.start + begin, piece)
+            digest.update(piece)
+    if digest.hexdigest() != layout.meta["sha256"]:
         raise _fail(
-            target,
+            path,
             "checksum mismatch: the tensors or the metadata were modified",
             "the file is corrupted; use an earlier checkpoint",
         )
-    # Native byte order, own memory: callers may write into the arrays.
-    tensors = {
-        name: np.array(arr, dtype=arr.dtype.newbyteorder("="), order="C")
-        for name, arr in raw.items()
-    }
-    try:
-        metadata = _decode_metadata(meta)
-        _validate_contents(tensors, metadata)
-    except CheckpointError as exc:
-        raise _fail(target, exc.message, exc.hint_text) from exc
-    return tensors, metadata
+
+
+def _read_tensors(path: Path, fh: BinaryIO, layout: _Layout) -> dict[str, np.ndarray]:
+    """Each tensor read straight into its own array, one at a time."""
+    tensors = {}
+    for entry in layout.entries:
+        try:
+            arr = np.empty(entry.shape, dtype=_DTYPES[entry.code])
+        except MemoryError as exc:
+            raise _fail(
+                path,
+                f"tensor {entry.name!r}: not enough memory for "
+                f"{entry.end - entry.begin:,} bytes",
+                "free memory, or load the checkpoint on a larger machine",
+            ) from exc
+        raw = arr.reshape(-1).view(np.uint8)  # a view: the read fills ``arr``
+        _read_into(path, fh, layout.start + entry.begin, raw.data)
+        # Native byte order, own memory: callers may write into the arrays.
+        tensors[entry.name] = arr.astype(arr.dtype.newbyteorder("="), copy=False)
+    return tensors
 
 
 def _little_endian(arr: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))
 
 
-def _parse_tensors(path: Path, data: bytes) -> dict[str, np.ndarray]:
-    try:
-        return dict(safetensors_load(data))
-    except Exception as exc:  # the library's error type is private; report any
-        raise _fail(
-            path, f"safetensors cannot parse the file: {exc}", _TRUNCATED
-        ) from exc
-
-
-def _decode_metadata(meta: Mapping[str, str]) -> dict[str, Any]:
-    """JSON-decoded metadata with ``model_config`` as a ModelConfig."""
+def _decode_metadata(
+    meta: Mapping[str, str], max_items: int = MAX_JSON_ITEMS
+) -> dict[str, Any]:
+    """JSON-decoded metadata with ``model_config`` as a ModelConfig, every
+    value checked (:mod:`cllm_spec.checkpoint_metadata`); the values share
+    ``max_items`` JSON items (:mod:`cllm_spec.bounded_json`)."""
     out: dict[str, Any] = {}
     for key in METADATA_FIELDS:
         try:
-            out[key] = json.loads(meta[key])
-        except (KeyError, ValueError, RecursionError) as exc:
+            out[key], used = bounded_json.loads(
+                meta[key], max_depth=MAX_JSON_DEPTH, max_items=max_items
+            )
+        except bounded_json.JSONLimitError as exc:
+            raise CheckpointError(f"metadata.{key}: {exc}") from exc
+        except (KeyError, ValueError) as exc:
             raise CheckpointError(f"metadata.{key}: missing or not JSON") from exc
+        max_items -= used
     try:
         out["model_config"] = ModelConfig.from_dict(out["model_config"])
     except (ConfigError, TypeError) as exc:
         raise CheckpointError(f"metadata.model_config: {exc}") from exc
-    _check_optimizer_meta(out["optimizer"])
+    check_metadata(out, OPTIMIZER_STATES)
     if out["rng_state"] is not None:
         try:
             rng_from_state(out["rng_state"])
@@ -565,52 +751,30 @@ def _decode_metadata(meta: Mapping[str, str]) -> dict[str, Any]:
     return out
 
 
-def _check_optimizer_meta(optimizer: object) -> None:
-    if optimizer is None:
-        return
-    if not isinstance(optimizer, dict) or set(optimizer) != {
-        "name",
-        "hyperparameters",
-        "step",
-    }:
-        raise CheckpointError(
-            "metadata.optimizer: expected {name, hyperparameters, step} or null"
-        )
-    if optimizer["name"] not in OPTIMIZER_STATES:
-        raise CheckpointError(
-            f"metadata.optimizer.name: expected one of {sorted(OPTIMIZER_STATES)}, "
-            f"got {optimizer['name']!r}"
-        )
-    if not isinstance(optimizer["hyperparameters"], dict):
-        raise CheckpointError("metadata.optimizer.hyperparameters: expected an object")
-    if not _is_count(optimizer["step"]):
-        raise CheckpointError(
-            f"metadata.optimizer.step: expected an int >= 0, got {optimizer['step']!r}"
-        )
-
-
 def _validate_contents(
-    tensors: Mapping[str, np.ndarray], metadata: Mapping[str, Any]
+    specs: Mapping[str, tuple[tuple[int, ...], np.dtype[Any]]],
+    metadata: Mapping[str, Any],
 ) -> None:
-    """Tensor names, shapes and dtypes are exactly those the metadata implies."""
+    """Tensor names, shapes and dtypes (``specs``: name -> (shape, dtype)) are
+    exactly those the metadata implies."""
     cfg = metadata["model_config"]
     # Count first: a hostile config (n_layer = 10**9) must not make us build
     # the list of its names; past this check that list is no longer than the
     # file's own tensor list.
     n_model = 4 + 12 * cfg.n_layer + (0 if cfg.tie_embeddings else 1)
-    if n_model > len(tensors):
+    if n_model > len(specs):
         raise CheckpointError(
             f"the model config has {n_model} parameters (missing tensors), "
-            f"but the file holds only {len(tensors)} tensors"
+            f"but the file holds only {len(specs)} tensors"
         )
-    expected = param_shapes(cfg)
+    shapes = param_shapes(cfg)
+    expected = dict(shapes)
     optimizer = metadata.get("optimizer")
     if optimizer is not None:
         for field in optimizer_fields(optimizer["name"]):
-            for name, shape in param_shapes(cfg).items():
-                expected[f"optim.{field}.{name}"] = shape
-    missing = sorted(set(expected) - set(tensors))
-    extra = sorted(set(tensors) - set(expected))
+            expected |= {f"optim.{field}.{name}": s for name, s in shapes.items()}
+    missing = sorted(set(expected) - set(specs))
+    extra = sorted(set(specs) - set(expected))
     if missing or extra:
         raise CheckpointError(
             f"tensors do not match the model config: missing {missing[:5]}"
@@ -619,12 +783,12 @@ def _validate_contents(
         )
     dtypes = set()
     for name, shape in expected.items():
-        arr = tensors[name]
-        if tuple(arr.shape) != shape:
+        got_shape, dtype = specs[name]
+        if tuple(got_shape) != shape:
             raise CheckpointError(
-                f"tensor {name!r}: shape {tuple(arr.shape)}, the config needs {shape}"
+                f"tensor {name!r}: shape {tuple(got_shape)}, the config needs {shape}"
             )
-        dtypes.add(arr.dtype.newbyteorder("="))
+        dtypes.add(dtype.newbyteorder("="))
     if len(dtypes) != 1 or next(iter(dtypes)) not in checks.FLOAT_DTYPES:
         raise CheckpointError(
             f"tensors must share one float32 or float64 dtype, got "

@@ -287,9 +287,14 @@ def test_huge_header_length_is_rejected_before_parsing(
     saved: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     data = saved.read_bytes()
-    for n in (2**64 - 1, 2**40, len(data) - 7):
+    for n in (2**40, len(data) - 7):
         expect_rejected(
             tmp_path / "h", n.to_bytes(8, "little") + data[8:], "header length"
+        )
+    # No file comes near 2**48 bytes: such a length is not a header's.
+    for n in (2**48, 2**64 - 1):
+        expect_rejected(
+            tmp_path / "h", n.to_bytes(8, "little") + data[8:], "not a CLLM checkpoint"
         )
     # Within the file but above the cap: the cap alone must reject it.
     monkeypatch.setattr(ck, "MAX_HEADER_BYTES", 64)
@@ -434,7 +439,30 @@ def test_save_refuses_what_load_would_reject(tmp_path: Path) -> None:
         ck.save(target, tensors=tensors, metadata={"metrics": {}})
     with pytest.raises(ConfigError, match="metrics"):
         ck.save(target, tensors=tensors, metadata={**metadata, "metrics": object()})
+    with pytest.raises(CheckpointError, match="metrics"):
+        ck.save(target, tensors=tensors, metadata={**metadata, "metrics": [1, 2]})
+    with pytest.raises(CheckpointError, match="scheduler"):
+        ck.save(target, tensors=tensors, metadata={**metadata, "scheduler": "cos"})
     assert not target.exists() and list(tmp_path.iterdir()) == []
+
+
+def nested(depth: int) -> Any:
+    value: Any = 1.0
+    for _ in range(depth):
+        value = {"a": value}
+    return value
+
+
+@pytest.mark.parametrize("depth", [33, 985, 100_000])
+def test_save_refuses_deeply_nested_metadata_with_a_clear_error(
+    tmp_path: Path, depth: int
+) -> None:
+    tensors, metadata = training_state()
+    target = tmp_path / "deep.safetensors"
+    for key in ("metrics", "scheduler", "tokenizer", "run"):
+        with pytest.raises(ConfigError, match=f"metadata.{key}: .*nested"):
+            ck.save(target, tensors=tensors, metadata={**metadata, key: nested(depth)})
+    assert list(tmp_path.iterdir()) == []
 
 
 # ------------------------------------------------------- atomic writes ------
