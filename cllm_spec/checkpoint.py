@@ -27,7 +27,10 @@ Tensors
   optimizer's state NamedTuple in :mod:`cllm_spec.protocols` except ``step``
   (which is metadata): ``sgd``: momentum_buffer; ``adam``/``adamw``: exp_avg,
   exp_avg_sq, max_exp_avg_sq; ``rmsprop``: square_avg, momentum_buffer,
-  grad_avg; ``adagrad``: sum.
+  grad_avg; ``adagrad``: sum. ``max_exp_avg_sq`` (ZERO_OPTIONAL_FIELDS) is
+  only written when some bit of it is set: without amsgrad it stays zero, and
+  storing it cost a quarter of an AdamW checkpoint. A file without it reads as
+  zeros; one with it (all of its tensors, never a part) loads as before.
 
 Names are written in sorted order, in the header and in the data, and the JSON
 is compact with sorted keys, so the same tensors and metadata always give the
@@ -187,6 +190,9 @@ OPTIMIZER_STATES: dict[str, Any] = {  # name -> state NamedTuple class
     "rmsprop": RMSpropState,
     "adagrad": AdagradState,
 }
+# State fields a checkpoint leaves out when every bit is zero, as it always is
+# for an option that is off (amsgrad), and restores as zeros.
+ZERO_OPTIONAL_FIELDS = ("max_exp_avg_sq",)
 _CKPT_NAME = re.compile(r"^ckpt-(\d+)\.safetensors$")
 
 
@@ -217,24 +223,45 @@ def optimizer_fields(name: str) -> tuple[str, ...]:
 def optimizer_tensors(
     cfg: ModelConfig, name: str, state: NamedTuple
 ) -> dict[str, np.ndarray]:
-    """``optim.<field>.<parameter name>`` -> view of the state's flat buffers."""
+    """``optim.<field>.<parameter name>`` -> view of the state's flat buffers.
+
+    A field of ZERO_OPTIONAL_FIELDS whose every bit is zero is left out
+    (``max_exp_avg_sq`` without amsgrad: a quarter of an AdamW checkpoint);
+    :func:`optimizer_state_from_tensors` restores it as zeros, bit for bit.
+    """
     layout = param_layout(cfg)
     out = {}
     for field in optimizer_fields(name):
-        for pname, view in layout.views(getattr(state, field)).items():
+        buffer = np.asarray(getattr(state, field))
+        if field in ZERO_OPTIONAL_FIELDS and _all_bits_zero(buffer):
+            continue
+        for pname, view in layout.views(buffer).items():
             out[f"optim.{field}.{pname}"] = view
     return out
+
+
+def _all_bits_zero(arr: np.ndarray) -> bool:
+    """Every element is +0 (a -0.0 is not: its sign bit would be lost)."""
+    return not arr.any() and not np.signbit(arr).any()
 
 
 def optimizer_state_from_tensors(
     cfg: ModelConfig, name: str, tensors: Mapping[str, np.ndarray], step: int
 ) -> Any:
-    """Rebuild the state NamedTuple of optimizer ``name`` from its tensors."""
+    """Rebuild the state NamedTuple of optimizer ``name`` from its tensors; a
+    field of ZERO_OPTIONAL_FIELDS that the tensors leave out is zeros of the
+    parameters' dtype."""
     layout = param_layout(cfg)
-    arrays = {
-        field: layout.flatten({p: tensors[f"optim.{field}.{p}"] for p in layout})
-        for field in optimizer_fields(name)
-    }
+    dtype = next(tensors[p] for p in layout).dtype
+    arrays = {}
+    for field in optimizer_fields(name):
+        names = {p: f"optim.{field}.{p}" for p in layout}
+        if field in ZERO_OPTIONAL_FIELDS and not any(
+            n in tensors for n in names.values()
+        ):
+            arrays[field] = np.zeros(layout.size, dtype=dtype)
+        else:
+            arrays[field] = layout.flatten({p: tensors[n] for p, n in names.items()})
     return OPTIMIZER_STATES[name](**arrays, step=int(step))
 
 
@@ -772,7 +799,10 @@ def _validate_contents(
     optimizer = metadata.get("optimizer")
     if optimizer is not None:
         for field in optimizer_fields(optimizer["name"]):
-            expected |= {f"optim.{field}.{name}": s for name, s in shapes.items()}
+            names = {f"optim.{field}.{name}": shape for name, shape in shapes.items()}
+            if field in ZERO_OPTIONAL_FIELDS and not any(n in specs for n in names):
+                continue  # left out: all zeros (optimizer_tensors)
+            expected |= names
     missing = sorted(set(expected) - set(specs))
     extra = sorted(set(specs) - set(expected))
     if missing or extra:

@@ -199,11 +199,68 @@ def test_round_trip_over_shapes_the_original_broke_on(
     )
 
 
+OLD_FILE = Path(__file__).parent / "data" / "ckpt-format1-adamw.safetensors"
+
+
+def test_a_file_written_before_the_amsgrad_state_was_left_out_still_loads() -> None:
+    # Written by the format-1 writer of the first release from training_state():
+    # it stores max_exp_avg_sq, all zeros. Its bytes pin the checksum too.
+    assert hashlib.sha256(OLD_FILE.read_bytes()).hexdigest() == (
+        "09d5e569e81f81e2334e54d2926e05cf711c0e5d71b64ba0fc9d7f0e69211930"
+    )
+    loaded, meta = ck.load(OLD_FILE)
+    tensors, _ = training_state()
+    assert sum(k.startswith("optim.max_exp_avg_sq.") for k in loaded) == 28
+    for name, arr in tensors.items():
+        assert loaded[name].tobytes() == np.ascontiguousarray(arr).tobytes(), name
+    state = ck.optimizer_state_from_tensors(CFG, "adamw", loaded, 7)
+    assert state.max_exp_avg_sq.dtype == np.float32
+    assert not state.max_exp_avg_sq.any()
+    # Re-saved as loaded (tensors given explicitly): the same bytes.
+    assert ck.encode(loaded, meta) == OLD_FILE.read_bytes()
+
+
+def test_all_zero_amsgrad_state_is_left_out_and_comes_back_as_zeros(
+    tmp_path: Path,
+) -> None:
+    tensors, metadata = training_state()
+    assert not any(k.startswith("optim.max_exp_avg_sq.") for k in tensors)
+    assert {k.split(".")[1] for k in tensors if k.startswith("optim.")} == {
+        "exp_avg",
+        "exp_avg_sq",
+    }
+    path = ck.save(tmp_path / "a.safetensors", tensors=tensors, metadata=metadata)
+    assert path.stat().st_size < 0.8 * OLD_FILE.stat().st_size  # a quarter less
+    loaded, _ = ck.load(path)
+    state = ck.optimizer_state_from_tensors(CFG, "adamw", loaded, 7)
+    want = init_adam_state(ck.params_from_tensors(CFG, loaded)).max_exp_avg_sq
+    assert state.max_exp_avg_sq.tobytes() == want.tobytes()
+
+
+@pytest.mark.parametrize("value", [1e-30, -0.0])
+def test_amsgrad_state_with_any_nonzero_bit_is_stored(value: float) -> None:
+    params = init_params(CFG, np.random.default_rng(0), np.float64)
+    state = init_adam_state(params)
+    state.max_exp_avg_sq[17] = value  # a -0.0 has its sign bit set
+    tensors = ck.optimizer_tensors(CFG, "adamw", state)
+    assert sum(k.startswith("optim.max_exp_avg_sq.") for k in tensors) == 28
+    back = ck.optimizer_state_from_tensors(
+        CFG, "adamw", ck.model_tensors(CFG, params) | tensors, 0
+    )
+    assert back.max_exp_avg_sq.tobytes() == state.max_exp_avg_sq.tobytes()
+
+
+def test_amsgrad_state_is_stored_whole_or_not_at_all(tmp_path: Path) -> None:
+    tensors, _ = training_state()
+    partial = {**tensors, "optim.max_exp_avg_sq.model.wte.weight": np.ones((11, 6))}
+    expect_rejected(tmp_path / "p", forge(partial, {}), "missing")
+
+
 # ------------------------------------------------------------ the layout ----
 def test_a_generic_reader_sees_canonical_names_and_shapes(saved: Path) -> None:
     generic = load_file(saved)
     expected = dict(param_shapes(CFG))
-    for field in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
+    for field in ("exp_avg", "exp_avg_sq"):  # max_exp_avg_sq: all zero, left out
         expected |= {f"optim.{field}.{n}": s for n, s in param_shapes(CFG).items()}
     assert {n: a.shape for n, a in generic.items()} == expected
     assert "model.h.1.attn.qkv.weight" in generic
