@@ -651,7 +651,7 @@ def _check_entries(path: Path, header: Mapping[str, Any], body: int) -> list[_En
         }:
             raise _fail(path, f"tensor {name!r}: malformed header entry", _TRUNCATED)
         dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
-        if dtype not in _DTYPES:
+        if not isinstance(dtype, str) or dtype not in _DTYPES:
             raise _fail(path, f"tensor {name!r}: unknown dtype {dtype!r}", _TRUNCATED)
         if not isinstance(shape, list) or not all(is_count(d) for d in shape):
             raise _fail(path, f"tensor {name!r}: bad shape {shape!r}", _TRUNCATED)

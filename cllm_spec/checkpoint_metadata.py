@@ -110,7 +110,7 @@ def check_optimizer(value: object, names: Collection[str]) -> None:
         raise CheckpointError(
             "metadata.optimizer: expected {name, hyperparameters, step} or null"
         )
-    if value["name"] not in names:
+    if not isinstance(value["name"], str) or value["name"] not in names:
         raise CheckpointError(
             f"metadata.optimizer.name: expected one of {sorted(names)}, "
             f"got {value['name']!r}"

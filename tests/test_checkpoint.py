@@ -363,6 +363,7 @@ def test_huge_header_length_is_rejected_before_parsing(
     [
         lambda h: [1, 2],  # not an object
         lambda h: {**h, "model.wte.weight": {**h["model.wte.weight"], "dtype": "BF16"}},
+        lambda h: {**h, "model.wte.weight": {**h["model.wte.weight"], "dtype": []}},
         lambda h: {
             **h,
             "model.wte.weight": {**h["model.wte.weight"], "shape": [-1, 6]},
@@ -386,6 +387,7 @@ def test_huge_header_length_is_rejected_before_parsing(
     ids=[
         "array",
         "dtype",
+        "dtype-list",
         "negative-dim",
         "size",
         "offsets",

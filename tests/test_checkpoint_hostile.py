@@ -202,6 +202,7 @@ def saved_bytes(tmp_path_factory: pytest.TempPathFactory) -> bytes:
             "metadata.optimizer.hyperparameters.betas",
         ),
         ({"optimizer": {"name": "adamw", "hyperparameters": {}, "step": True}}, "step"),
+        ({"optimizer": {"name": [], "hyperparameters": {}, "step": 1}}, "name"),
         ({"tokenizer": ["word"]}, "metadata.tokenizer"),
         ({"tokenizer": {"kind": 3}}, "metadata.tokenizer"),
         ({"rng_state": [1, 2]}, "metadata.rng_state"),
