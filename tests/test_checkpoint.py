@@ -24,6 +24,7 @@ from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 
 from cllm_spec import checkpoint as ck
+from cllm_spec import checkpoint_format as fmt
 from cllm_spec.errors import CheckpointError, ConfigError
 from cllm_spec.model import ModelConfig, init_params, param_shapes
 from cllm_spec.optim import init_adam_state
@@ -354,7 +355,7 @@ def test_huge_header_length_is_rejected_before_parsing(
             tmp_path / "h", n.to_bytes(8, "little") + data[8:], "not a CLLM checkpoint"
         )
     # Within the file but above the cap: the cap alone must reject it.
-    monkeypatch.setattr(ck, "MAX_HEADER_BYTES", 64)
+    monkeypatch.setattr(fmt, "MAX_HEADER_BYTES", 64)
     expect_rejected(tmp_path / "h", data, "header length")
 
 

@@ -24,6 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cllm_spec import checkpoint as ck
+from cllm_spec import checkpoint_format as fmt
 from cllm_spec.commands.info import LoadedCheckpoint, describe, format_description
 from cllm_spec.errors import CheckpointError
 from tests.test_checkpoint import training_state
@@ -65,10 +66,10 @@ def resign(header: dict[str, Any], data: bytes = DATA) -> bytes:
             except (KeyError, TypeError, ValueError):
                 continue  # the loader refuses this entry before the checksum
         try:
-            meta["sha256"] = ck._checksum(meta, entries, blobs)
+            meta["sha256"] = fmt.checksum(meta, entries, blobs)
         except (TypeError, ValueError):
             pass
-    text = ck._json(header).encode()  # compact, sorted keys: as the writer
+    text = fmt.json_text(header).encode()  # compact, sorted keys: as the writer
     text += b" " * (-len(text) % 8)
     return len(text).to_bytes(8, "little") + text + data
 

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from cllm_spec import checkpoint as ck
+from cllm_spec import checkpoint_format as fmt
 from cllm_spec.cli import main
 from cllm_spec.errors import CheckpointError
 from cllm_spec.model import ModelConfig, param_shapes
@@ -144,9 +145,9 @@ def test_the_header_is_bounded_in_entries_depth_and_items(
     empty = {"data_offsets": [0, 0], "dtype": "F32", "shape": [0]}
     entries = {f"t{i}": empty for i in range(11)}
     header = json.dumps({"__metadata__": meta, **entries}).encode()
-    monkeypatch.setattr(ck, "MAX_TENSORS", 10)
+    monkeypatch.setattr(fmt, "MAX_TENSORS", 10)
     expect_rejected(tmp_path / "e", _framed(header), "11 tensors, more than the 10")
-    monkeypatch.setattr(ck, "MAX_JSON_ITEMS", 50)
+    monkeypatch.setattr(fmt, "MAX_JSON_ITEMS", 50)
     expect_rejected(tmp_path / "i", _framed(header), "more than 50 JSON items")
     for depth in (40, 200_000):  # deeper than json.loads can recurse
         deep = b'{"__metadata__": ' + b"[" * depth + b"]" * depth + b"}"
@@ -265,7 +266,7 @@ def test_the_json_items_of_all_metadata_values_share_one_budget(
     path = tmp_path / "b.safetensors"
     path.write_bytes(data)
     ck.load(path)
-    monkeypatch.setattr(ck, "MAX_JSON_ITEMS", 1600)  # each value alone fits
+    monkeypatch.setattr(fmt, "MAX_JSON_ITEMS", 1600)  # each value alone fits
     with pytest.raises(CheckpointError, match="JSON items"):
         ck.load(path)
 
@@ -359,7 +360,7 @@ def test_a_consistent_sparse_file_is_checked_before_its_tensors_are_allocated(
     cfg = ModelConfig(vocab_size=2**20, n_embd=64, n_layer=1, n_head=1, block_size=8)
     meta = ck._encode_metadata({"model_config": cfg}) | {"sha256": "0" * 64}
     entries = [(n, "F32", list(s)) for n, s in sorted(param_shapes(cfg).items())]
-    header = ck._header_bytes(meta, entries)
+    header = fmt.header_bytes(meta, entries)
     size = sum(4 * int(np.prod(s)) for _, _, s in entries)
     assert size > 256 * MB
     path = tmp_path / "big.safetensors"
