@@ -349,10 +349,29 @@ def _checked_prepare(
             raise ConfigError(f"tensors: bad tensor name {name!r}")
         checks.as_array(name, arr)
     meta = _encode_metadata(metadata)
-    # Refuse to write what load would refuse to read.
+    # Refuse to write what load would refuse to read: the header's limits (the
+    # JSON items are shared by the header and the metadata), then its contents.
+    if len(tensors) > fmt.MAX_TENSORS:
+        raise CheckpointError(
+            f"{len(tensors):,} tensors, more than the {fmt.MAX_TENSORS:,} a "
+            "checkpoint may hold"
+        )
+    prepared = _prepare(tensors, meta)
+    text = prepared.header[8:].decode("ascii")  # json_text escapes the rest
+    if len(text) > fmt.MAX_HEADER_BYTES:
+        raise CheckpointError(
+            f"the header would take {len(text):,} bytes, more than the "
+            f"{fmt.MAX_HEADER_BYTES:,} a checkpoint may use"
+        )
+    try:
+        items = bounded_json.measure(
+            text, max_depth=fmt.MAX_JSON_DEPTH, max_items=fmt.MAX_JSON_ITEMS
+        )
+    except bounded_json.JSONLimitError as exc:
+        raise CheckpointError(f"header: {exc}") from exc
     specs = {n: (np.shape(a), np.asarray(a).dtype) for n, a in tensors.items()}
-    _validate_contents(specs, _decode_metadata(meta))
-    return _prepare(tensors, meta)
+    _validate_contents(specs, _decode_metadata(meta, fmt.MAX_JSON_ITEMS - items))
+    return prepared
 
 
 # --------------------------------------------------------------- writing ---

@@ -506,6 +506,30 @@ def test_save_refuses_what_load_would_reject(tmp_path: Path) -> None:
     assert not target.exists() and list(tmp_path.iterdir()) == []
 
 
+def test_save_refuses_a_file_over_the_readers_limits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tensors, metadata = training_state()
+    target = tmp_path / "x.safetensors"
+    ck.load(ck.save(target, tensors=tensors, metadata=metadata))
+    target.unlink()
+    with monkeypatch.context() as patch:
+        patch.setattr(fmt, "MAX_TENSORS", len(tensors) - 1)
+        with pytest.raises(CheckpointError, match="tensors, more than"):
+            ck.save(target, tensors=tensors, metadata=metadata)
+    with monkeypatch.context() as patch:
+        patch.setattr(fmt, "MAX_HEADER_BYTES", 4096)
+        with pytest.raises(CheckpointError, match="header would take"):
+            ck.save(target, tensors=tensors, metadata=metadata)
+    # Every metadata value fits the item limit alone, the whole header does not.
+    header_items = len(tensors) * 7  # ~8 per tensor entry
+    with monkeypatch.context() as patch:
+        patch.setattr(fmt, "MAX_JSON_ITEMS", header_items)
+        with pytest.raises(CheckpointError, match="JSON items"):
+            ck.save(target, tensors=tensors, metadata=metadata)
+    assert list(tmp_path.iterdir()) == []
+
+
 def nested(depth: int) -> Any:
     value: Any = 1.0
     for _ in range(depth):
