@@ -105,9 +105,17 @@ exception. ``metadata`` comes back with the keys of ``save``'s argument,
 ``model_config`` as a :class:`ModelConfig`, so ``save(p2, tensors=t,
 metadata=m)`` after ``t, m = load(p1)`` rewrites the same bytes.
 
+``resolve(path)`` is ``path``, or the newest checkpoint when it is a run directory.
+``rotate(directory, keep_last=K)`` deletes all but the K newest
+``ckpt-<step>.safetensors`` files (by step, never by time stamp);
+``checkpoint_path(directory, step)`` names them and :func:`latest` finds the
+newest.
+
 Limits
 ------
-What the numbers of a file can make the reader do::
+What the numbers of a file can make the reader do (the constants live in
+:mod:`cllm_spec.checkpoint_format`, with the reader; ``save`` refuses to write
+a file over them)::
 
     MAX_HEADER_BYTES  100 MiB   the header (a word vocabulary of 30,000 takes
                                 ~0.5 MB, a BPE tokenizer a few MB)
@@ -128,11 +136,6 @@ more than ~3 times the header plus a constant, whatever the file declares. A
 sparse file reads as zeros; its apparent size is what the header must tile,
 and a header whose config wants that much data and whose checksum matches is
 an all-zero checkpoint of that size, which is then read like any other.
-``resolve(path)`` is ``path``, or the newest checkpoint when it is a run directory.
-``rotate(directory, keep_last=K)`` deletes all but the K newest
-``ckpt-<step>.safetensors`` files (by step, never by time stamp);
-``checkpoint_path(directory, step)`` names them and :func:`latest` finds the
-newest.
 """
 
 from __future__ import annotations

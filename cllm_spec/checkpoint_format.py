@@ -167,13 +167,20 @@ def open_checkpoint(path: Path) -> tuple[BinaryIO, int]:
 
 def _read_into(path: Path, fh: BinaryIO, offset: int, out: memoryview) -> None:
     """Fill ``out`` with the bytes at ``offset`` (the file may shrink meanwhile)."""
-    fh.seek(offset)
     done = 0
-    while done < len(out):
-        got = fh.readinto(out[done:])  # type: ignore[attr-defined]
-        if not got:
-            raise fail(path, "the file ended early while being read", _TRUNCATED)
-        done += got
+    try:
+        fh.seek(offset)
+        while done < len(out):
+            got = fh.readinto(out[done:])  # type: ignore[attr-defined]
+            if not got:
+                break
+            done += got
+    except OSError as exc:
+        raise fail(
+            path, f"cannot be read: {exc}", "check the disk and the file"
+        ) from exc
+    if done < len(out):
+        raise fail(path, "the file ended early while being read", _TRUNCATED)
 
 
 def read_layout(path: Path, fh: BinaryIO, size: int) -> Layout:

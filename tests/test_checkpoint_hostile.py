@@ -9,6 +9,7 @@ file's size on disk), or load with values every command can use.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -172,6 +173,40 @@ def test_header_bytes_outside_printable_ascii_are_refused(
 def saved_bytes(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     tensors, metadata = training_state()
     return ck.encode(tensors, metadata)
+
+
+def test_a_read_error_is_a_checkpoint_error(
+    saved_bytes: bytes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "c.safetensors"
+    path.write_bytes(saved_bytes)
+    real = fmt.open_regular
+
+    class FailingDisk:  # the header reads, the tensor data does not (EIO)
+        def __init__(self, fh: Any) -> None:
+            self.fh = fh
+
+        def seek(self, offset: int) -> int:
+            return int(self.fh.seek(offset))
+
+        def readinto(self, out: Any) -> int:
+            if self.fh.tell() > len(saved_bytes) // 2:
+                raise OSError(errno.EIO, "Input/output error")
+            return int(self.fh.readinto(out))
+
+        def __enter__(self) -> FailingDisk:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.fh.close()
+
+    def failing(*args: Any) -> tuple[Any, int]:
+        fh, size = real(*args)
+        return FailingDisk(fh), size
+
+    monkeypatch.setattr(fmt, "open_regular", failing)
+    with pytest.raises(CheckpointError, match="cannot be read: .*Input/output"):
+        ck.load(path)
 
 
 # --------------------------------------------------------- metadata schema ---
