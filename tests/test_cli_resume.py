@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from cllm_spec import checkpoint
+from cllm_spec.errors import CheckpointError
 from tests.test_cli_train import (
     ckpt_steps,
     cllm_train,
@@ -68,11 +69,14 @@ def resign(path: Path, edit: Callable[[dict[str, Any]], None]) -> None:
     tensors, meta = checkpoint.load(path)
     edit(meta)
     automatic = ("format", "format_version", "sha256")
-    checkpoint.save(
-        path,
-        tensors=tensors,
-        metadata={k: v for k, v in meta.items() if k not in automatic},
-    )
+    metadata = {k: v for k, v in meta.items() if k not in automatic}
+    try:
+        checkpoint.save(path, tensors=tensors, metadata=metadata)
+    except CheckpointError:  # what the writer refuses: forged, validly signed
+        prepared = checkpoint._prepare(tensors, checkpoint._encode_metadata(metadata))
+        path.write_bytes(
+            prepared.header + b"".join(a.tobytes() for a in prepared.arrays)
+        )
 
 
 def resume(run: Path, *args: str, **kwargs: Any) -> Any:
@@ -107,7 +111,8 @@ def test_stored_config_is_validated_like_set(run, section, key, value, message):
 def test_stored_config_of_the_wrong_shape_is_refused(run):
     path = checkpoint.latest(run)
     resign(path, lambda meta: meta["run"]["config"].update(train=[1, 2]))
-    expect_error(resume(run), r".*run config stored .*train: expected a table")
+    # refused by the loader's metadata types, before the resume reads it
+    expect_error(resume(run), r".*metadata\.run\.config\.train: expected sections")
 
 
 # ----------------------------------------------------------------- backend ---
@@ -200,27 +205,25 @@ def test_resume_into_another_directory_copies_the_prepared_data(run, tmp_path):
 @pytest.mark.parametrize(
     ("key", "value", "message"),
     [
-        ("metrics", [1, 2], "metrics: expected an object, got a list"),
-        ("metrics", {"train": [1]}, "metrics.train: expected an object, got a list"),
-        (
-            "metrics",
-            {"train": {"loss": "low"}},
-            "metrics.train.loss: expected a number",
-        ),
-        ("metrics", {"train": {"loss": {"a": 1}}}, "metrics.train.loss: expected a"),
+        ("metrics", [1, 2], "metrics: expected an object"),
+        ("metrics", {"train": [1]}, "metrics.train: expected "),
+        ("metrics", {"train": {"loss": "low"}}, "metrics.train: expected "),
+        ("metrics", {"train": {"loss": {"a": 1}}}, "metrics.train: expected "),
         ("metrics", {"other": {}}, "metrics: unexpected entry 'other'"),
-        ("data_cursor", [0, 0], "data_cursor: expected an object, got a list"),
+        ("data_cursor", [0, 0], "data_cursor: expected an object"),
         ("data_cursor", {"epoch": "0", "batch": 0}, "data_cursor.epoch: expected an"),
         ("data_cursor", {"epoch": 0, "batch": 0}, "data_cursor.sha256: expected a"),
-        ("tokenizer", "byte", "tokenizer: expected an object, got a string"),
+        ("tokenizer", "byte", "tokenizer: expected "),
     ],
 )
 def test_malformed_metadata_is_a_clear_error(run, key, value, message):
-    """What the loader accepts but a resume cannot use: one line naming the
-    entry (metrics that are a list raised a TypeError)."""
+    """Metadata of the wrong shape, refused by the loader or by the resume:
+    one line naming the entry (metrics that are a list raised a TypeError)."""
     path = checkpoint.latest(run)
     resign(path, lambda meta: meta.update({key: value}))
-    expect_error(resume(run), re.escape(f"{path}: metadata {message}"))
+    expect_error(
+        resume(run), re.escape(f"{path}: metadata") + "[. ]" + re.escape(message)
+    )
 
 
 # ---------------------------------------------------------- one writer only ---
