@@ -6,6 +6,7 @@ import fnmatch
 import json
 import os
 import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -86,3 +87,10 @@ def test_a_special_file_as_the_lock_is_refused(tmp_path):
     os.mkfifo(run / LOCK_FILE)
     with pytest.raises(ConfigError, match="FIFO"):
         RunDirLock(run)
+
+
+@pytest.mark.parametrize("where", ["/proc/nope", "/proc/self/nope/deeper"])
+def test_an_unwritable_run_directory_is_a_config_error(where):
+    with pytest.raises(ConfigError, match="cannot write the run directory") as info:
+        RunDirLock(Path(where))
+    assert "train.out_dir=DIR" in info.value.hint_text

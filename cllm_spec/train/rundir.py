@@ -51,10 +51,17 @@ class RunDirLock:
     def __init__(self, out_dir: Path) -> None:
         if out_dir.exists() and not out_dir.is_dir():
             raise ConfigError(f"train.out_dir: {out_dir} exists and is not a directory")
-        out_dir.mkdir(parents=True, exist_ok=True)
         self.path = out_dir / LOCK_FILE
         flags = os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW
-        fd = os.open(self.path, flags, 0o644)
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, flags, 0o644)
+        except OSError as exc:  # /proc/nope, a read-only place, no permission
+            raise ConfigError(
+                f"train.out_dir: cannot write the run directory {out_dir}: "
+                f"{exc.strerror}",
+                hint="choose a writable directory with --set train.out_dir=DIR",
+            ) from exc
         try:
             mode = os.fstat(fd).st_mode
             if not stat.S_ISREG(mode):
