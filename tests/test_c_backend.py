@@ -13,6 +13,7 @@ The whole module is skipped when the extension is not built.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -133,7 +134,7 @@ WORKLOADS = list(_workloads(np.random.default_rng(0)))
 @pytest.mark.parametrize("kernel", WORKLOADS)
 @pytest.mark.parametrize("simd", ["best", "scalar"])
 def test_bits_do_not_depend_on_the_thread_count(kernel, simd, rng, threads):
-    _lib.set_simd("scalar" if simd == "scalar" else _lib.simd_detected())
+    _lib.set_simd(_lib.simd_detected() if simd == "best" else simd)
     run = _workloads(rng)[kernel]
     results = {}
     for n in (1, 2, 3):
@@ -149,7 +150,7 @@ def test_bits_do_not_depend_on_the_thread_count(kernel, simd, rng, threads):
 # ----------------------------------------------------- scalar and SIMD -----
 @pytest.mark.parametrize("simd", ["scalar", "best"])
 def test_both_paths_match_the_float64_reference(simd, rng, threads):
-    _lib.set_simd("scalar" if simd == "scalar" else _lib.simd_detected())
+    _lib.set_simd(_lib.simd_detected() if simd == "best" else simd)
     x, w, b = _normal(rng, 37, 65), _normal(rng, 33, 65), _normal(rng, 33)
     y, _ = cllm_c.linear_forward(x, w, b)
     want, _ = ref.linear_forward(*(a.astype(np.float64) for a in (x, w, b)))
@@ -341,6 +342,44 @@ def test_gemm_tails_and_transposes_against_numpy(rng):
                     b.T if tb else b
                 ).astype(np.float64)
                 np.testing.assert_allclose(c, want, rtol=1e-4, atol=1e-4)
+
+
+EDGE_SIZES = (1, 3, 7, 15, 16, 17, 31, 33, 63, 65)
+
+
+@pytest.mark.parametrize("simd", ["scalar", "avx2+fma", "best"])
+def test_gemm_every_edge_size_transpose_and_stride(simd, rng):
+    # Sizes around the micro-kernel tiles (12 x 32, 6 x 16) and the 16-wide
+    # packing transposes, in each dimension, read through strides wider than
+    # the matrix: a packer that reads a neighbour row or drops a tail shows.
+    lib = _lib.lib
+    before = _lib.simd_level()
+    _lib.set_simd(_lib.simd_detected() if simd == "best" else simd)
+    try:
+        for i, (m, n, k) in enumerate(itertools.product(EDGE_SIZES, repeat=3)):
+            ta, tb, acc = i % 2, (i // 2) % 2, (i // 4) % 3
+            a = _normal(rng, *((k, m + 3) if ta else (m, k + 5)))
+            b = _normal(rng, *((n, k + 2) if tb else (k, n + 7)))
+            c = _normal(rng, m, n + 1)
+            bias = _normal(rng, n)
+            c0 = c.copy()
+            bias_ptr = _lib.ptr(bias) if acc == 2 else _lib.ffi.NULL
+            status = lib.cllm_sgemm(ta, tb, m, n, k, _lib.ptr(a), a.shape[1],
+                                    _lib.ptr(b), b.shape[1], _lib.ptr(c), n + 1,
+                                    int(acc == 1), bias_ptr)  # fmt: skip
+            assert status == lib.CLLM_OK
+            op_a = (a[:, :m].T if ta else a[:, :k]).astype(np.float64)
+            op_b = (b[:, :k].T if tb else b[:, :n]).astype(np.float64)
+            init = c0[:, :n] if acc == 1 else (bias if acc == 2 else 0.0)
+            where = f"{m=} {n=} {k=} {ta=} {tb=} {acc=}"
+            want = init + op_a @ op_b
+            np.testing.assert_allclose(
+                c[:, :n], want, rtol=1e-4, atol=1e-4, err_msg=where
+            )
+            # the column between rows (ldc = n + 1) is left alone
+            np.testing.assert_array_equal(c[:, n], c0[:, n], err_msg=where)
+    finally:
+        _lib.set_simd(before)
 
 
 def test_inconsistent_cache_is_caught_before_c():
