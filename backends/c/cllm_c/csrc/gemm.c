@@ -243,53 +243,82 @@ CLLM_AVX512 static inline void transpose16(__m512 r[16])
     }
 }
 
-/* 16 rows of `rows` (<= 16), k in [p, p + w): the missing rows are zero */
+#ifndef PACK_AHEAD
+#define PACK_AHEAD 128 /* floats */
+#endif
+
+/* 16 rows of `rows` (<= 16), k in [p, p + w) of [0, kc): the missing rows
+ * are zero */
 CLLM_AVX512 static inline void load16(__m512 r[16], const float *s, int64_t ld,
-                                      int64_t rows, int64_t p, int64_t w)
+                                      int64_t rows, int64_t p, int64_t w, int64_t kc)
 {
     __mmask16 m = lanes(w);
-    for (int64_t i = 0; i < 16; i++)
-        r[i] = i < rows ? _mm512_maskz_loadu_ps(m, s + i * ld + p) : _mm512_setzero_ps();
+    for (int64_t i = 0; i < 16; i++) {
+        if (i >= rows) {
+            r[i] = _mm512_setzero_ps();
+            continue;
+        }
+        /* 16 row streams at once: fetch each a few lines ahead */
+        if (p + PACK_AHEAD < kc)
+            _mm_prefetch((const char *)(s + i * ld + p + PACK_AHEAD), _MM_HINT_T0);
+        r[i] = _mm512_maskz_loadu_ps(m, s + i * ld + p);
+    }
 }
 
-/* one A micro-panel: `rows` (<= 12) rows from s, k in [0, kc) */
-CLLM_AVX512 static void pack_a12(int trans_a, const float *s, int64_t lda, int64_t rows,
-                                 int64_t kc, float *d)
+/* A stored (K, M), rows [0, mc) of op(A) from s: each k is one contiguous
+ * run of mc floats, read once, in order, and dealt out to the micro-panels
+ * (a micro-panel at a time would read 48 bytes per row of A, one page apart
+ * when M is large, which defeats the hardware prefetcher and the TLB) */
+CLLM_AVX512 static void pack_a12_t(const float *s, int64_t lda, int64_t mc, int64_t kc,
+                                   float *d)
 {
-    if (trans_a) { /* stored (K, M): 12 consecutive floats per k */
-        __mmask16 m = lanes(rows);
-        for (int64_t p = 0; p < kc; p++)
-            _mm512_mask_storeu_ps(d + p * 12, 0x0FFF, _mm512_maskz_loadu_ps(m, s + p * lda));
-        return;
-    }
+    for (int64_t p = 0; p < kc; p++)
+        for (int64_t ip = 0; ip < mc; ip += 12) {
+            __m512 v = _mm512_maskz_loadu_ps(lanes(mc - ip), s + p * lda + ip);
+            _mm512_mask_storeu_ps(d + ip * kc + p * 12, 0x0FFF, v);
+        }
+}
+
+/* one A micro-panel, A stored (M, K): `rows` (<= 12) rows from s, k in [0, kc) */
+CLLM_AVX512 static void pack_a12(const float *s, int64_t lda, int64_t rows, int64_t kc,
+                                 float *d)
+{
     for (int64_t p = 0; p < kc; p += 16) {
         int64_t w = kc - p < 16 ? kc - p : 16;
         __m512 r[16];
-        load16(r, s, lda, rows, p, w);
+        load16(r, s, lda, rows, p, w, kc);
         transpose16(r);
         for (int64_t t = 0; t < w; t++)
             _mm512_mask_storeu_ps(d + (p + t) * 12, 0x0FFF, r[t]);
     }
 }
 
-/* one B micro-panel: `cols` (<= 32) columns from s, k in [0, kc) */
-CLLM_AVX512 static void pack_b32(int trans_b, const float *s, int64_t ldb, int64_t cols,
-                                 int64_t kc, float *d)
+/* B stored (K, N), columns [0, nc) of op(B) from s into ceil(nc / 32)
+ * micro-panels: each k is one contiguous run, as in pack_a12_t */
+CLLM_AVX512 static void pack_b32_n(const float *s, int64_t ldb, int64_t nc, int64_t kc,
+                                   float *d)
 {
-    if (!trans_b) { /* stored (K, N): 32 consecutive floats per k */
-        __mmask16 m0 = lanes(cols), m1 = lanes(cols > 16 ? cols - 16 : 0);
-        for (int64_t p = 0; p < kc; p++) {
-            _mm512_store_ps(d + p * 32, _mm512_maskz_loadu_ps(m0, s + p * ldb));
-            _mm512_store_ps(d + p * 32 + 16, _mm512_maskz_loadu_ps(m1, s + p * ldb + 16));
+    for (int64_t p = 0; p < kc; p++)
+        for (int64_t jp = 0; jp < nc; jp += 32) {
+            const float *r = s + p * ldb + jp;
+            float *o = d + jp * kc + p * 32;
+            int64_t cols = nc - jp;
+            _mm512_store_ps(o, _mm512_maskz_loadu_ps(lanes(cols), r));
+            _mm512_store_ps(o + 16, _mm512_maskz_loadu_ps(lanes(cols > 16 ? cols - 16 : 0),
+                                                          r + 16));
         }
-        return;
-    }
+}
+
+/* one B micro-panel, B stored (N, K): `cols` (<= 32) columns from s */
+CLLM_AVX512 static void pack_b32(const float *s, int64_t ldb, int64_t cols, int64_t kc,
+                                 float *d)
+{
     for (int64_t h = 0; h < 32; h += 16) {
         int64_t rows = cols - h < 0 ? 0 : cols - h;
         for (int64_t p = 0; p < kc; p += 16) {
             int64_t w = kc - p < 16 ? kc - p : 16;
             __m512 r[16];
-            load16(r, s + h * ldb, ldb, rows, p, w);
+            load16(r, s + h * ldb, ldb, rows, p, w, kc);
             transpose16(r);
             for (int64_t t = 0; t < w; t++)
                 _mm512_store_ps(d + (p + t) * 32 + h, r[t]);
@@ -335,14 +364,18 @@ typedef struct {
 static void pack_a(const gemm_t *g, int mr, int64_t i0, int64_t mc, int64_t p0,
                    int64_t kc, float *dst)
 {
+#if CLLM_X86
+    if (mr == 12 && g->trans_a) { /* the AVX-512 kernel's layout */
+        pack_a12_t(g->a + p0 * g->lda + i0, g->lda, mc, kc, dst);
+        return;
+    }
+#endif
     for (int64_t ip = 0; ip < mc; ip += mr) {
         int64_t rows = mc - ip < mr ? mc - ip : mr;
         float *d = dst + ip * kc;
 #if CLLM_X86
-        if (mr == 12) { /* the AVX-512 kernel's layout */
-            const float *s = g->trans_a ? g->a + p0 * g->lda + i0 + ip
-                                        : g->a + (i0 + ip) * g->lda + p0;
-            pack_a12(g->trans_a, s, g->lda, rows, kc, d);
+        if (mr == 12) {
+            pack_a12(g->a + (i0 + ip) * g->lda + p0, g->lda, rows, kc, d);
             continue;
         }
 #endif
@@ -381,8 +414,10 @@ static void pack_b_panel(const gemm_t *g, int nr, int64_t j0, int64_t p0,
     int64_t cols = g->n - j0 < nr ? g->n - j0 : nr;
 #if CLLM_X86
     if (nr == 32) { /* the AVX-512 kernel's layout */
-        const float *s = g->trans_b ? g->b + j0 * g->ldb + p0 : g->b + p0 * g->ldb + j0;
-        pack_b32(g->trans_b, s, g->ldb, cols, kc, d);
+        if (g->trans_b)
+            pack_b32(g->b + j0 * g->ldb + p0, g->ldb, cols, kc, d);
+        else
+            pack_b32_n(g->b + p0 * g->ldb + j0, g->ldb, cols, kc, d);
         return;
     }
 #endif
@@ -410,6 +445,21 @@ static void pack_b_panel(const gemm_t *g, int nr, int64_t j0, int64_t p0,
                 d[p * nr + j] = 0.0f;
         }
     }
+}
+
+/* `panels` micro-panels of B from column j0 on, panel q at dst + q * kc * nr */
+static void pack_b(const gemm_t *g, int nr, int64_t j0, int64_t panels, int64_t p0,
+                   int64_t kc, float *dst)
+{
+#if CLLM_X86
+    if (nr == 32 && !g->trans_b) { /* all panels in one pass over the rows */
+        int64_t nc = g->n - j0 < panels * nr ? g->n - j0 : panels * nr;
+        pack_b32_n(g->b + p0 * g->ldb + j0, g->ldb, nc, kc, dst);
+        return;
+    }
+#endif
+    for (int64_t q = 0; q < panels; q++)
+        pack_b_panel(g, nr, j0 + q * nr, p0, kc, dst + q * kc * nr);
 }
 
 /* ------------------------------------------------------- macro kernel ---- */
@@ -508,8 +558,7 @@ void cllm_sgemm_serial(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k
         int64_t panels = (nc + kr.nr - 1) / kr.nr;
         for (int64_t pc = 0; pc < k; pc += kcb) {
             int64_t kc = k - pc < kcb ? k - pc : kcb;
-            for (int64_t q = 0; q < panels; q++)
-                pack_b_panel(&g, kr.nr, jc + q * kr.nr, pc, kc, bp + q * kc * kr.nr);
+            pack_b(&g, kr.nr, jc, panels, pc, kc, bp);
             for (int64_t ic = 0; ic < m; ic += MC_MAX) {
                 int64_t mc = m - ic < MC_MAX ? m - ic : MC_MAX;
                 pack_a(&g, kr.mr, ic, mc, pc, kc, ap);
@@ -554,15 +603,19 @@ typedef struct {
 /* slice p0 of the shared operand starts at p0 * pad floats */
 static float *shared_slice(const par_gemm *j, int64_t p0) { return j->shared + p0 * j->pad; }
 
+/* B panels per prepacking chunk: rows of B are read in runs this wide */
+#define PREPACK_PANELS 8
+
 static void prepack_task(void *arg, int64_t chunk, int worker)
 {
     const par_gemm *j = arg;
     int64_t slice = chunk / j->units, u = chunk % j->units;
     int64_t p0 = slice * j->kcb, kc = j->g.k - p0 < j->kcb ? j->g.k - p0 : j->kcb;
     (void)worker;
-    if (j->split_rows) { /* B panel u, all columns of C */
-        pack_b_panel(&j->g, j->kr.nr, u * j->kr.nr, p0, kc,
-                     shared_slice(j, p0) + u * kc * j->kr.nr);
+    if (j->split_rows) { /* B panels [u * PREPACK_PANELS, ...), all rows of C */
+        int64_t q0 = u * PREPACK_PANELS, panels = j->pad / j->kr.nr - q0;
+        pack_b(&j->g, j->kr.nr, q0 * j->kr.nr, panels < PREPACK_PANELS ? panels : PREPACK_PANELS,
+               p0, kc, shared_slice(j, p0) + q0 * kc * j->kr.nr);
     } else { /* A rows [u * MC_MAX, ...) as MR-tall panels */
         int64_t i0 = u * MC_MAX, mc = j->g.m - i0 < MC_MAX ? j->g.m - i0 : MC_MAX;
         pack_a(&j->g, j->kr.mr, i0, mc, p0, kc, shared_slice(j, p0) + i0 * kc);
@@ -592,8 +645,7 @@ static void block_task(void *arg, int64_t t, int worker)
             for (int64_t jc = lo; jc < hi; jc += NC_MAX) {
                 int64_t nc = hi - jc < NC_MAX ? hi - jc : NC_MAX;
                 int64_t panels = (nc + kr->nr - 1) / kr->nr;
-                for (int64_t q = 0; q < panels; q++)
-                    pack_b_panel(g, kr->nr, jc + q * kr->nr, p0, kc, own + q * kc * kr->nr);
+                pack_b(g, kr->nr, jc, panels, p0, kc, own);
                 for (int64_t ic = 0; ic < g->m; ic += MC_MAX) {
                     int64_t mc = g->m - ic < MC_MAX ? g->m - ic : MC_MAX;
                     macro(kr, g, ic, mc, jc, 0, panels, kc, p0 == 0, shared + ic * kc, own);
@@ -603,9 +655,10 @@ static void block_task(void *arg, int64_t t, int worker)
     }
 }
 
-/* Packing buffers of a megabyte or more come from the recycling mapper of
- * cpu.c: malloc would map and fault them in afresh on every call. */
-#define SCRATCH_BIG ((size_t)1 << 20)
+/* Packing buffers from 128 KiB (glibc's mmap threshold) up come from the
+ * recycling mapper of cpu.c: malloc would map and fault them in afresh on
+ * every call. */
+#define SCRATCH_BIG ((size_t)128 << 10)
 
 static float *scratch(size_t floats)
 {
@@ -657,7 +710,8 @@ int cllm_sgemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
     /* the shared operand: all of B (row split) or all of A (column split) */
     j.pad = j.split_rows ? (n + j.kr.nr - 1) / j.kr.nr * j.kr.nr
                          : (m + j.kr.mr - 1) / j.kr.mr * j.kr.mr;
-    j.units = j.split_rows ? j.pad / j.kr.nr : (m + MC_MAX - 1) / MC_MAX;
+    j.units = j.split_rows ? (j.pad / j.kr.nr + PREPACK_PANELS - 1) / PREPACK_PANELS
+                           : (m + MC_MAX - 1) / MC_MAX;
     size_t shared = (size_t)(j.pad * k);
     j.per = (size_t)(((j.split_rows ? MC_MAX : NC_MAX) + NR_MAX + MR_MAX) * j.kcb);
     j.shared = scratch(shared);
