@@ -50,6 +50,7 @@ import numpy as np
 from cffi import FFI
 from cllm_c._ffi import ffi as new_ffi
 from cllm_c._ffi import lib as new_lib
+from cllm_c._lib import empty
 
 CONFIGS = {
     # name: (M tokens, C, F, V)
@@ -114,7 +115,7 @@ class Contestant:
         b = rng.standard_normal(
             (s.n, s.k) if s.trans_b else (s.k, s.n), dtype=np.float32
         )
-        c = np.zeros((s.m, s.n), np.float32)
+        c = empty((s.m, s.n), np.float32)  # allocated as linear_forward's output
         return a, b, c
 
     def call(self, s: Shape, a: np.ndarray, b: np.ndarray, c: np.ndarray) -> float:

@@ -382,6 +382,40 @@ def test_gemm_every_edge_size_transpose_and_stride(simd, rng):
         _lib.set_simd(before)
 
 
+@pytest.mark.parametrize("trans_b", [0, 1])
+def test_gemm_streamed_output_matches_the_cached_path(rng, trans_b):
+    # An output of 4 MB or more, 64-byte aligned and written once (one K slice,
+    # no accumulate), is stored with non-temporal stores by the AVX-512 kernel.
+    # It must hold the same bits as the same product added onto zeros (cached
+    # stores: 0 + s == s), and match float64 with a bias too; M and N leave
+    # partial tiles on both edges.
+    lib = _lib.lib
+    m, n, k = 2101, 1008, 40
+    a = _normal(rng, m, k)
+    b = _normal(rng, *((n, k) if trans_b else (k, n)))
+    bias = _normal(rng, n)
+    op_b = (b.T if trans_b else b).astype(np.float64)
+
+    def gemm(out: np.ndarray, accumulate: int, bias_ptr: Any) -> None:
+        ptrs = _lib.ptr(a), _lib.ptr(b), _lib.ptr(out)
+        status = lib.cllm_sgemm(0, trans_b, m, n, k, ptrs[0], k, ptrs[1], b.shape[1],
+                                ptrs[2], n, accumulate, bias_ptr)  # fmt: skip
+        assert status == lib.CLLM_OK
+
+    streamed = _lib.empty((m, n), F32)  # a big allocation: 64-byte aligned
+    assert streamed.ctypes.data % 64 == 0
+    cached = np.zeros((m, n), F32)
+    gemm(streamed, 0, _lib.ffi.NULL)
+    gemm(cached, 1, _lib.ffi.NULL)
+    np.testing.assert_array_equal(streamed, cached)
+    np.testing.assert_allclose(
+        streamed, a.astype(np.float64) @ op_b, rtol=1e-4, atol=1e-4
+    )
+    gemm(streamed, 0, _lib.ptr(bias))
+    want = bias + a.astype(np.float64) @ op_b
+    np.testing.assert_allclose(streamed, want, rtol=1e-4, atol=1e-4)
+
+
 def test_inconsistent_cache_is_caught_before_c():
     # The spec's validator compares dy with the cache's x and w[0] only; x's last
     # dimension disagreeing with w would make C read past dy. The wrapper stops it.
