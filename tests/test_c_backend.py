@@ -382,6 +382,16 @@ def test_gemm_every_edge_size_transpose_and_stride(simd, rng):
         _lib.set_simd(before)
 
 
+@pytest.mark.parametrize("shape", [(3,), (5, 7), (1000, 3), (2100, 1008)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_outputs_start_on_a_cache_line(shape, dtype):
+    out = _lib.empty(shape, dtype)
+    assert out.shape == shape and out.dtype == dtype
+    assert out.ctypes.data % 64 == 0
+    out[...] = 1  # writable, and all of it is there
+    assert out.sum() == out.size
+
+
 @pytest.mark.parametrize("trans_b", [0, 1])
 def test_gemm_streamed_output_matches_the_cached_path(rng, trans_b):
     # An output of 4 MB or more, 64-byte aligned and written once (one K slice,
