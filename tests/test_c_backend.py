@@ -382,6 +382,35 @@ def test_gemm_every_edge_size_transpose_and_stride(simd, rng):
         _lib.set_simd(before)
 
 
+def test_gemm_any_blocking_is_correct_and_thread_independent(rng):
+    # The block sizes are a benchmark knob; odd ones (a KC that is no multiple
+    # of 16, an NC of two micro-panels) still give the product, with the same
+    # bits for 1, 2 and 3 threads (100 x 4000 splits C by columns). An NC that
+    # ends inside a micro-panel is refused.
+    lib = _lib.lib
+    m, n, k = 100, 4000, 249
+    a, b = _normal(rng, m, k), _normal(rng, n, k)
+    before = _lib.num_threads()
+    outs = []
+    assert lib.cllm_gemm_set_blocking(100, 96, 36) == lib.CLLM_ERR_ARG
+    assert lib.cllm_gemm_set_blocking(100, 96, 64) == lib.CLLM_OK
+    try:
+        for threads in (1, 2, 3):
+            _lib.set_num_threads(threads)
+            c = _lib.empty((m, n), F32)
+            status = lib.cllm_sgemm(0, 1, m, n, k, _lib.ptr(a), k, _lib.ptr(b), k,
+                                    _lib.ptr(c), n, 0, _lib.ffi.NULL)  # fmt: skip
+            assert status == lib.CLLM_OK
+            outs.append(c)
+    finally:
+        assert lib.cllm_gemm_set_blocking(384, 240, 3072) == lib.CLLM_OK
+        _lib.set_num_threads(before)
+    want = a.astype(np.float64) @ b.T.astype(np.float64)
+    np.testing.assert_allclose(outs[0], want, rtol=1e-4, atol=1e-4)
+    for c in outs[1:]:
+        np.testing.assert_array_equal(c, outs[0])
+
+
 @pytest.mark.parametrize("shape", [(3,), (5, 7), (1000, 3), (2100, 1008)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_outputs_start_on_a_cache_line(shape, dtype):

@@ -37,22 +37,27 @@
  * slice); MC x KC of A stays in L2, the B block KC x NC in L3. Tunable at
  * run time for benchmarks (cllm_gemm_set_blocking); the bits depend on KC
  * only through kc_for. */
+#define MR_MAX 16
+#define NR_MAX 32
+#define ALIGN_FLOATS 16 /* 64 bytes */
+
 static int64_t KC_MAX = 384;
 static int64_t MC_MAX = 240; /* a multiple of every MR */
 static int64_t NC_MAX = 3072;
 
 int cllm_gemm_set_blocking(int64_t kc, int64_t mc, int64_t nc)
 {
-    if (kc < 16 || kc > 4096 || mc < 48 || mc > 4800 || mc % 48 || nc < 32 || nc > 65536)
+    /* NC a whole number of the widest micro-panel: a block of columns that
+     * ended inside a panel would let its last tile write past the block,
+     * over columns another thread owns */
+    if (kc < 16 || kc > 4096 || mc < 48 || mc > 4800 || mc % 48 || nc < 32 || nc > 65536
+        || nc % NR_MAX)
         return CLLM_ERR_ARG;
     KC_MAX = kc;
     MC_MAX = mc;
     NC_MAX = nc;
     return CLLM_OK;
 }
-#define MR_MAX 16
-#define NR_MAX 32
-#define ALIGN_FLOATS 16 /* 64 bytes */
 
 enum { INIT_ZERO = 0, INIT_LOAD = 1, INIT_BIAS = 2 };
 /* or'ed into init for the AVX-512 kernel: store C with non-temporal stores
@@ -764,6 +769,9 @@ int cllm_sgemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
                            : (m + MC_MAX - 1) / MC_MAX;
     size_t shared = (size_t)(j.pad * k);
     j.per = (size_t)(((j.split_rows ? MC_MAX : NC_MAX) + NR_MAX + MR_MAX) * j.kcb);
+    /* each worker's packed B starts on a 64-byte boundary (aligned loads),
+     * whatever NC cllm_gemm_set_blocking chose */
+    j.per = (j.per + ALIGN_FLOATS - 1) / ALIGN_FLOATS * ALIGN_FLOATS;
     j.shared = scratch(shared);
     j.work = scratch(j.per * (size_t)nt);
     if (!j.shared || !j.work) {
