@@ -8,13 +8,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cllm_spec.errors import BackendError, ConfigError
+from cllm_spec.errors import ConfigError
 from cllm_spec.model import ModelConfig, init_params, param_layout
-from cllm_spec.registry import available_backends, get_backend
+from cllm_spec.registry import get_backend
 from cllm_spec.tolerances import tolerance
 from cllm_spec.train.config import load_config
 from cllm_spec.train.state import decay_mask, init_optimizer_state, optimizer_step
-from tests.test_cli_train import cllm_train, corpus, ok, sets  # noqa: F401
+from tests.test_cli_train import (  # noqa: F401
+    cllm_train,
+    corpus,
+    loadable_backends,
+    ok,
+    sets,
+)
 
 GOLDEN = json.loads(
     (Path(__file__).parent / "golden" / "decay_groups.json").read_text()
@@ -30,24 +36,13 @@ HYPER = {
 }
 
 
-def _loadable() -> list[str]:
-    names = []
-    for name in available_backends():
-        try:
-            get_backend(name)
-        except BackendError:
-            continue
-        names.append(name)
-    return names
-
-
 def golden_inputs() -> tuple[np.ndarray, list[np.ndarray]]:
     rng = np.random.default_rng(GOLDEN["seed"])
     params = init_params(CFG, rng, np.float64) + 0.5
     return params, [rng.standard_normal(params.size) for _ in range(GOLDEN["steps"])]
 
 
-@pytest.mark.parametrize("backend_name", _loadable())
+@pytest.mark.parametrize("backend_name", loadable_backends())
 @pytest.mark.parametrize("case", sorted(GOLDEN["results"]))
 def test_matches_torch_optim_param_groups(backend_name: str, case: str) -> None:
     name, rule = case.split("/")
