@@ -74,6 +74,10 @@ positions ``[0, length)`` are meaningful (the rest is unspecified).
   write of the spec; the old tuple still describes a valid prefix. If
   ``length + Tn > T_max`` it raises ``CacheFullError`` and writes nothing.
   B, NH, HS must match the buffers (``ShapeError``), dtypes too (``DTypeError``).
+  Buffers that are read-only (``flags.writeable`` false: a view of ``bytes``, a
+  read-only memory map) raise ``ReadOnlyError``, a ``ValueError`` like NumPy's
+  own refusal, on every backend and before anything is written; so does
+  ``mha_forward`` with such a ``kv_cache``.
 - ``kv_cache_reset(cache)``: ``KVCache(cache.k, cache.v, 0)``, the same buffers.
 
 Multi-head self-attention
@@ -220,9 +224,15 @@ def validate_kv_cache_new(
     return dt
 
 
+def _expect_writeable_buffers(cache: KVCache, name: str) -> None:
+    checks.expect_writeable(f"{name}.k", cache.k)
+    checks.expect_writeable(f"{name}.v", cache.v)
+
+
 def validate_kv_cache_append(cache: Any, k: Any, v: Any) -> None:
     """The checks of ``kv_cache_append``, including the capacity (CacheFullError)."""
     _validate_kv_buffers(cache)
+    _expect_writeable_buffers(cache, "cache")
     for name, arr in (("k", k), ("v", v)):
         _expect_float_tensor(name, arr, 4)
     checks.expect_same_dtype(("cache.k", "k", "v"), (cache.k, k, v))
@@ -296,6 +306,7 @@ def validate_mha(
         checks.expect_shape("b_proj", b_proj, (c,))
     if kv_cache is not None:
         _validate_kv_buffers(kv_cache)
+        _expect_writeable_buffers(kv_cache, "kv_cache")
         checks.expect_same_dtype(("x", "kv_cache.k"), (x, kv_cache.k))
         checks.expect_shape("kv_cache.k", kv_cache.k, (b, nh, None, c // nh))
         expect_room(kv_cache, t)

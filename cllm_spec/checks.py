@@ -18,6 +18,7 @@ from cllm_spec.errors import (
     EmptyInputError,
     IdRangeError,
     NonFiniteError,
+    ReadOnlyError,
     ShapeError,
 )
 
@@ -131,6 +132,18 @@ def expect_contiguous(name: str, x: np.ndarray) -> None:
             f"{name}: expected a C-contiguous array",
             hint="pass np.ascontiguousarray(x)",
         )
+
+
+def expect_writeable(name: str, x: np.ndarray) -> None:
+    """``x`` may be written in place (functions that write into a buffer need this).
+
+    A read-only array (a view of a ``bytes`` object, a read-only memory map, an
+    array whose ``flags.writeable`` was cleared) is refused before anything is
+    written, by every backend alike: NumPy would refuse the write itself, but C
+    would not notice it.
+    """
+    if not x.flags.writeable:
+        raise ReadOnlyError(f"{name}: the array is read-only and is written in place")
 
 
 def expect_int_scalar(name: str, value: object) -> int:
