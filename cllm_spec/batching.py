@@ -113,7 +113,17 @@ multi-producer multi-consumer FIFO of Python objects. ``capacity`` is an int >= 
 
 Items are passed by reference (no copy). FIFO is global: items leave in the order
 they entered, so each consumer sees the items of one producer in the order that
-producer put them. A blocking call that raises leaves the queue unchanged.
+producer put them.
+
+A call that raises leaves the queue unchanged: whatever step raised, including a
+``KeyboardInterrupt`` (or any exception a signal handler raises) while the call
+waits, no item is lost, none is delivered twice and later calls work. A get
+that raised after it took its item puts it back at the head. A put that raised
+after its item entered the queue takes it out again; only if a consumer has
+already taken it (the exception arrived after the put took effect) does the
+item stay delivered, and then the exception carries the note
+:data:`PUT_TOOK_EFFECT` (``exc.__notes__``), so a caller that retries an
+interrupted put can tell that it must not.
 
 BatchPool
 =========
@@ -138,6 +148,10 @@ BatchPool
 - ``available`` (free slots), ``size``, ``closed``, ``close()`` (idempotent).
   ``retain``, ``release`` and ``refcount`` keep working after close, so holders can
   return what they hold.
+- ``acquire`` and ``try_acquire`` that raise leave the pool unchanged (a slot
+  lent before the exception returns to the head of the free list, and the
+  counters are restored). ``release`` and ``retain`` never wait; one that raises
+  has taken effect completely or not at all (``refcount`` tells which).
 - ``stats() -> PoolStats(allocations, releases, hits, misses)``: successful
   acquires (both kinds), releases that returned a slot, acquires served without
   waiting, ``try_acquire`` calls that found nothing free.
@@ -174,6 +188,13 @@ from cllm_spec.errors import (
 from cllm_spec.protocols import Batch
 
 INT32_LIMIT = 2**31  # ids must fit the int32 batch arrays
+
+#: The note (``exc.__notes__``) of an exception that a put raised after its item
+#: was queued and taken by a consumer: the put took effect, do not repeat it.
+PUT_TOOK_EFFECT = (
+    "put: the item was queued before this exception arrived and a consumer has "
+    "taken it; do not put it again"
+)
 
 
 # -------------------------------------------------------------- validation ----
