@@ -91,10 +91,11 @@ BatchQueue
 ==========
 
 ``make_batch_queue(capacity)`` (a backend function) returns a bounded
-multi-producer multi-consumer FIFO of Python objects. ``capacity`` is an int >= 1
-(else ``ConfigError``); a queue never holds more than ``capacity`` items. Every
-``timeout`` is ``None`` (wait as long as needed) or a finite number of seconds
-``>= 0`` (else ``ConfigError``); ``timeout=0`` never waits.
+multi-producer multi-consumer FIFO of Python objects. ``capacity`` is an int in
+``[1, MAX_QUEUE_CAPACITY]`` (2**24; else ``ConfigError``); a queue never holds
+more than ``capacity`` items. Every ``timeout`` is ``None`` (wait as long as
+needed) or a number of seconds in ``[0, MAX_TIMEOUT]`` (1e9, about 31 years;
+else ``ConfigError``); ``timeout=0`` never waits.
 
 - ``put(item, timeout=None)``: appends ``item``, blocking while the queue is full.
   Raises ``QueueClosedError`` if the queue is closed, including for a producer
@@ -130,7 +131,8 @@ BatchPool
 
 ``make_batch_pool(size, batch_size, seq_len)`` (a backend function) preallocates
 ``size`` Batches of shape ``(batch_size, seq_len)`` int32 (ids and targets 0, mask
-1) and lends them out; all three arguments are ints >= 1 (else ``ConfigError``).
+1) and lends them out; all three arguments are ints >= 1 and the pool's arrays
+take at most ``MAX_POOL_BYTES`` (1 GiB) together (else ``ConfigError``).
 
 - ``acquire(timeout=None) -> PooledBatch``: lends a free batch with refcount 1,
   blocking while none is free; ``QueueTimeoutError`` on timeout,
@@ -180,6 +182,7 @@ from cllm_spec.checks import (
     expect_shape,
 )
 from cllm_spec.errors import (
+    ConfigError,
     DTypeError,
     EmptyInputError,
     IdRangeError,
@@ -188,6 +191,12 @@ from cllm_spec.errors import (
 from cllm_spec.protocols import Batch
 
 INT32_LIMIT = 2**31  # ids must fit the int32 batch arrays
+#: The longest timeout in seconds (about 31 years); None waits without limit.
+MAX_TIMEOUT = 1e9
+#: The largest queue capacity: far beyond any use, and allocatable up front.
+MAX_QUEUE_CAPACITY = 2**24
+#: The most memory a BatchPool may preallocate.
+MAX_POOL_BYTES = 2**30
 
 #: The note (``exc.__notes__``) of an exception that a put raised after its item
 #: was queued and taken by a consumer: the put took effect, do not repeat it.
@@ -243,15 +252,21 @@ def validate_batch(batch: object, name: str = "batch") -> Batch:
 
 
 def validate_timeout(timeout: object) -> float | None:
-    """``timeout`` is None or a finite number of seconds >= 0."""
+    """``timeout`` is None or a number of seconds in [0, MAX_TIMEOUT]."""
     if timeout is None:
         return None
-    return expect_in_range("timeout", timeout, 0.0, math.inf)
+    return expect_in_range("timeout", timeout, 0.0, MAX_TIMEOUT)
 
 
 def validate_queue_capacity(capacity: object) -> int:
-    """A queue's capacity is an int >= 1."""
-    return expect_positive_int("capacity", capacity)
+    """A queue's capacity is an int in [1, MAX_QUEUE_CAPACITY]."""
+    value = expect_positive_int("capacity", capacity)
+    if value > MAX_QUEUE_CAPACITY:
+        raise ConfigError(
+            f"capacity: expected at most {MAX_QUEUE_CAPACITY}, got {value}",
+            hint="a batch queue needs room for a few batches per worker",
+        )
+    return value
 
 
 def validate_queue_item(item: object) -> None:
@@ -266,12 +281,21 @@ def validate_queue_item(item: object) -> None:
 def validate_pool_args(
     size: object, batch_size: object, seq_len: object
 ) -> tuple[int, int, int]:
-    """``size``, ``batch_size`` and ``seq_len`` of a pool are ints >= 1."""
-    return (
+    """``size``, ``batch_size`` and ``seq_len`` of a pool are ints >= 1 whose
+    three int32 arrays per batch take at most MAX_POOL_BYTES together."""
+    args = (
         expect_positive_int("size", size),
         expect_positive_int("batch_size", batch_size),
         expect_positive_int("seq_len", seq_len),
     )
+    nbytes = 3 * 4 * math.prod(args)
+    if nbytes > MAX_POOL_BYTES:
+        raise ConfigError(
+            f"pool of {args[0]} batches of {args[1]} x {args[2]}: {nbytes} bytes "
+            f"exceed {MAX_POOL_BYTES}",
+            hint="a pool needs a few batches, not a dataset's worth",
+        )
+    return args
 
 
 # ------------------------------------------------------------------- batch ----

@@ -8,7 +8,9 @@ exactly what the reference rejects.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -20,6 +22,20 @@ from cllm_spec.errors import (
     NonFiniteError,
     ReadOnlyError,
     ShapeError,
+)
+from cllm_spec.protocols import (
+    ActivationCache,
+    AttentionCache,
+    CrossEntropyCache,
+    EmbeddingCache,
+    FFNCache,
+    KVCache,
+    LayerNormCache,
+    LinearCache,
+    LogSoftmaxCache,
+    MHACache,
+    RegressionLossCache,
+    SoftmaxCache,
 )
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -192,7 +208,10 @@ def expect_in_range(
         value, int | float | np.integer | np.floating
     ):
         raise ConfigError(f"{name}: expected a number, got {type(value).__name__}")
-    v = float(value)
+    try:
+        v = float(value)
+    except OverflowError:  # an int beyond the float range
+        v = math.copysign(math.inf, int(value))
     too_low = v <= lo if lo_open else v < lo
     too_high = v >= hi if hi_open else v > hi
     if not np.isfinite(v) or too_low or too_high:
@@ -205,7 +224,87 @@ def expect_in_range(
 
 
 def expect_choice(name: str, value: object, choices: Sequence[str]) -> str:
-    """``value`` is one of ``choices``."""
-    if value not in choices:
+    """``value`` is one of ``choices`` (strings; nothing else is compared)."""
+    if not isinstance(value, str) or value not in choices:
         raise ConfigError(f"{name}: expected one of {list(choices)}, got {value!r}")
     return str(value)
+
+
+# ------------------------------------------------------------------ caches ----
+#: What each field of each cache holds: "float" / "int" (an ndarray of the spec's
+#: float / int dtypes), "real" (a finite number), "count" (an int >= 0), "flag",
+#: "str", or a cache class (checked the same way, recursively). Shapes are the
+#: component's business; this table makes sure they can be asked at all.
+CACHE_FIELDS: dict[type, dict[str, Any]] = {
+    SoftmaxCache: {"y": "float"},
+    LogSoftmaxCache: {"y": "float"},
+    CrossEntropyCache: {
+        "probs": "float",
+        "targets": "int",
+        "weight": "float",
+        "label_smoothing": "real",
+        "reduction": "str",
+    },
+    RegressionLossCache: {"diff": "float", "reduction": "str", "delta": "real"},
+    AttentionCache: {
+        "q": "float",
+        "k": "float",
+        "v": "float",
+        "att": "float",
+        "scale": "real",
+    },  # fmt: skip
+    KVCache: {"k": "float", "v": "float", "length": "count"},
+    LinearCache: {"x": "float", "w": "float", "has_bias": "flag"},
+    MHACache: {
+        "qkv": LinearCache,
+        "attn": AttentionCache,
+        "proj": LinearCache,
+        "n_head": "count",
+    },  # fmt: skip
+    ActivationCache: {"x": "float", "kind": "str"},
+    LayerNormCache: {"x_hat": "float", "rstd": "float", "weight": "float"},
+    FFNCache: {"fc": LinearCache, "act": ActivationCache, "proj": LinearCache},
+    EmbeddingCache: {
+        "ids": "int",
+        "vocab_size": "count",
+        "n_positions": "count",
+        "pos_offset": "count",
+    },  # fmt: skip
+}
+
+CacheT = TypeVar("CacheT")
+
+
+def _expect_field(name: str, value: object, kind: Any) -> None:
+    if isinstance(kind, type):
+        expect_cache(value, kind, name)
+    elif kind == "float":
+        expect_float(name, value)
+    elif kind == "int":
+        expect_int(name, value)
+    elif kind == "count":
+        expect_nonnegative_int(name, value)
+    elif kind == "real":
+        expect_in_range(name, value, -np.inf, np.inf)
+    elif kind == "flag":
+        expect_flag(name, value)
+    elif not isinstance(value, str):
+        raise DTypeError(f"{name}: expected a str, got {type(value).__name__}")
+
+
+def expect_cache(cache: object, cls: type[CacheT], name: str = "cache") -> CacheT:
+    """``cache`` is a ``cls`` (the NamedTuple a forward returned) whose fields,
+    nested caches included, have the types and dtypes of :data:`CACHE_FIELDS`.
+
+    A backward function calls this first, so a wrong object, a hand-made tuple or
+    a field of the wrong kind is a typed error and never an AttributeError,
+    TypeError or IndexError from deep inside the computation.
+    """
+    if not isinstance(cache, cls):
+        raise DTypeError(
+            f"{name}: expected {cls.__name__}, got {type(cache).__name__}",
+            hint="pass the cache returned by the matching forward function",
+        )
+    for field, kind in CACHE_FIELDS[cls].items():
+        _expect_field(f"{name}.{field}", getattr(cache, field), kind)
+    return cache

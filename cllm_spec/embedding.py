@@ -54,7 +54,7 @@ from __future__ import annotations
 from typing import Any
 
 from cllm_spec import checks
-from cllm_spec.errors import DTypeError, ShapeError
+from cllm_spec.errors import ShapeError
 from cllm_spec.protocols import EmbeddingCache
 
 
@@ -82,10 +82,18 @@ def validate_embedding(ids: Any, wte: Any, wpe: Any, pos_offset: Any) -> None:
 
 def validate_embedding_backward(dx: Any, cache: Any) -> None:
     """The checks of ``embedding_backward``: dx matches the forward's (B, T)."""
-    if not isinstance(cache, EmbeddingCache):
-        raise DTypeError(
-            f"cache: expected an EmbeddingCache, got {type(cache).__name__}"
+    checks.expect_cache(cache, EmbeddingCache)
+    checks.expect_rank("cache.ids", cache.ids, 2)
+    checks.expect_nonempty("cache.ids", cache.ids)
+    for name in ("vocab_size", "n_positions"):
+        checks.expect_positive_int(f"cache.{name}", getattr(cache, name))
+    if cache.pos_offset + cache.ids.shape[1] > cache.n_positions:
+        raise ShapeError(
+            f"cache: positions [{cache.pos_offset}, "
+            f"{cache.pos_offset + cache.ids.shape[1]}) exceed "
+            f"n_positions={cache.n_positions}"
         )
+    checks.expect_ids("cache.ids", cache.ids, cache.vocab_size)
     checks.expect_float("dx", dx)
     checks.expect_rank("dx", dx, 3)
     checks.expect_shape("dx", dx, (*cache.ids.shape, None))
