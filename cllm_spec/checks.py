@@ -211,7 +211,7 @@ def expect_in_range(
     try:
         v = float(value)
     except OverflowError:  # an int beyond the float range
-        v = math.copysign(math.inf, int(value))
+        v = math.inf if int(value) > 0 else -math.inf
     too_low = v <= lo if lo_open else v < lo
     too_high = v >= hi if hi_open else v > hi
     if not np.isfinite(v) or too_low or too_high:

@@ -75,7 +75,9 @@ def full_queue(backend, capacity: int):
 
 
 # =================================================================== queue ====
-@pytest.mark.parametrize("capacity", [0, -1, 2.0, True, "4", None])
+@pytest.mark.parametrize(
+    "capacity", [0, -1, 2.0, True, "4", None, 2**24 + 1, 2**63, 2**64, np.zeros(1)]
+)
 def test_queue_rejects_bad_capacity(backend, capacity):
     with pytest.raises(ConfigError):
         backend.make_batch_queue(capacity)
@@ -158,7 +160,11 @@ def test_queue_none_item_is_dtype_error(backend):
     assert len(q) == 0
 
 
-@pytest.mark.parametrize("timeout", [-0.01, -1, float("nan"), float("inf"), "1", True])
+@pytest.mark.parametrize(
+    "timeout",
+    [-0.01, -1, float("nan"), float("inf"), "1", True, 1e10, 1e300, 2**63]
+    + [pytest.param(10**400, id="10**400")],
+)
 def test_queue_bad_timeout_is_config_error(backend, timeout):
     q = backend.make_batch_queue(1)
     with pytest.raises(ConfigError):
@@ -337,7 +343,18 @@ def test_queue_mpmc_stress(backend):
 
 # ==================================================================== pool ====
 @pytest.mark.parametrize(
-    "args", [(0, 2, 3), (2, 0, 3), (2, 3, 0), (-1, 2, 3), (2.0, 2, 3), (2, True, 3)]
+    "args",
+    [
+        (0, 2, 3),
+        (2, 0, 3),
+        (2, 3, 0),
+        (-1, 2, 3),
+        (2.0, 2, 3),
+        (2, True, 3),
+        (2**63, 2, 3),
+        (2, 2**31, 2**31),
+        (1024, 1024, 1024),  # 12 GiB of arrays: over MAX_POOL_BYTES
+    ],
 )
 def test_pool_rejects_bad_arguments(backend, args):
     with pytest.raises(ConfigError):

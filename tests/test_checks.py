@@ -6,7 +6,19 @@ import numpy as np
 import pytest
 
 from cllm_spec import checks
-from cllm_spec.errors import ConfigError, NonFiniteError
+from cllm_spec.errors import (
+    ConfigError,
+    DTypeError,
+    NonFiniteError,
+    ReadOnlyError,
+)
+from cllm_spec.protocols import (
+    EmbeddingCache,
+    FFNCache,
+    LinearCache,
+    MHACache,
+    SoftmaxCache,
+)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -47,3 +59,57 @@ def test_expect_flag_accepts_only_bools(value):
     assert checks.expect_flag("f", np.bool_(True)) is True
     with pytest.raises(ConfigError, match="f: expected a bool"):
         checks.expect_flag("f", value)
+
+
+def test_expect_writeable_refuses_read_only_memory():
+    checks.expect_writeable("x", np.zeros(2))
+    with pytest.raises(ReadOnlyError, match="x: the array is read-only"):
+        checks.expect_writeable("x", np.frombuffer(bytes(8), np.float32))
+    assert issubclass(ReadOnlyError, ValueError)
+
+
+@pytest.mark.parametrize("value", [np.zeros(0), np.array(["mean"]), 3, None, b"mean"])
+def test_expect_choice_compares_only_strings(value):
+    with pytest.raises(ConfigError):
+        checks.expect_choice("reduction", value, ("mean", "sum"))
+
+
+@pytest.mark.parametrize("value", [10**400, -(10**400)], ids=["1e400", "-1e400"])
+def test_expect_in_range_takes_ints_beyond_the_float_range(value):
+    with pytest.raises(ConfigError):
+        checks.expect_in_range("timeout", value, 0.0, 1e9)
+
+
+def test_every_cache_class_has_its_field_kinds():
+    for cls, fields in checks.CACHE_FIELDS.items():
+        assert tuple(fields) == cls._fields, cls.__name__
+
+
+def test_expect_cache_checks_type_and_every_field():
+    lin = LinearCache(np.zeros((2, 3)), np.zeros((4, 3)), True)
+    assert checks.expect_cache(lin, LinearCache) is lin
+    with pytest.raises(DTypeError, match="expected LinearCache, got tuple"):
+        checks.expect_cache(tuple(lin), LinearCache)
+    with pytest.raises(DTypeError, match="expected LinearCache, got SoftmaxCache"):
+        checks.expect_cache(SoftmaxCache(np.zeros(2)), LinearCache)
+    with pytest.raises(DTypeError, match="cache.w"):
+        checks.expect_cache(lin._replace(w=[[0.0]]), LinearCache)
+    with pytest.raises(ConfigError, match="cache.has_bias"):
+        checks.expect_cache(lin._replace(has_bias=1), LinearCache)
+
+
+def test_expect_cache_descends_into_nested_caches():
+    lin = LinearCache(np.zeros((2, 3)), np.zeros((4, 3)), False)
+    ffn = FFNCache(lin, None, lin)
+    with pytest.raises(DTypeError, match="cache.act: expected ActivationCache"):
+        checks.expect_cache(ffn, FFNCache)
+    mha = MHACache(lin, None, lin, 2)
+    with pytest.raises(DTypeError, match="cache.attn"):
+        checks.expect_cache(mha, MHACache)
+
+
+@pytest.mark.parametrize("ids_dtype", [np.float32, np.bool_, np.complex64])
+def test_expect_cache_refuses_ids_that_are_not_ints(ids_dtype):
+    cache = EmbeddingCache(np.zeros((1, 2), ids_dtype), 5, 4, 0)
+    with pytest.raises(DTypeError, match="cache.ids"):
+        checks.expect_cache(cache, EmbeddingCache)
