@@ -7,6 +7,7 @@ import pytest
 
 from cllm_spec import checks
 from cllm_spec.errors import (
+    CllmError,
     ConfigError,
     DTypeError,
     NonFiniteError,
@@ -113,3 +114,75 @@ def test_expect_cache_refuses_ids_that_are_not_ints(ids_dtype):
     cache = EmbeddingCache(np.zeros((1, 2), ids_dtype), 5, 4, 0)
     with pytest.raises(DTypeError, match="cache.ids"):
         checks.expect_cache(cache, EmbeddingCache)
+
+
+HOSTILE = [
+    None,
+    True,
+    3,
+    -1,
+    2**64,
+    10**400,
+    float("nan"),
+    float("inf"),
+    "x",
+    b"x",
+    1j,
+    (),
+    [],
+    {},
+    object(),
+    np.zeros(0),
+    np.zeros((2, 0)),
+    np.array(3.0),
+    np.array([np.nan, 1.0]),
+    np.zeros(3, np.int8),
+    np.array([True]),
+    np.array([1 + 2j]),
+    np.array([None, 1], dtype=object),
+    np.frombuffer(bytes(8), np.float32),
+    np.zeros((4, 4))[:, ::2],
+]
+VALIDATORS = {
+    "as_array": lambda v: checks.as_array("x", v),
+    "expect_float": lambda v: checks.expect_float("x", v),
+    "expect_int": lambda v: checks.expect_int("x", v),
+    "expect_bool": lambda v: checks.expect_bool("x", v),
+    "expect_same_dtype": lambda v: checks.expect_same_dtype(
+        ("a", "b"), (np.zeros(2), v)
+    ),
+    "expect_rank": lambda v: checks.expect_rank("x", v, 2),
+    "expect_min_rank": lambda v: checks.expect_min_rank("x", v, 1),
+    "expect_shape": lambda v: checks.expect_shape("x", v, (None, 2)),
+    "expect_nonempty": lambda v: checks.expect_nonempty("x", v),
+    "expect_finite": lambda v: checks.expect_finite("x", v),
+    "expect_ids": lambda v: checks.expect_ids("x", v, 5, ignore_index=-100),
+    "expect_contiguous": lambda v: checks.expect_contiguous("x", v),
+    "expect_writeable": lambda v: checks.expect_writeable("x", v),
+    "expect_int_scalar": lambda v: checks.expect_int_scalar("x", v),
+    "expect_int_at_least": lambda v: checks.expect_int_at_least("x", v, 2),
+    "expect_positive_int": lambda v: checks.expect_positive_int("x", v),
+    "expect_nonnegative_int": lambda v: checks.expect_nonnegative_int("x", v),
+    "expect_flag": lambda v: checks.expect_flag("x", v),
+    "expect_in_range": lambda v: checks.expect_in_range("x", v, 0.0, 1.0),
+    "expect_choice": lambda v: checks.expect_choice("x", v, ("a", "b")),
+    "expect_cache": lambda v: checks.expect_cache(v, LinearCache),
+}
+
+
+def test_every_public_validator_is_fuzzed_here():
+    public = {
+        n
+        for n in dir(checks)
+        if (n.startswith("expect_") or n == "as_array") and callable(getattr(checks, n))
+    }
+    assert public == set(VALIDATORS)
+
+
+@pytest.mark.parametrize("name", sorted(VALIDATORS))
+@pytest.mark.parametrize("value", HOSTILE, ids=lambda v: type(v).__name__)
+def test_validators_raise_only_spec_errors(name, value):
+    try:
+        VALIDATORS[name](value)
+    except CllmError:
+        pass
