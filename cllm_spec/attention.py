@@ -66,14 +66,19 @@ KV cache
 positions ``[0, length)`` are meaningful (the rest is unspecified).
 
 - ``kv_cache_new(batch, n_head, t_max, head_size, dtype)``: zero buffers,
-  ``length = 0``. Sizes are ints >= 1 (``ConfigError``); ``dtype`` is float32 or
-  float64 (``DTypeError``).
+  ``length = 0``. Sizes are ints >= 1 whose buffers take at most
+  ``MAX_KV_CACHE_BYTES`` (4 GiB) together (``ConfigError``); ``dtype`` is
+  float32 or float64 (``DTypeError``).
 - ``kv_cache_append(cache, k, v)`` with ``k, v: (B, NH, Tn, HS)``, Tn >= 1:
   writes them into the buffers at ``[length, length + Tn)`` and returns
   ``KVCache(cache.k, cache.v, length + Tn)``. This is the one documented in-place
   write of the spec; the old tuple still describes a valid prefix. If
   ``length + Tn > T_max`` it raises ``CacheFullError`` and writes nothing.
   B, NH, HS must match the buffers (``ShapeError``), dtypes too (``DTypeError``).
+  Buffers that are read-only (``flags.writeable`` false: a view of ``bytes``, a
+  read-only memory map) raise ``ReadOnlyError``, a ``ValueError`` like NumPy's
+  own refusal, on every backend and before anything is written; so does
+  ``mha_forward`` with such a ``kv_cache``.
 - ``kv_cache_reset(cache)``: ``KVCache(cache.k, cache.v, 0)``, the same buffers.
 
 Multi-head self-attention
@@ -131,11 +136,15 @@ import numpy as np
 from cllm_spec import checks
 from cllm_spec.errors import (
     CacheFullError,
+    ConfigError,
     DTypeError,
     ShapeError,
     Unsupported,
 )
 from cllm_spec.protocols import AttentionCache, KVCache, MHACache
+
+#: The most memory one KV cache (keys and values) may take.
+MAX_KV_CACHE_BYTES = 2**32
 
 
 def _expect_float_tensor(name: str, x: object, rank: int) -> np.ndarray:
@@ -174,12 +183,25 @@ def attention_scale(head_size: int) -> float:
     return 1.0 / math.sqrt(head_size)
 
 
+def _expect_attention_cache(cache: Any, name: str) -> AttentionCache:
+    """q (B, NH, Tq, HS), k and v (B, NH, Tk, HS), att (B, NH, Tq, Tk), one dtype."""
+    checked = checks.expect_cache(cache, AttentionCache, name)
+    q, k, v, att, _ = checked
+    for field, arr in (("q", q), ("k", k), ("v", v), ("att", att)):
+        _expect_float_tensor(f"{name}.{field}", arr, 4)
+    checks.expect_same_dtype(
+        [f"{name}.{f}" for f in ("q", "k", "v", "att")], (q, k, v, att)
+    )
+    b, nh, tq, hs = q.shape
+    checks.expect_shape(f"{name}.k", k, (b, nh, None, hs))
+    checks.expect_shape(f"{name}.v", v, k.shape)
+    checks.expect_shape(f"{name}.att", att, (b, nh, tq, k.shape[2]))
+    return checked
+
+
 def validate_attention_backward(dout: Any, cache: Any) -> None:
     """The checks of ``attention_backward``: ``dout`` matches the forward output."""
-    if not isinstance(cache, AttentionCache):
-        raise DTypeError(
-            f"cache: expected an AttentionCache, got {type(cache).__name__}"
-        )
+    _expect_attention_cache(cache, "cache")
     _expect_float_tensor("dout", dout, 4)
     checks.expect_same_dtype(("dout", "cache.q"), (dout, cache.q))
     checks.expect_shape("dout", dout, cache.q.shape[:3] + cache.v.shape[3:])
@@ -187,8 +209,7 @@ def validate_attention_backward(dout: Any, cache: Any) -> None:
 
 
 def _validate_kv_buffers(cache: Any) -> None:
-    if not isinstance(cache, KVCache):
-        raise DTypeError(f"cache: expected a KVCache, got {type(cache).__name__}")
+    checks.expect_cache(cache, KVCache)
     _expect_float_tensor("cache.k", cache.k, 4)
     checks.expect_same_dtype(("cache.k", "cache.v"), (cache.k, cache.v))
     checks.expect_shape("cache.v", cache.v, cache.k.shape)
@@ -213,16 +234,28 @@ def validate_kv_cache_new(
         checks.expect_positive_int(name, value)
     try:
         dt: np.dtype[Any] = np.dtype(dtype)
-    except TypeError as exc:
+    except Exception as exc:  # numpy raises TypeError, ValueError and others
         raise DTypeError(f"dtype: not a dtype: {dtype!r}") from exc
     if dt not in checks.FLOAT_DTYPES:
         raise DTypeError(f"dtype: expected float32 or float64, got {dt}")
+    nbytes = 2 * math.prod((batch, n_head, t_max, head_size)) * dt.itemsize
+    if nbytes > MAX_KV_CACHE_BYTES:
+        raise ConfigError(
+            f"a KV cache of {nbytes} bytes exceeds {MAX_KV_CACHE_BYTES}",
+            hint="t_max needs to be the model's context length, not more",
+        )
     return dt
+
+
+def _expect_writeable_buffers(cache: KVCache, name: str) -> None:
+    checks.expect_writeable(f"{name}.k", cache.k)
+    checks.expect_writeable(f"{name}.v", cache.v)
 
 
 def validate_kv_cache_append(cache: Any, k: Any, v: Any) -> None:
     """The checks of ``kv_cache_append``, including the capacity (CacheFullError)."""
     _validate_kv_buffers(cache)
+    _expect_writeable_buffers(cache, "cache")
     for name, arr in (("k", k), ("v", v)):
         _expect_float_tensor(name, arr, 4)
     checks.expect_same_dtype(("cache.k", "k", "v"), (cache.k, k, v))
@@ -296,6 +329,7 @@ def validate_mha(
         checks.expect_shape("b_proj", b_proj, (c,))
     if kv_cache is not None:
         _validate_kv_buffers(kv_cache)
+        _expect_writeable_buffers(kv_cache, "kv_cache")
         checks.expect_same_dtype(("x", "kv_cache.k"), (x, kv_cache.k))
         checks.expect_shape("kv_cache.k", kv_cache.k, (b, nh, None, c // nh))
         expect_room(kv_cache, t)
@@ -305,8 +339,8 @@ def validate_mha(
 
 def validate_mha_backward(dy: Any, cache: Any) -> None:
     """The checks of ``mha_backward``; a decoding cache (Tk > Tq) is Unsupported."""
-    if not isinstance(cache, MHACache):
-        raise DTypeError(f"cache: expected an MHACache, got {type(cache).__name__}")
+    checks.expect_cache(cache, MHACache)
+    _expect_attention_cache(cache.attn, "cache.attn")
     tq, tk = cache.attn.q.shape[2], cache.attn.k.shape[2]
     if tk != tq:
         raise Unsupported(
@@ -317,4 +351,20 @@ def validate_mha_backward(dy: Any, cache: Any) -> None:
     _expect_float_tensor("dy", dy, 3)
     checks.expect_same_dtype(("dy", "cache.proj.x"), (dy, cache.proj.x))
     checks.expect_shape("dy", dy, cache.proj.x.shape)
+    _expect_mha_cache_shapes(cache, dy.shape)
     checks.expect_finite("dy", dy)
+
+
+def _expect_mha_cache_shapes(cache: MHACache, shape: tuple[int, ...]) -> None:
+    """The parts of an MHACache agree with each other and with dy: (B, T, C)."""
+    b, t, c = shape
+    nh = checks.expect_positive_int("cache.n_head", cache.n_head)
+    if c % nh:
+        raise ShapeError(f"cache: C={c} is not divisible by n_head={nh}")
+    qkv, attn, proj = cache.qkv, cache.attn, cache.proj
+    names = ("dy", "cache.qkv.x", "cache.qkv.w", "cache.proj.w", "cache.attn.q")
+    checks.expect_same_dtype(names, (cache.proj.x, qkv.x, qkv.w, proj.w, attn.q))
+    checks.expect_shape("cache.qkv.x", qkv.x, (b, t, c))
+    checks.expect_shape("cache.qkv.w", qkv.w, (3 * c, c))
+    checks.expect_shape("cache.proj.w", proj.w, (c, c))
+    checks.expect_shape("cache.attn.q", attn.q, (b, nh, t, c // nh))

@@ -91,10 +91,11 @@ BatchQueue
 ==========
 
 ``make_batch_queue(capacity)`` (a backend function) returns a bounded
-multi-producer multi-consumer FIFO of Python objects. ``capacity`` is an int >= 1
-(else ``ConfigError``); a queue never holds more than ``capacity`` items. Every
-``timeout`` is ``None`` (wait as long as needed) or a finite number of seconds
-``>= 0`` (else ``ConfigError``); ``timeout=0`` never waits.
+multi-producer multi-consumer FIFO of Python objects. ``capacity`` is an int in
+``[1, MAX_QUEUE_CAPACITY]`` (2**24; else ``ConfigError``); a queue never holds
+more than ``capacity`` items. Every ``timeout`` is ``None`` (wait as long as
+needed) or a number of seconds in ``[0, MAX_TIMEOUT]`` (1e9, about 31 years;
+else ``ConfigError``); ``timeout=0`` never waits.
 
 - ``put(item, timeout=None)``: appends ``item``, blocking while the queue is full.
   Raises ``QueueClosedError`` if the queue is closed, including for a producer
@@ -113,14 +114,25 @@ multi-producer multi-consumer FIFO of Python objects. ``capacity`` is an int >= 
 
 Items are passed by reference (no copy). FIFO is global: items leave in the order
 they entered, so each consumer sees the items of one producer in the order that
-producer put them. A blocking call that raises leaves the queue unchanged.
+producer put them.
+
+A call that raises leaves the queue unchanged: whatever step raised, including a
+``KeyboardInterrupt`` (or any exception a signal handler raises) while the call
+waits, no item is lost, none is delivered twice and later calls work. A get
+that raised after it took its item puts it back at the head. A put that raised
+after its item entered the queue takes it out again; only if a consumer has
+already taken it (the exception arrived after the put took effect) does the
+item stay delivered, and then the exception carries the note
+:data:`PUT_TOOK_EFFECT` (``exc.__notes__``), so a caller that retries an
+interrupted put can tell that it must not.
 
 BatchPool
 =========
 
 ``make_batch_pool(size, batch_size, seq_len)`` (a backend function) preallocates
 ``size`` Batches of shape ``(batch_size, seq_len)`` int32 (ids and targets 0, mask
-1) and lends them out; all three arguments are ints >= 1 (else ``ConfigError``).
+1) and lends them out; all three arguments are ints >= 1 and the pool's arrays
+take at most ``MAX_POOL_BYTES`` (1 GiB) together (else ``ConfigError``).
 
 - ``acquire(timeout=None) -> PooledBatch``: lends a free batch with refcount 1,
   blocking while none is free; ``QueueTimeoutError`` on timeout,
@@ -138,6 +150,10 @@ BatchPool
 - ``available`` (free slots), ``size``, ``closed``, ``close()`` (idempotent).
   ``retain``, ``release`` and ``refcount`` keep working after close, so holders can
   return what they hold.
+- ``acquire`` and ``try_acquire`` that raise leave the pool unchanged (a slot
+  lent before the exception returns to the head of the free list, and the
+  counters are restored). ``release`` and ``retain`` never wait; one that raises
+  has taken effect completely or not at all (``refcount`` tells which).
 - ``stats() -> PoolStats(allocations, releases, hits, misses)``: successful
   acquires (both kinds), releases that returned a slot, acquires served without
   waiting, ``try_acquire`` calls that found nothing free.
@@ -166,6 +182,7 @@ from cllm_spec.checks import (
     expect_shape,
 )
 from cllm_spec.errors import (
+    ConfigError,
     DTypeError,
     EmptyInputError,
     IdRangeError,
@@ -174,6 +191,19 @@ from cllm_spec.errors import (
 from cllm_spec.protocols import Batch
 
 INT32_LIMIT = 2**31  # ids must fit the int32 batch arrays
+#: The longest timeout in seconds (about 31 years); None waits without limit.
+MAX_TIMEOUT = 1e9
+#: The largest queue capacity: far beyond any use, and allocatable up front.
+MAX_QUEUE_CAPACITY = 2**24
+#: The most memory a BatchPool may preallocate.
+MAX_POOL_BYTES = 2**30
+
+#: The note (``exc.__notes__``) of an exception that a put raised after its item
+#: was queued and taken by a consumer: the put took effect, do not repeat it.
+PUT_TOOK_EFFECT = (
+    "put: the item was queued before this exception arrived and a consumer has "
+    "taken it; do not put it again"
+)
 
 
 # -------------------------------------------------------------- validation ----
@@ -222,15 +252,21 @@ def validate_batch(batch: object, name: str = "batch") -> Batch:
 
 
 def validate_timeout(timeout: object) -> float | None:
-    """``timeout`` is None or a finite number of seconds >= 0."""
+    """``timeout`` is None or a number of seconds in [0, MAX_TIMEOUT]."""
     if timeout is None:
         return None
-    return expect_in_range("timeout", timeout, 0.0, math.inf)
+    return expect_in_range("timeout", timeout, 0.0, MAX_TIMEOUT)
 
 
 def validate_queue_capacity(capacity: object) -> int:
-    """A queue's capacity is an int >= 1."""
-    return expect_positive_int("capacity", capacity)
+    """A queue's capacity is an int in [1, MAX_QUEUE_CAPACITY]."""
+    value = expect_positive_int("capacity", capacity)
+    if value > MAX_QUEUE_CAPACITY:
+        raise ConfigError(
+            f"capacity: expected at most {MAX_QUEUE_CAPACITY}, got {value}",
+            hint="a batch queue needs room for a few batches per worker",
+        )
+    return value
 
 
 def validate_queue_item(item: object) -> None:
@@ -245,12 +281,21 @@ def validate_queue_item(item: object) -> None:
 def validate_pool_args(
     size: object, batch_size: object, seq_len: object
 ) -> tuple[int, int, int]:
-    """``size``, ``batch_size`` and ``seq_len`` of a pool are ints >= 1."""
-    return (
+    """``size``, ``batch_size`` and ``seq_len`` of a pool are ints >= 1 whose
+    three int32 arrays per batch take at most MAX_POOL_BYTES together."""
+    args = (
         expect_positive_int("size", size),
         expect_positive_int("batch_size", batch_size),
         expect_positive_int("seq_len", seq_len),
     )
+    nbytes = 3 * 4 * math.prod(args)
+    if nbytes > MAX_POOL_BYTES:
+        raise ConfigError(
+            f"pool of {args[0]} batches of {args[1]} x {args[2]}: {nbytes} bytes "
+            f"exceed {MAX_POOL_BYTES}",
+            hint="a pool needs a few batches, not a dataset's worth",
+        )
+    return args
 
 
 # ------------------------------------------------------------------- batch ----

@@ -8,7 +8,9 @@ exactly what the reference rejects.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -18,7 +20,22 @@ from cllm_spec.errors import (
     EmptyInputError,
     IdRangeError,
     NonFiniteError,
+    ReadOnlyError,
     ShapeError,
+)
+from cllm_spec.protocols import (
+    ActivationCache,
+    AttentionCache,
+    CrossEntropyCache,
+    EmbeddingCache,
+    FFNCache,
+    KVCache,
+    LayerNormCache,
+    LinearCache,
+    LogSoftmaxCache,
+    MHACache,
+    RegressionLossCache,
+    SoftmaxCache,
 )
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -58,6 +75,8 @@ def expect_bool(name: str, x: object) -> np.ndarray:
 
 def expect_same_dtype(names: Sequence[str], arrays: Sequence[np.ndarray]) -> np.dtype:
     """All float arrays share one dtype (no silent promotion)."""
+    for name, a in zip(names, arrays, strict=False):
+        as_array(name, a)
     dtypes = {a.dtype for a in arrays}
     if len(dtypes) != 1:
         given = ", ".join(f"{n}={a.dtype}" for n, a in zip(names, arrays, strict=True))
@@ -68,19 +87,20 @@ def expect_same_dtype(names: Sequence[str], arrays: Sequence[np.ndarray]) -> np.
 def expect_rank(name: str, x: np.ndarray, rank: int | tuple[int, ...]) -> None:
     """``x.ndim`` is ``rank`` (or one of the ranks given)."""
     ranks = (rank,) if isinstance(rank, int) else rank
-    if x.ndim not in ranks:
+    if as_array(name, x).ndim not in ranks:
         want = " or ".join(str(r) for r in ranks)
         raise ShapeError(f"{name}: expected rank {want}, got shape {x.shape}")
 
 
 def expect_min_rank(name: str, x: np.ndarray, rank: int) -> None:
     """``x.ndim >= rank``."""
-    if x.ndim < rank:
+    if as_array(name, x).ndim < rank:
         raise ShapeError(f"{name}: expected rank >= {rank}, got shape {x.shape}")
 
 
 def expect_shape(name: str, x: np.ndarray, shape: tuple[int | None, ...]) -> None:
     """``x.shape`` equals ``shape``; ``None`` entries match any size."""
+    x = as_array(name, x)
     ok = x.ndim == len(shape) and all(
         want is None or want == got for want, got in zip(shape, x.shape, strict=False)
     )
@@ -91,12 +111,17 @@ def expect_shape(name: str, x: np.ndarray, shape: tuple[int | None, ...]) -> Non
 
 def expect_nonempty(name: str, x: np.ndarray) -> None:
     """``x`` has at least one element."""
-    if x.size == 0:
+    if as_array(name, x).size == 0:
         raise EmptyInputError(f"{name}: expected at least one element, got {x.shape}")
 
 
 def expect_finite(name: str, x: np.ndarray) -> None:
-    """Every element of ``x`` is finite."""
+    """Every element of ``x`` is finite (ints and bools always are)."""
+    x = as_array(name, x)
+    if x.dtype.kind in "biu":
+        return
+    if x.dtype.kind not in "fc":
+        raise DTypeError(f"{name}: expected numbers, got {x.dtype}")
     # One NaN or inf makes the sum non-finite, so a finite sum proves the array
     # finite without the full elementwise scan (a large win on 33M-parameter
     # optimizer buffers); only a non-finite sum, which overflow can also cause,
@@ -113,6 +138,9 @@ def expect_ids(
     name: str, ids: np.ndarray, vocab_size: int, *, ignore_index: int | None = None
 ) -> None:
     """Every id lies in [0, vocab_size), except ids equal to ``ignore_index``."""
+    ids = as_array(name, ids)
+    if ids.dtype.kind not in "iu":
+        raise DTypeError(f"{name}: expected integer ids, got {ids.dtype}")
     if ids.size == 0:
         return
     valid = ids if ignore_index is None else ids[ids != ignore_index]
@@ -126,11 +154,23 @@ def expect_ids(
 
 def expect_contiguous(name: str, x: np.ndarray) -> None:
     """``x`` is C-contiguous (backends that hand pointers to C need this)."""
-    if not x.flags.c_contiguous:
+    if not as_array(name, x).flags.c_contiguous:
         raise ShapeError(
             f"{name}: expected a C-contiguous array",
             hint="pass np.ascontiguousarray(x)",
         )
+
+
+def expect_writeable(name: str, x: np.ndarray) -> None:
+    """``x`` may be written in place (functions that write into a buffer need this).
+
+    A read-only array (a view of a ``bytes`` object, a read-only memory map, an
+    array whose ``flags.writeable`` was cleared) is refused before anything is
+    written, by every backend alike: NumPy would refuse the write itself, but C
+    would not notice it.
+    """
+    if not as_array(name, x).flags.writeable:
+        raise ReadOnlyError(f"{name}: the array is read-only and is written in place")
 
 
 def expect_int_scalar(name: str, value: object) -> int:
@@ -179,7 +219,10 @@ def expect_in_range(
         value, int | float | np.integer | np.floating
     ):
         raise ConfigError(f"{name}: expected a number, got {type(value).__name__}")
-    v = float(value)
+    try:
+        v = float(value)
+    except OverflowError:  # an int beyond the float range
+        v = math.inf if int(value) > 0 else -math.inf
     too_low = v <= lo if lo_open else v < lo
     too_high = v >= hi if hi_open else v > hi
     if not np.isfinite(v) or too_low or too_high:
@@ -192,7 +235,87 @@ def expect_in_range(
 
 
 def expect_choice(name: str, value: object, choices: Sequence[str]) -> str:
-    """``value`` is one of ``choices``."""
-    if value not in choices:
+    """``value`` is one of ``choices`` (strings; nothing else is compared)."""
+    if not isinstance(value, str) or value not in choices:
         raise ConfigError(f"{name}: expected one of {list(choices)}, got {value!r}")
     return str(value)
+
+
+# ------------------------------------------------------------------ caches ----
+#: What each field of each cache holds: "float" / "int" (an ndarray of the spec's
+#: float / int dtypes), "real" (a finite number), "count" (an int >= 0), "flag",
+#: "str", or a cache class (checked the same way, recursively). Shapes are the
+#: component's business; this table makes sure they can be asked at all.
+CACHE_FIELDS: dict[type, dict[str, Any]] = {
+    SoftmaxCache: {"y": "float"},
+    LogSoftmaxCache: {"y": "float"},
+    CrossEntropyCache: {
+        "probs": "float",
+        "targets": "int",
+        "weight": "float",
+        "label_smoothing": "real",
+        "reduction": "str",
+    },
+    RegressionLossCache: {"diff": "float", "reduction": "str", "delta": "real"},
+    AttentionCache: {
+        "q": "float",
+        "k": "float",
+        "v": "float",
+        "att": "float",
+        "scale": "real",
+    },  # fmt: skip
+    KVCache: {"k": "float", "v": "float", "length": "count"},
+    LinearCache: {"x": "float", "w": "float", "has_bias": "flag"},
+    MHACache: {
+        "qkv": LinearCache,
+        "attn": AttentionCache,
+        "proj": LinearCache,
+        "n_head": "count",
+    },  # fmt: skip
+    ActivationCache: {"x": "float", "kind": "str"},
+    LayerNormCache: {"x_hat": "float", "rstd": "float", "weight": "float"},
+    FFNCache: {"fc": LinearCache, "act": ActivationCache, "proj": LinearCache},
+    EmbeddingCache: {
+        "ids": "int",
+        "vocab_size": "count",
+        "n_positions": "count",
+        "pos_offset": "count",
+    },  # fmt: skip
+}
+
+CacheT = TypeVar("CacheT")
+
+
+def _expect_field(name: str, value: object, kind: Any) -> None:
+    if isinstance(kind, type):
+        expect_cache(value, kind, name)
+    elif kind == "float":
+        expect_float(name, value)
+    elif kind == "int":
+        expect_int(name, value)
+    elif kind == "count":
+        expect_nonnegative_int(name, value)
+    elif kind == "real":
+        expect_in_range(name, value, -np.inf, np.inf)
+    elif kind == "flag":
+        expect_flag(name, value)
+    elif not isinstance(value, str):
+        raise DTypeError(f"{name}: expected a str, got {type(value).__name__}")
+
+
+def expect_cache(cache: object, cls: type[CacheT], name: str = "cache") -> CacheT:
+    """``cache`` is a ``cls`` (the NamedTuple a forward returned) whose fields,
+    nested caches included, have the types and dtypes of :data:`CACHE_FIELDS`.
+
+    A backward function calls this first, so a wrong object, a hand-made tuple or
+    a field of the wrong kind is a typed error and never an AttributeError,
+    TypeError or IndexError from deep inside the computation.
+    """
+    if not isinstance(cache, cls):
+        raise DTypeError(
+            f"{name}: expected {cls.__name__}, got {type(cache).__name__}",
+            hint="pass the cache returned by the matching forward function",
+        )
+    for field, kind in CACHE_FIELDS[cls].items():
+        _expect_field(f"{name}.{field}", getattr(cache, field), kind)
+    return cache

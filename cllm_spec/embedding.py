@@ -53,9 +53,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from cllm_spec import checks
-from cllm_spec.errors import DTypeError, ShapeError
+from cllm_spec.errors import ConfigError, ShapeError
 from cllm_spec.protocols import EmbeddingCache
+
+#: The largest gradient table embedding_backward allocates (vocab or positions
+#: times channels): far beyond any model here, and never a runaway allocation.
+MAX_TABLE_ELEMENTS = 2**32
 
 
 def validate_embedding(ids: Any, wte: Any, wpe: Any, pos_offset: Any) -> None:
@@ -82,10 +88,27 @@ def validate_embedding(ids: Any, wte: Any, wpe: Any, pos_offset: Any) -> None:
 
 def validate_embedding_backward(dx: Any, cache: Any) -> None:
     """The checks of ``embedding_backward``: dx matches the forward's (B, T)."""
-    if not isinstance(cache, EmbeddingCache):
-        raise DTypeError(
-            f"cache: expected an EmbeddingCache, got {type(cache).__name__}"
+    checks.expect_cache(cache, EmbeddingCache)
+    checks.expect_rank("cache.ids", cache.ids, 2)
+    checks.expect_nonempty("cache.ids", cache.ids)
+    for name in ("vocab_size", "n_positions"):
+        checks.expect_positive_int(f"cache.{name}", getattr(cache, name))
+    if cache.pos_offset + cache.ids.shape[1] > cache.n_positions:
+        raise ShapeError(
+            f"cache: positions [{cache.pos_offset}, "
+            f"{cache.pos_offset + cache.ids.shape[1]}) exceed "
+            f"n_positions={cache.n_positions}"
         )
+    checks.expect_ids("cache.ids", cache.ids, cache.vocab_size)
+    c = dx.shape[-1] if isinstance(dx, np.ndarray) and dx.ndim else 1
+    for name in ("vocab_size", "n_positions"):
+        rows = getattr(cache, name)
+        if rows * c > MAX_TABLE_ELEMENTS:
+            raise ConfigError(
+                f"cache.{name}: a ({rows}, {c}) gradient table exceeds "
+                f"{MAX_TABLE_ELEMENTS} elements",
+                hint="pass the cache returned by embedding_forward",
+            )
     checks.expect_float("dx", dx)
     checks.expect_rank("dx", dx, 3)
     checks.expect_shape("dx", dx, (*cache.ids.shape, None))

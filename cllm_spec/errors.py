@@ -63,6 +63,15 @@ class ConfigError(CllmError, ValueError):
     hint = "see the documented range of the named field"
 
 
+class ReadOnlyError(CllmError, ValueError):
+    """An array the function writes into in place (a KV cache buffer) is read-only.
+
+    A ValueError, as NumPy's own "assignment destination is read-only" is.
+    """
+
+    hint = "pass a writeable array, e.g. a copy: np.array(x) or kv_cache_new(...)"
+
+
 class CacheFullError(CllmError, RuntimeError):
     """Appending to a KV cache would exceed its preallocated T_max."""
 
@@ -142,6 +151,7 @@ __all__ = [
     "NonFiniteError",
     "QueueClosedError",
     "QueueTimeoutError",
+    "ReadOnlyError",
     "RefCountError",
     "ReplicaMismatchError",
     "ShapeError",

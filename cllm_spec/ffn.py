@@ -140,6 +140,7 @@ from typing import TypeVar
 import numpy as np
 
 from cllm_spec.checks import (
+    expect_cache,
     expect_choice,
     expect_float,
     expect_in_range,
@@ -148,7 +149,7 @@ from cllm_spec.checks import (
     expect_same_dtype,
     expect_shape,
 )
-from cllm_spec.errors import DTypeError, ShapeError
+from cllm_spec.errors import ShapeError
 from cllm_spec.protocols import (
     ActivationCache,
     FFNCache,
@@ -167,12 +168,7 @@ CacheT = TypeVar("CacheT")
 
 
 def _expect_cache(cache: object, cls: type[CacheT]) -> CacheT:
-    if not isinstance(cache, cls):
-        raise DTypeError(
-            f"cache: expected {cls.__name__}, got {type(cache).__name__}",
-            hint="pass the cache returned by the matching forward function",
-        )
-    return cache
+    return expect_cache(cache, cls)
 
 
 def _expect_optional_bias(name: str, b: object, size: int) -> np.ndarray | None:
@@ -210,6 +206,8 @@ def validate_linear(x: object, w: object, b: object) -> np.dtype:
 def validate_linear_backward(dy: object, cache: object) -> np.dtype:
     """Check ``dy: (..., OUT)`` against a LinearCache; return the dtype."""
     lin = _expect_cache(cache, LinearCache)
+    expect_min_rank("cache.x", lin.x, 1)
+    expect_shape("cache.w", lin.w, (None, lin.x.shape[-1]))
     dya = expect_float("dy", dy)
     dtype = expect_same_dtype(("dy", "cache.x"), (dya, lin.x))
     expect_shape("dy", dya, (*lin.x.shape[:-1], lin.w.shape[0]))
@@ -252,6 +250,12 @@ def validate_layernorm(x: object, weight: object, bias: object, eps: object) -> 
 def validate_layernorm_backward(dy: object, cache: object) -> np.dtype:
     """Check ``dy: (..., C)`` against a LayerNormCache; return the dtype."""
     ln = _expect_cache(cache, LayerNormCache)
+    expect_min_rank("cache.x_hat", ln.x_hat, 1)
+    expect_shape("cache.rstd", ln.rstd, ln.x_hat.shape[:-1])
+    expect_shape("cache.weight", ln.weight, ln.x_hat.shape[-1:])
+    expect_same_dtype(
+        ("cache.x_hat", "cache.rstd", "cache.weight"), (ln.x_hat, ln.rstd, ln.weight)
+    )
     dya = expect_float("dy", dy)
     dtype = expect_same_dtype(("dy", "cache.x_hat"), (dya, ln.x_hat))
     expect_shape("dy", dya, ln.x_hat.shape)

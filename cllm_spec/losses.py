@@ -103,6 +103,7 @@ import numbers
 import numpy as np
 
 from cllm_spec.checks import (
+    expect_cache,
     expect_choice,
     expect_finite,
     expect_float,
@@ -138,10 +139,15 @@ def validate_softmax(x: object) -> np.ndarray:
 
 
 def validate_softmax_backward(
-    dy: object, cache: SoftmaxCache | LogSoftmaxCache
+    dy: object,
+    cache: SoftmaxCache | LogSoftmaxCache,
+    cls: type[SoftmaxCache] | type[LogSoftmaxCache] | None = None,
 ) -> np.ndarray:
-    """``dy`` has the dtype and shape of the saved output ``cache.y``."""
-    y = expect_float("cache.y", cache.y)
+    """``dy`` has the dtype and shape of the saved output ``cache.y``; ``cache``
+    is a ``cls`` (either softmax cache when ``cls`` is None)."""
+    if cls is None:
+        cls = LogSoftmaxCache if isinstance(cache, LogSoftmaxCache) else SoftmaxCache
+    y = expect_float("cache.y", expect_cache(cache, cls).y)
     grad = expect_float("dy", dy)
     expect_same_dtype(("dy", "cache.y"), (grad, y))
     expect_shape("dy", grad, y.shape)
@@ -150,11 +156,13 @@ def validate_softmax_backward(
 
 # --------------------------------------------------------- cross-entropy ----
 def validate_ignore_index(ignore_index: object) -> int:
-    """Any integer (bool excluded); it need not lie in [0, V)."""
+    """Any int64 (bool excluded); it need not lie in [0, V)."""
     if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
         raise ConfigError(
             f"ignore_index: expected an int, got {type(ignore_index).__name__}"
         )
+    if not -(2**63) <= int(ignore_index) < 2**63:
+        raise ConfigError(f"ignore_index: expected an int64, got {ignore_index}")
     return int(ignore_index)
 
 
@@ -183,6 +191,7 @@ def validate_cross_entropy_backward(
     dloss: object, cache: CrossEntropyCache
 ) -> np.ndarray:
     """``dloss`` is 0-d (mean, sum) or (N,) (none), finite, in the cache's dtype."""
+    expect_cache(cache, CrossEntropyCache)
     probs = expect_float("cache.probs", cache.probs)
     expect_rank("cache.probs", probs, 2)
     targets = expect_int("cache.targets", cache.targets)
@@ -226,6 +235,7 @@ def validate_regression_backward(
     dloss: object, cache: RegressionLossCache
 ) -> np.ndarray:
     """``dloss`` is 0-d (mean, sum) or shaped like ``pred`` (none), finite."""
+    expect_cache(cache, RegressionLossCache)
     diff = expect_float("cache.diff", cache.diff)
     red = expect_choice("cache.reduction", cache.reduction, REDUCTIONS)
     grad = expect_float("dloss", dloss)

@@ -11,10 +11,16 @@ Conventions shared by every function:
 - Float arrays are float32 or float64; all float arguments of one call share a
   dtype and the outputs have it too. Ids are int32 or int64.
 - No function mutates its inputs (the KV cache buffers are the one documented
-  exception: ``kv_cache_append`` writes into its preallocated storage).
+  exception: ``kv_cache_append``, and ``mha_forward`` with a cache, write into
+  their preallocated storage; read-only buffers raise ``ReadOnlyError`` before
+  anything is written, on every backend).
 - ``x_forward(...) -> (out, cache)`` and ``x_backward(dout, cache) -> grads``;
-  gradients come back as new arrays in the order the docstring gives.
-- Bad input raises the typed errors of :mod:`cllm_spec.errors`.
+  gradients come back as new arrays in the order the docstring gives. A cache
+  must be the NamedTuple its forward returned, with fields of the kinds in
+  ``cllm_spec.checks.CACHE_FIELDS`` (else ``DTypeError``).
+- Bad input raises the typed errors of :mod:`cllm_spec.errors`, and nothing
+  else: a malformed argument never surfaces as AttributeError, IndexError,
+  OverflowError or a bare TypeError (``conformance/test_fuzz.py``).
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ from cllm_spec.errors import (
     DTypeError,
     EmptyInputError,
     NonFiniteError,
+    ReadOnlyError,
     ShapeError,
     Unsupported,
 )
@@ -1038,6 +1039,51 @@ def test_kv_cache_append_rejects_bad_keys(backend, shape, key_dtype, error):
     with pytest.raises(error):
         backend.kv_cache_append(cache, k, k.copy())
     assert cache.length == 0
+
+
+def read_only_buffers(kind: str, shape, dtype) -> tuple[np.ndarray, np.ndarray]:
+    """Two read-only (B, NH, T_max, HS) buffers of the kind named."""
+    if kind == "bytes":  # the memory of an immutable bytes object
+        n = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        return tuple(np.frombuffer(bytes(n), dtype).reshape(shape) for _ in range(2))
+    k, v = np.zeros(shape, dtype), np.zeros(shape, dtype)
+    if kind == "flag":
+        k.flags.writeable = v.flags.writeable = False
+    elif kind == "one":  # only v is read-only
+        v.flags.writeable = False
+    elif kind == "view":  # a read-only view of a writeable array
+        k, v = np.lib.stride_tricks.as_strided(k, writeable=False), v[...]
+        v.flags.writeable = False
+    return k, v
+
+
+READ_ONLY = ["bytes", "flag", "one", "view"]
+
+
+@pytest.mark.parametrize("kind", READ_ONLY)
+def test_kv_cache_append_refuses_read_only_buffers(backend, dtype, rng, kind):
+    k_buf, v_buf = read_only_buffers(kind, (1, 2, 4, 3), dtype)
+    before = k_buf.copy(), v_buf.copy()
+    k = normal(rng, (1, 2, 2, 3), dtype)
+    with pytest.raises(ReadOnlyError, match="read-only"):
+        backend.kv_cache_append(KVCache(k_buf, v_buf, 0), k, k.copy())
+    assert np.array_equal(k_buf, before[0]) and np.array_equal(v_buf, before[1])
+
+
+@pytest.mark.parametrize("kind", READ_ONLY)
+def test_mha_refuses_a_read_only_kv_cache(backend, dtype, kind):
+    k_buf, v_buf = read_only_buffers(kind, (2, 2, 4, 3), dtype)
+    before = k_buf.copy(), v_buf.copy()
+    args = good_mha(dtype)
+    with pytest.raises(ReadOnlyError, match="read-only"):
+        backend.mha_forward(*args, n_head=2, kv_cache=KVCache(k_buf, v_buf, 1))
+    assert np.array_equal(k_buf, before[0]) and np.array_equal(v_buf, before[1])
+
+
+def test_kv_cache_reset_of_read_only_buffers_is_fine(backend, dtype):
+    # reset writes nothing, so read-only buffers are no reason to refuse it
+    k_buf, v_buf = read_only_buffers("bytes", (1, 2, 4, 3), dtype)
+    assert backend.kv_cache_reset(KVCache(k_buf, v_buf, 2)).length == 0
 
 
 def test_kv_cache_functions_reject_things_that_are_not_caches(backend):

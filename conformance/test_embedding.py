@@ -437,6 +437,38 @@ def test_backward_rejects_bad_dx(backend):
         backend.embedding_backward(x[..., :0], cache)
 
 
+@pytest.mark.parametrize(
+    "ids_dtype", [np.float32, np.float64, np.bool_, np.complex64, np.uint8, object]
+)
+def test_backward_rejects_cache_ids_that_are_not_int32_or_int64(backend, ids_dtype):
+    # the C backend used to cast them silently to int64
+    ids, wte, wpe = good()
+    x, cache = backend.embedding_forward(ids, wte, wpe)
+    bad = cache._replace(ids=np.asarray(cache.ids).astype(ids_dtype))
+    with pytest.raises(DTypeError, match="cache.ids"):
+        backend.embedding_backward(x, bad)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "error"),
+    [
+        ("ids", [[0, 1]], DTypeError),
+        ("ids", np.zeros(3, np.int64), ShapeError),
+        ("ids", np.full((2, 4), 99, np.int64), IdRangeError),
+        ("vocab_size", None, ConfigError),
+        ("vocab_size", 2**64, ConfigError),
+        ("n_positions", 1, ShapeError),
+        ("n_positions", 2.5, ConfigError),
+        ("pos_offset", -1, ConfigError),
+    ],
+)
+def test_backward_rejects_malformed_cache_fields(backend, field, value, error):
+    ids, wte, wpe = good()
+    x, cache = backend.embedding_forward(ids, wte, wpe)
+    with pytest.raises(error):
+        backend.embedding_backward(x, cache._replace(**{field: value}))
+
+
 # --------------------------------------------- determinism, no mutation ----
 def test_repeated_calls_are_bitwise_identical(backend, dtype, rng, check):
     wte, wpe = tables(rng, 5, 7, 9, dtype)

@@ -25,6 +25,7 @@ from cllm_spec.errors import (
     NonFiniteError,
     ShapeError,
 )
+from cllm_spec.protocols import RegressionLossCache
 from conformance.strategies import EDGE_SIZES, as_oracle, normal
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -800,6 +801,26 @@ def test_l1_gradient_at_zero_difference_is_zero(backend, dtype, check):
     _, cache = backend.l1_forward(pred, target, reduction="sum")
     grad = backend.l1_backward(np.array(1.0, dtype=dtype), cache)
     check.exact(grad, np.array([-1.0, 0.0, 1.0], dtype=dtype), "l1.dpred")
+
+
+@pytest.mark.parametrize("kind", ["mse", "l1", "huber"])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("n", [1, 17, 33])
+def test_regression_backward_keeps_nan_of_the_cache(
+    backend, oracle, dtype, rng, kind, reduction, n
+):
+    # the forward refuses NaN, but a cache is plain data: a NaN in diff must come
+    # back NaN (the reference's sign, clip and product), never as 0 or +-1
+    diff = normal(rng, (n,), dtype)
+    diff[:: max(1, n // 3)] = np.nan  # lanes at the start, middle and tail
+    cache = RegressionLossCache(diff, reduction, 1.0)
+    dloss = normal(rng, (n,) if reduction == "none" else (), dtype)
+    got = getattr(backend, f"{kind}_backward")(dloss, cache)
+    want = getattr(oracle, f"{kind}_backward")(
+        *as_oracle(dloss), RegressionLossCache(*as_oracle(diff), reduction, 1.0)
+    )
+    assert np.array_equal(np.isnan(got), np.isnan(want))
+    assert np.isnan(got[np.isnan(diff)]).all()
 
 
 def test_loss08_huber_forward_golden(backend, dtype, check):

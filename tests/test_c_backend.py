@@ -34,9 +34,10 @@ from cllm_spec.errors import (  # noqa: E402
     EmptyInputError,
     IdRangeError,
     NonFiniteError,
+    ReadOnlyError,
     ShapeError,
 )
-from cllm_spec.protocols import AdamState, LinearCache  # noqa: E402
+from cllm_spec.protocols import AdamState, KVCache, LinearCache  # noqa: E402
 
 F32 = np.float32
 
@@ -217,6 +218,12 @@ class _Tripwire:
         raise AssertionError(f"bad input reached C: lib.{name} was called")
 
 
+def _bytes_buffers(shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Two float32 arrays over the memory of immutable ``bytes`` objects."""
+    n = int(np.prod(shape)) * 4
+    return tuple(np.frombuffer(bytes(n), F32).reshape(shape) for _ in range(2))
+
+
 BAD_CALLS: list[tuple[str, Callable[[], Any], type[Exception]]] = [
     (
         "linear x/w mismatch",
@@ -280,6 +287,26 @@ BAD_CALLS: list[tuple[str, Callable[[], Any], type[Exception]]] = [
         NonFiniteError,
     ),
     (
+        "kv append into bytes",
+        lambda: cllm_c.kv_cache_append(
+            KVCache(*_bytes_buffers((1, 2, 4, 3)), 0), *[np.ones((1, 2, 1, 3), F32)] * 2
+        ),
+        ReadOnlyError,
+    ),
+    (
+        "mha through a read-only cache",
+        lambda: cllm_c.mha_forward(
+            np.ones((1, 2, 6), F32),
+            np.ones((18, 6), F32),
+            None,
+            np.ones((6, 6), F32),
+            None,
+            n_head=2,
+            kv_cache=KVCache(*_bytes_buffers((1, 2, 4, 3)), 1),
+        ),  # fmt: skip
+        ReadOnlyError,
+    ),
+    (
         "tree reduce lengths",
         lambda: cllm_c.grad_tree_reduce([np.ones(3, F32), np.ones(4, F32)]),
         ShapeError,
@@ -297,6 +324,20 @@ def test_bad_input_never_reaches_c(monkeypatch, call, error):
     monkeypatch.setattr("cllm_c._lib.lib", _Tripwire())
     with pytest.raises(error):
         call()
+
+
+def test_c_writes_into_no_read_only_buffer_even_unvalidated():
+    # _append is the in-place write behind kv_cache_append and mha_forward; even
+    # called without the spec's checks it refuses memory it must not write
+    k_buf, v_buf = _bytes_buffers((1, 2, 4, 3))
+    k = np.ones((1, 2, 1, 3), F32)
+    with pytest.raises(ReadOnlyError):
+        cllm_c.attention._append(KVCache(k_buf, v_buf, 0), k, k)
+    assert not k_buf.any() and not v_buf.any()
+    with pytest.raises(ReadOnlyError):
+        _lib.out_ptr("x", np.frombuffer(bytes(8), F32))
+    writeable = np.zeros(2, F32)
+    assert _lib.ffi.sizeof(_lib.out_ptr("x", writeable)) == 8
 
 
 # -------------------------------------------------- C checks on its own ----

@@ -21,6 +21,7 @@ BUILTIN_OF = {
     errors.NonFiniteError: ValueError,
     errors.EmptyInputError: ValueError,
     errors.ConfigError: ValueError,
+    errors.ReadOnlyError: ValueError,
     errors.CacheFullError: RuntimeError,
     errors.QueueClosedError: RuntimeError,
     errors.QueueTimeoutError: TimeoutError,

@@ -167,8 +167,14 @@ int cllm_embedding_backward(const float *dx, const int64_t *ids, int64_t b,
 typedef struct cllm_queue cllm_queue;
 int cllm_queue_new(int64_t capacity, cllm_queue **out);
 void cllm_queue_free(cllm_queue *q);
-int cllm_queue_put(cllm_queue *q, uint64_t token, double timeout);
+/* put sets *queued to 1 (under the lock) once the token is in the ring. A
+ * call that raises in Python after C acted is undone: unget returns a taken
+ * token to the head (growing the ring if a producer refilled it), cancel
+ * removes a queued token (CLLM_ERR_EMPTY if a consumer took it already). */
+int cllm_queue_put(cllm_queue *q, uint64_t token, double timeout, int *queued);
 int cllm_queue_get(cllm_queue *q, double timeout, uint64_t *token);
+int cllm_queue_unget(cllm_queue *q, uint64_t token);
+int cllm_queue_cancel(cllm_queue *q, uint64_t token);
 int cllm_queue_close(cllm_queue *q);
 int64_t cllm_queue_len(cllm_queue *q);
 int cllm_queue_closed(cllm_queue *q);
@@ -184,6 +190,9 @@ void cllm_pool_free(cllm_pool *p);
 int cllm_pool_acquire(cllm_pool *p, double timeout, int waited_before,
                       int64_t *slot, uint64_t *generation);
 int cllm_pool_try_acquire(cllm_pool *p, int64_t *slot, uint64_t *generation);
+/* unacquire undoes an acquire whose handle never reached the caller: the slot
+ * returns to the head of the free list and the counters are restored. */
+int cllm_pool_unacquire(cllm_pool *p, int64_t slot, uint64_t generation);
 int cllm_pool_retain(cllm_pool *p, int64_t slot, uint64_t generation);
 int cllm_pool_release(cllm_pool *p, int64_t slot, uint64_t generation);
 int cllm_pool_refcount(cllm_pool *p, int64_t slot, uint64_t generation,

@@ -21,6 +21,7 @@ from cllm_spec.errors import (
     IdRangeError,
     QueueClosedError,
     QueueTimeoutError,
+    ReadOnlyError,
     RefCountError,
     ShapeError,
 )
@@ -101,6 +102,19 @@ def ptr(x: np.ndarray | None) -> Any:
     """A ``float *`` or ``double *`` into ``x``'s buffer (its dtype); NULL for None."""
     if x is None:
         return ffi.NULL
+    return ffi.from_buffer("double[]" if x.dtype == F64 else "float[]", x)
+
+
+def out_ptr(name: str, x: np.ndarray) -> Any:
+    """Like :func:`ptr`, for an array that C writes into: it must be writeable.
+
+    ``ffi.from_buffer`` hands out a writable pointer even into read-only memory
+    (a ``bytes`` object's), so this check is what stops C from writing there.
+    The KV cache buffers are the only caller-owned arrays C writes; every other
+    output comes from :func:`empty` and is the wrapper's own.
+    """
+    if not x.flags.writeable:
+        raise ReadOnlyError(f"{name}: the array is read-only and is written in place")
     return ffi.from_buffer("double[]" if x.dtype == F64 else "float[]", x)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cllm_c._lib import arr, check, empty, ffi, kernel, ptr
+from cllm_c._lib import arr, check, empty, ffi, kernel, out_ptr, ptr
 from cllm_c.ffn import _linear, _linear_backward
 from cllm_spec.attention import (
     attention_scale,
@@ -123,13 +123,15 @@ def _append(cache: KVCache, k: np.ndarray, v: np.ndarray) -> KVCache:
     b, nh, t_max, hs = cache.k.shape
     tn = k.shape[2]
     start = int(cache.length)
-    for src, dst in ((k, cache.k), (v, cache.v)):
+    for name, src, dst in (("k", k, cache.k), ("v", v, cache.v)):
         if not dst.flags.c_contiguous:
             dst[:, :, start : start + tn] = src  # a foreign, strided buffer
             continue
-        s = arr("k", src)
+        s = arr(name, src)
         write = kernel("cllm_kv_cache_write", s.dtype)
-        status = write(ptr(s), b, nh, tn, hs, ptr(dst), t_max, start)
+        status = write(
+            ptr(s), b, nh, tn, hs, out_ptr(f"cache.{name}", dst), t_max, start
+        )
         check(status, "kv_cache_append")
     return KVCache(cache.k, cache.v, start + tn)
 

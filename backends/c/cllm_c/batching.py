@@ -8,12 +8,19 @@ Python threads run). Python keeps what C cannot hold: the queued objects
 
 A wait with no timeout is made of bounded C waits, so Ctrl-C still reaches a
 thread blocked in ``get`` or ``acquire`` between two of them.
+
+A call that raises leaves the queue or pool unchanged, whichever step raised:
+C reports through out-parameters, written under its lock, whether it took or
+queued a token or lent a slot, and the ``except BaseException`` handlers undo
+exactly that (``cllm_queue_unget``, ``cllm_queue_cancel``,
+``cllm_pool_unacquire``). A get takes its item from ``_items`` by a subscript
+and deletes it after the ``try`` block: neither is a call, so no signal handler
+runs between C handing over the token and the caller receiving the item.
 """
 
 from __future__ import annotations
 
 import itertools
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,6 +30,7 @@ import numpy as np
 
 from cllm_c._lib import check, ffi, lib
 from cllm_spec.batching import (
+    PUT_TOOK_EFFECT,
     validate_pool_args,
     validate_queue_capacity,
     validate_queue_item,
@@ -33,6 +41,8 @@ from cllm_spec.protocols import Batch, PoolStats
 
 #: Longest single C wait of a blocking call (seconds).
 WAIT_SLICE = 0.25
+#: Never a token (tokens count up from 0): "C has not handed one over".
+_NO_TOKEN = 2**64 - 1
 
 
 def _blocking(call: Callable[[float], int], timeout: float | None, what: str) -> None:
@@ -63,8 +73,7 @@ class _BatchQueue:
         self._q = ffi.gc(out[0], lib.cllm_queue_free)
         self._capacity = capacity
         self._items: dict[int, Any] = {}
-        self._tokens = itertools.count()
-        self._token_lock = threading.Lock()
+        self._tokens = itertools.count()  # next() is atomic under the GIL
 
     @property
     def capacity(self) -> int:
@@ -81,46 +90,67 @@ class _BatchQueue:
         state = "closed" if self.closed else "open"
         return f"BatchQueue({len(self)}/{self._capacity}, {state})"
 
-    def _register(self, item: Any) -> int:
-        with self._token_lock:
+    def _undo_put(self, token: int | None, queued: Any) -> bool:
+        """Take back a put that raised: unqueue its token and forget its item.
+
+        False if a consumer took it already: the item is its now.
+        """
+        if token is None:
+            return True
+        if queued[0] and lib.cllm_queue_cancel(self._q, token) != lib.CLLM_OK:
+            return False
+        self._items.pop(token, None)
+        return True
+
+    def _put(self, item: Any, timeout: float | None, what: str) -> None:
+        queued = ffi.new("int *")
+        token = None
+        try:
             token = next(self._tokens)
-        self._items[token] = item
-        return token
+            self._items[token] = item
+            _blocking(
+                lambda t: lib.cllm_queue_put(self._q, token, t, queued), timeout, what
+            )
+        except BaseException as exc:
+            if not self._undo_put(token, queued):
+                exc.add_note(PUT_TOOK_EFFECT)
+            raise
 
     def put(self, item: Any, timeout: float | None = None) -> None:
         validate_queue_item(item)
-        timeout = validate_timeout(timeout)
-        token = self._register(item)
-        try:
-            _blocking(lambda t: lib.cllm_queue_put(self._q, token, t), timeout, "put")
-        except BaseException:
-            del self._items[token]  # a put that raises leaves the queue unchanged
-            raise
+        self._put(item, validate_timeout(timeout), "put")
 
     def try_put(self, item: Any) -> bool:
         validate_queue_item(item)
-        token = self._register(item)
-        status = lib.cllm_queue_put(self._q, token, 0.0)
-        if status != lib.CLLM_OK:
-            del self._items[token]
-            if status == lib.CLLM_ERR_TIMEOUT:
-                return False
-            check(status, "try_put")
+        try:
+            self._put(item, 0.0, "try_put")
+        except QueueTimeoutError:
+            return False
         return True
 
+    def _get(self, timeout: float | None, what: str) -> Any:
+        token = ffi.new("uint64_t *", _NO_TOKEN)
+        try:
+            _blocking(lambda t: lib.cllm_queue_get(self._q, t, token), timeout, what)
+            key = token[0]
+            item = self._items[key]
+        except BaseException as exc:
+            if token[0] != _NO_TOKEN:  # C took it: give it back to the head
+                status = lib.cllm_queue_unget(self._q, token[0])
+                if status != lib.CLLM_OK:
+                    raise MemoryError(f"{what}: cannot requeue an item") from exc
+            raise
+        del self._items[key]
+        return item
+
     def get(self, timeout: float | None = None) -> Any:
-        timeout = validate_timeout(timeout)
-        token = ffi.new("uint64_t *")
-        _blocking(lambda t: lib.cllm_queue_get(self._q, t, token), timeout, "get")
-        return self._items.pop(int(token[0]))
+        return self._get(validate_timeout(timeout), "get")
 
     def try_get(self) -> Any | None:
-        token = ffi.new("uint64_t *")
-        status = lib.cllm_queue_get(self._q, 0.0, token)
-        if status == lib.CLLM_ERR_TIMEOUT:
+        try:
+            return self._get(0.0, "try_get")
+        except QueueTimeoutError:
             return None
-        check(status, "try_get: the queue is closed and drained")
-        return self._items.pop(int(token[0]))
 
     def close(self) -> None:
         check(lib.cllm_queue_close(self._q), "close")
@@ -178,25 +208,49 @@ class _BatchPool:
         s = int(slot[0])
         return _PooledBatch(self._batches[s], s, int(generation[0]), self)
 
+    def _lent(self, attempt: Callable[[Any, Any], bool]) -> _PooledBatch | None:
+        """The handle of the slot ``attempt(slot, gen)`` borrows from C (or None).
+
+        An exception after C lent the slot (in a later step, or from a signal
+        handler) gives it back: the pool is left as it was.
+        """
+        slot, gen = ffi.new("int64_t *", -1), ffi.new("uint64_t *")
+        try:
+            if not attempt(slot, gen):
+                return None
+            handle = self._handle(slot, gen)
+        except BaseException:
+            if slot[0] >= 0:
+                lib.cllm_pool_unacquire(self._p, slot[0], gen[0])
+            raise
+        return handle
+
     def acquire(self, timeout: float | None = None) -> _PooledBatch:
         timeout = validate_timeout(timeout)
-        slot, gen = ffi.new("int64_t *"), ffi.new("uint64_t *")
         calls = itertools.count()
 
-        def attempt(t: float) -> int:
-            # a later attempt has waited already: it cannot count as a hit
-            return lib.cllm_pool_acquire(self._p, t, int(next(calls) > 0), slot, gen)
+        def attempt(slot: Any, gen: Any) -> bool:
+            def once(t: float) -> int:
+                # a later attempt has waited already: it cannot count as a hit
+                waited = int(next(calls) > 0)
+                return lib.cllm_pool_acquire(self._p, t, waited, slot, gen)
 
-        _blocking(attempt, timeout, "acquire")
-        return self._handle(slot, gen)
+            _blocking(once, timeout, "acquire")
+            return True
+
+        handle = self._lent(attempt)
+        assert handle is not None
+        return handle
 
     def try_acquire(self) -> _PooledBatch | None:
-        slot, gen = ffi.new("int64_t *"), ffi.new("uint64_t *")
-        status = lib.cllm_pool_try_acquire(self._p, slot, gen)
-        if status == lib.CLLM_ERR_EMPTY:
-            return None
-        check(status, "try_acquire: the pool is closed")
-        return self._handle(slot, gen)
+        def attempt(slot: Any, gen: Any) -> bool:
+            status = lib.cllm_pool_try_acquire(self._p, slot, gen)
+            if status == lib.CLLM_ERR_EMPTY:
+                return False
+            check(status, "try_acquire: the pool is closed")
+            return True
+
+        return self._lent(attempt)
 
     def _own(self, item: object, what: str) -> _PooledBatch:
         if not isinstance(item, _PooledBatch) or item.pool is not self:

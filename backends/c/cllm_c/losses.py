@@ -66,7 +66,7 @@ def softmax_forward(x: np.ndarray) -> tuple[np.ndarray, SoftmaxCache]:
 
 def softmax_backward(dy: np.ndarray, cache: SoftmaxCache) -> np.ndarray:
     """``dx = y * (dy - sum(dy * y))``."""
-    validate_softmax_backward(dy, cache)
+    validate_softmax_backward(dy, cache, SoftmaxCache)
     return _softmax_backward(dy, cache.y, 0)
 
 
@@ -78,7 +78,7 @@ def log_softmax_forward(x: np.ndarray) -> tuple[np.ndarray, LogSoftmaxCache]:
 
 def log_softmax_backward(dy: np.ndarray, cache: LogSoftmaxCache) -> np.ndarray:
     """``dx = dy - exp(y) * sum(dy)``."""
-    validate_softmax_backward(dy, cache)
+    validate_softmax_backward(dy, cache, LogSoftmaxCache)
     return _softmax_backward(dy, cache.y, 1)
 
 
@@ -202,5 +202,6 @@ def huber_forward(
 
 def huber_backward(dloss: np.ndarray, cache: RegressionLossCache) -> np.ndarray:
     """``dpred = clip(d, -delta, delta) s``."""
+    validate_regression_backward(dloss, cache)  # the cache itself before its delta
     delta = validate_huber_delta(cache.delta)
     return _regression_backward("huber", dloss, cache, delta)

@@ -44,7 +44,7 @@ def softmax_forward(x: np.ndarray) -> tuple[np.ndarray, SoftmaxCache]:
 
 def softmax_backward(dy: np.ndarray, cache: SoftmaxCache) -> np.ndarray:
     """``dx = y * (dy - sum(dy * y))``."""
-    dy = validate_softmax_backward(dy, cache)
+    dy = validate_softmax_backward(dy, cache, SoftmaxCache)
     y = cache.y
     return y * (dy - np.sum(dy * y, axis=-1, keepdims=True))  # (..., V)
 
@@ -59,7 +59,7 @@ def log_softmax_forward(x: np.ndarray) -> tuple[np.ndarray, LogSoftmaxCache]:
 
 def log_softmax_backward(dy: np.ndarray, cache: LogSoftmaxCache) -> np.ndarray:
     """``dx = dy - exp(y) * sum(dy)``."""
-    dy = validate_softmax_backward(dy, cache)
+    dy = validate_softmax_backward(dy, cache, LogSoftmaxCache)
     return dy - np.exp(cache.y) * np.sum(dy, axis=-1, keepdims=True)  # (..., V)
 
 

@@ -60,11 +60,14 @@ static int init_cond(pthread_cond_t *c)
 }
 
 /* ------------------------------------------------------------- queue ---- */
+/* The ring has `slots` >= capacity entries: an unget (a get that raised
+ * after it took its token) may return a token to a queue that a producer has
+ * refilled meanwhile, and must not lose it. */
 struct cllm_queue {
     pthread_mutex_t mu;
     pthread_cond_t not_empty, not_full;
     uint64_t *ring;
-    int64_t capacity, head, count;
+    int64_t capacity, slots, head, count;
     int closed;
 };
 
@@ -86,6 +89,7 @@ int cllm_queue_new(int64_t capacity, cllm_queue **out)
         return CLLM_ERR_SYSTEM;
     }
     q->capacity = capacity;
+    q->slots = capacity;
     *out = q;
     return CLLM_OK;
 }
@@ -101,16 +105,16 @@ void cllm_queue_free(cllm_queue *q)
     free(q);
 }
 
-int cllm_queue_put(cllm_queue *q, uint64_t token, double timeout)
+int cllm_queue_put(cllm_queue *q, uint64_t token, double timeout, int *queued)
 {
-    CLLM_CHECK(q && !isnan(timeout));
+    CLLM_CHECK(q && queued && !isnan(timeout));
     deadline_t d = deadline_in(timeout);
     int status = CLLM_OK;
     pthread_mutex_lock(&q->mu);
-    while (!q->closed && q->count == q->capacity) {
+    while (!q->closed && q->count >= q->capacity) {
         if (timeout == 0.0 || wait_until(&q->not_full, &q->mu, &d) == ETIMEDOUT) {
             /* the predicate wins a race with the deadline */
-            if (!q->closed && q->count == q->capacity)
+            if (!q->closed && q->count >= q->capacity)
                 status = CLLM_ERR_TIMEOUT;
             break;
         }
@@ -118,8 +122,9 @@ int cllm_queue_put(cllm_queue *q, uint64_t token, double timeout)
     if (status == CLLM_OK && q->closed)
         status = CLLM_ERR_CLOSED;
     if (status == CLLM_OK) {
-        q->ring[(q->head + q->count) % q->capacity] = token;
+        q->ring[(q->head + q->count) % q->slots] = token;
         q->count++;
+        *queued = 1; /* under the lock: the caller's undo knows what happened */
         pthread_cond_signal(&q->not_empty);
     }
     pthread_mutex_unlock(&q->mu);
@@ -143,9 +148,63 @@ int cllm_queue_get(cllm_queue *q, double timeout, uint64_t *token)
         status = CLLM_ERR_CLOSED; /* closed and drained */
     if (status == CLLM_OK) {
         *token = q->ring[q->head];
-        q->head = (q->head + 1) % q->capacity;
+        q->head = (q->head + 1) % q->slots;
         q->count--;
         pthread_cond_signal(&q->not_full);
+    }
+    pthread_mutex_unlock(&q->mu);
+    return status;
+}
+
+/* lock held: make room for one more token, keeping the order */
+static int grow(cllm_queue *q)
+{
+    if (q->count < q->slots)
+        return CLLM_OK;
+    if (q->slots > ((int64_t)1 << 41))
+        return CLLM_ERR_NOMEM;
+    uint64_t *ring = malloc((size_t)(2 * q->slots) * sizeof(uint64_t));
+    if (!ring)
+        return CLLM_ERR_NOMEM;
+    for (int64_t i = 0; i < q->count; i++)
+        ring[i] = q->ring[(q->head + i) % q->slots];
+    free(q->ring);
+    q->ring = ring;
+    q->head = 0;
+    q->slots *= 2;
+    return CLLM_OK;
+}
+
+int cllm_queue_unget(cllm_queue *q, uint64_t token)
+{
+    CLLM_CHECK(q);
+    pthread_mutex_lock(&q->mu);
+    int status = grow(q);
+    if (status == CLLM_OK) {
+        q->head = (q->head + q->slots - 1) % q->slots;
+        q->ring[q->head] = token;
+        q->count++;
+        pthread_cond_signal(&q->not_empty);
+    }
+    pthread_mutex_unlock(&q->mu);
+    return status;
+}
+
+int cllm_queue_cancel(cllm_queue *q, uint64_t token)
+{
+    CLLM_CHECK(q);
+    int status = CLLM_ERR_EMPTY;
+    pthread_mutex_lock(&q->mu);
+    /* newest first: the token of a put that is being undone is near the tail */
+    for (int64_t i = q->count - 1; i >= 0; i--) {
+        if (q->ring[(q->head + i) % q->slots] != token)
+            continue;
+        for (int64_t j = i; j + 1 < q->count; j++)
+            q->ring[(q->head + j) % q->slots] = q->ring[(q->head + j + 1) % q->slots];
+        q->count--;
+        pthread_cond_signal(&q->not_full);
+        status = CLLM_OK;
+        break;
     }
     pthread_mutex_unlock(&q->mu);
     return status;
@@ -184,6 +243,7 @@ struct cllm_pool {
     pthread_cond_t slot_freed;
     int64_t size, *free_ring, free_head, free_count, *refcount;
     uint64_t *generation;
+    unsigned char *lent_as_hit; /* so an undone acquire takes its hit back */
     cllm_pool_stats stats;
     int closed;
 };
@@ -197,7 +257,8 @@ int cllm_pool_new(int64_t size, cllm_pool **out)
     p->free_ring = malloc((size_t)size * sizeof(int64_t));
     p->refcount = calloc((size_t)size, sizeof(int64_t));
     p->generation = calloc((size_t)size, sizeof(uint64_t));
-    if (!p->free_ring || !p->refcount || !p->generation) {
+    p->lent_as_hit = calloc((size_t)size, 1);
+    if (!p->free_ring || !p->refcount || !p->generation || !p->lent_as_hit) {
         cllm_pool_free(p);
         return CLLM_ERR_NOMEM;
     }
@@ -205,6 +266,7 @@ int cllm_pool_new(int64_t size, cllm_pool **out)
         free(p->free_ring);
         free(p->refcount);
         free(p->generation);
+        free(p->lent_as_hit);
         free(p);
         return CLLM_ERR_SYSTEM;
     }
@@ -227,16 +289,19 @@ void cllm_pool_free(cllm_pool *p)
     free(p->free_ring);
     free(p->refcount);
     free(p->generation);
+    free(p->lent_as_hit);
     free(p);
 }
 
 /* lock held, a slot free: lend the oldest free slot with refcount 1 */
-static void lend(cllm_pool *p, int64_t *slot, uint64_t *generation)
+static void lend(cllm_pool *p, int hit, int64_t *slot, uint64_t *generation)
 {
     int64_t s = p->free_ring[p->free_head];
     p->free_head = (p->free_head + 1) % p->size;
     p->free_count--;
     p->refcount[s] = 1;
+    p->lent_as_hit[s] = (unsigned char)hit;
+    p->stats.hits += hit;
     p->stats.allocations++;
     *slot = s;
     *generation = p->generation[s];
@@ -260,8 +325,7 @@ int cllm_pool_acquire(cllm_pool *p, double timeout, int waited_before,
     if (status == CLLM_OK && p->closed)
         status = CLLM_ERR_CLOSED;
     if (status == CLLM_OK) {
-        p->stats.hits += !waited;
-        lend(p, slot, generation);
+        lend(p, !waited, slot, generation);
     }
     pthread_mutex_unlock(&p->mu);
     return status;
@@ -278,8 +342,7 @@ int cllm_pool_try_acquire(cllm_pool *p, int64_t *slot, uint64_t *generation)
         p->stats.misses++;
         status = CLLM_ERR_EMPTY;
     } else {
-        p->stats.hits++;
-        lend(p, slot, generation);
+        lend(p, 1, slot, generation);
     }
     pthread_mutex_unlock(&p->mu);
     return status;
@@ -290,6 +353,25 @@ static int live(const cllm_pool *p, int64_t slot, uint64_t generation)
 {
     return slot >= 0 && slot < p->size && p->generation[slot] == generation
            && p->refcount[slot] > 0;
+}
+
+int cllm_pool_unacquire(cllm_pool *p, int64_t slot, uint64_t generation)
+{
+    CLLM_CHECK(p);
+    pthread_mutex_lock(&p->mu);
+    /* only a loan nobody else has seen: refcount 1, the generation it was lent at */
+    int ok = live(p, slot, generation) && p->refcount[slot] == 1;
+    if (ok) {
+        p->refcount[slot] = 0;
+        p->free_head = (p->free_head + p->size - 1) % p->size;
+        p->free_ring[p->free_head] = slot;
+        p->free_count++;
+        p->stats.allocations--;
+        p->stats.hits -= p->lent_as_hit[slot];
+        pthread_cond_signal(&p->slot_freed);
+    }
+    pthread_mutex_unlock(&p->mu);
+    return ok ? CLLM_OK : CLLM_ERR_REFCOUNT;
 }
 
 int cllm_pool_retain(cllm_pool *p, int64_t slot, uint64_t generation)

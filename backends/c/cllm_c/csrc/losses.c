@@ -547,8 +547,8 @@ reg_back_block(int kind, const float *diff, const float *dloss, int per_item,
         float s = per_item ? dloss[i] : s0;
         if (kind == REG_MSE)
             g = 2.0f * d;
-        else if (kind == REG_L1)
-            g = (float)((d > 0.0f) - (d < 0.0f));
+        else if (kind == REG_L1) /* sign(d); NaN stays NaN, as in the reference */
+            g = d != d ? d : (float)((d > 0.0f) - (d < 0.0f));
         else
             g = d < -delta ? -delta : (d > delta ? delta : d);
         dpred[i] = g * s;
@@ -755,8 +755,8 @@ int cllm_regression_backward_f64(int kind, const double *diff, const double *dlo
         double d = diff[i], s = dloss_per_item ? dloss[i] : s0, g;
         if (kind == REG_MSE)
             g = 2.0 * d;
-        else if (kind == REG_L1)
-            g = (double)((d > 0.0) - (d < 0.0));
+        else if (kind == REG_L1) /* sign(d); NaN stays NaN, as in the reference */
+            g = d != d ? d : (double)((d > 0.0) - (d < 0.0));
         else
             g = d < -delta ? -delta : (d > delta ? delta : d);
         dpred[i] = g * s;
