@@ -38,6 +38,10 @@ BACKEND_MUTANTS = {
         "test_bug11_ce_nonnegative_and_finite_at_logit_gap",
     ),
     "gelu_swapped": ("test_ffn.py", "test_gelu_minus_gelu_tanh_is_pinned"),
+    "gemv_drops_k_tail": (
+        "test_ffn.py",
+        "test_linear_few_rows_match_oracle_over_edge_sizes",
+    ),
     "layernorm_unbiased": (
         "test_ffn.py",
         "test_layernorm_golden_biased_variance_eps_inside_sqrt",

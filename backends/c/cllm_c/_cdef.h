@@ -49,7 +49,8 @@ int cllm_sgemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
 void cllm_gemm_avx512(int on);
 int cllm_gemm_set_blocking(int64_t kc, int64_t mc, int64_t nc);
 
-/* ffn.c */
+/* ffn.c: linear_forward runs rows <= CLLM_GEMV_MAX_ROWS on cllm_gemv, more on
+ * the GEMM */
 int cllm_linear_forward(const float *x, const float *w, const float *b, float *y,
                         int64_t n, int64_t in_features, int64_t out_features);
 int cllm_linear_backward(const float *dy, const float *x, const float *w,
@@ -65,6 +66,11 @@ int cllm_layernorm_backward(const float *dy, const float *x_hat, const float *rs
                             const float *weight, float *dx, float *dweight,
                             float *dbias, int64_t rows, int64_t c);
 int cllm_column_sum(const float *x, float *out, int64_t rows, int64_t cols);
+/* gemv.c: y (M, OUT) = x (M, IN) w^T + b (b may be NULL) for M <= MAX_ROWS,
+ * streaming w once as stored; y(m, :) does not depend on M or threads */
+enum { CLLM_GEMV_MAX_ROWS = 8 };
+int cllm_gemv(const float *x, const float *w, const float *b, float *y, int64_t m,
+              int64_t in_features, int64_t out_features);
 
 /* losses.c (log_softmax selects log-softmax over softmax) */
 int cllm_softmax_forward(const float *x, float *y, int64_t rows, int64_t v,
