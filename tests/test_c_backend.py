@@ -108,7 +108,7 @@ def _workloads(rng: np.random.Generator) -> dict[str, Callable[[], Any]]:
         "linear_forward": lambda: cllm_c.linear_forward(x, w, b)[0],
         "linear_forward_float64": lambda: cllm_c.linear_forward(x64, w64, None)[0],
         "linear_forward_wide": lambda: cllm_c.linear_forward(x_wide, w_wide, None)[0],
-        "linear_forward_few_rows": lambda: cllm_c.linear_forward(x_few, w_few, b_few)[0],
+        "linear_few_rows": lambda: cllm_c.linear_forward(x_few, w_few, b_few)[0],
         "linear_backward": lambda: cllm_c.linear_backward(dy, lin),
         "gelu_forward": lambda: cllm_c.activation_forward(h, "gelu")[0],
         "gelu_backward": lambda: cllm_c.activation_backward(h, gelu),

@@ -2,8 +2,8 @@
 inputs, as a matrix-vector kernel whose 16-lane loop forgets its tail would."""
 
 import numpy as np
-
 from cllm_numpy.ffn import linear_forward as _reference
+
 from conformance.mutants._base import *  # noqa: F403
 
 name = "mutant-gemv-drops-k-tail"
