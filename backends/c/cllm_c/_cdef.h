@@ -153,6 +153,13 @@ int cllm_tokens_to_heads(const float *x, int64_t ld, int64_t offset, int64_t b,
                          int64_t t, int64_t nh, int64_t hs, float *heads);
 int cllm_heads_to_tokens(const float *heads, int64_t b, int64_t t, int64_t nh,
                          int64_t hs, float *x, int64_t ld, int64_t offset);
+/* decoding: qkv (B, T, 3C) of T new tokens; their keys and values go to rows
+ * [start, start + T) of the caches (B, NH, T_max, HS), and each query attends
+ * causally over rows [0, start + i] in place; out (B, T, C), att (B, NH, T,
+ * start + T). */
+int cllm_attention_decode(const float *qkv, int64_t b, int64_t t, int64_t nh,
+                          int64_t hs, float *k_cache, float *v_cache, int64_t t_max,
+                          int64_t start, float scale, float *out, float *att);
 /* writes src (B, NH, Tn, HS) into dst (B, NH, T_max, HS) at rows [start, start + Tn) */
 int cllm_kv_cache_write(const float *src, int64_t b, int64_t nh, int64_t tn,
                         int64_t hs, float *dst, int64_t t_max, int64_t start);

@@ -8,6 +8,7 @@ wrapper should have (it re-checks sizes and ids on its own).
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
@@ -115,7 +116,7 @@ def empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     The array keeps its mapping alive and unmaps it when collected.
     """
     dt = np.dtype(dtype)
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+    nbytes = math.prod(shape) * dt.itemsize
     if nbytes < BIG_BYTES:
         return np.empty(shape, dtype=dt)
     raw = lib.cllm_big_alloc(nbytes)

@@ -4,14 +4,16 @@ the projections of multi-head attention).
 The math and error contract are in :mod:`cllm_spec.attention`. Multi-head
 attention is composed here from the kernels: the QKV projection, a C kernel
 that moves heads to (B, NH, T, HS), scaled dot-product attention, the inverse
-move and the output projection.
+move and the output projection. Decoding over a nonempty KV cache takes one
+kernel instead of the middle three (``cllm_attention_decode``): it appends
+the new keys and values and attends over the cache where it lies.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from cllm_c._lib import arr, check, empty, ffi, kernel, ptr
+from cllm_c._lib import F32, arr, check, empty, ffi, kernel, lib, ptr
 from cllm_c.ffn import _linear, _linear_backward
 from cllm_spec.attention import (
     attention_scale,
@@ -162,21 +164,61 @@ def _merge(heads: np.ndarray, out: np.ndarray, offset: int) -> None:
     check(status, "merge heads")
 
 
-def mha_forward(
+def _decode(
+    qkv: np.ndarray, kv_cache: KVCache, nh: int
+) -> tuple[np.ndarray, AttentionCache, KVCache]:
+    """Attention of T new tokens over a nonempty contiguous cache, in place.
+
+    ``qkv: (B, T, 3C)``; C appends the keys and values and reads the cache
+    where it lies, so a decoding step copies nothing of the cache. Returns
+    the merged heads (B, T, C), the attention cache and the appended cache.
+    """
+    b, t, c3 = qkv.shape
+    c, start = c3 // 3, int(kv_cache.length)
+    t_max, hs = kv_cache.k.shape[2], c // nh
+    scale = attention_scale(hs)
+    out = empty((b, t, c), dtype=qkv.dtype)
+    att = empty((b, nh, t, start + t), dtype=qkv.dtype)
+    status = lib.cllm_attention_decode(
+        ptr(qkv), b, t, nh, hs, ptr(kv_cache.k), ptr(kv_cache.v), t_max, start,
+        scale, ptr(out), ptr(att),
+    )  # fmt: skip
+    check(status, "attention over the KV cache")
+    new_cache = KVCache(kv_cache.k, kv_cache.v, start + t)
+    q = qkv[..., :c].reshape(b, t, nh, hs).transpose(0, 2, 1, 3)  # a view
+    k, v = (buf[:, :, : start + t] for buf in (kv_cache.k, kv_cache.v))
+    return out, AttentionCache(q, k, v, att, scale), new_cache
+
+
+def _in_place(qkv: np.ndarray, kv_cache: KVCache | None) -> bool:
+    """Whether C can decode over ``kv_cache`` in place (float32, contiguous)."""
+    return (
+        kv_cache is not None
+        and kv_cache.length > 0
+        and qkv.dtype == F32
+        and kv_cache.k.flags.c_contiguous
+        and kv_cache.v.flags.c_contiguous
+    )
+
+
+def _mha(
     x: np.ndarray,
     w_qkv: np.ndarray,
     b_qkv: np.ndarray | None,
     w_proj: np.ndarray,
     b_proj: np.ndarray | None,
-    *,
     n_head: int,
-    kv_cache: KVCache | None = None,
+    kv_cache: KVCache | None,
 ) -> tuple[np.ndarray, MHACache, KVCache | None]:
-    """Causal multi-head self-attention with fused QKV and output projection."""
-    validate_mha(x, w_qkv, b_qkv, w_proj, b_proj, n_head, kv_cache)
+    """:func:`mha_forward` on inputs the caller has validated."""
     nh = int(n_head)
     b, t, c = x.shape
     qkv, qkv_cache = _linear(x, w_qkv, b_qkv)  # (B, T, 3C)
+    if _in_place(qkv, kv_cache):
+        assert kv_cache is not None
+        merged, attn_cache, appended = _decode(qkv, kv_cache, nh)  # (B, T, C)
+        y, proj_cache = _linear(merged, w_proj, b_proj)  # (B, T, C)
+        return y, MHACache(qkv_cache, attn_cache, proj_cache, nh), appended
     q, k, v = (_split(qkv, i * c, c, nh) for i in range(3))  # (B, NH, T, HS) each
     new_cache, buffers = None, None
     if kv_cache is not None:
@@ -194,6 +236,21 @@ def mha_forward(
     _merge(a, merged, 0)  # (B, T, C)
     y, proj_cache = _linear(merged, w_proj, b_proj)  # (B, T, C)
     return y, MHACache(qkv_cache, attn_cache, proj_cache, nh), new_cache
+
+
+def mha_forward(
+    x: np.ndarray,
+    w_qkv: np.ndarray,
+    b_qkv: np.ndarray | None,
+    w_proj: np.ndarray,
+    b_proj: np.ndarray | None,
+    *,
+    n_head: int,
+    kv_cache: KVCache | None = None,
+) -> tuple[np.ndarray, MHACache, KVCache | None]:
+    """Causal multi-head self-attention with fused QKV and output projection."""
+    validate_mha(x, w_qkv, b_qkv, w_proj, b_proj, n_head, kv_cache)
+    return _mha(x, w_qkv, b_qkv, w_proj, b_proj, n_head, kv_cache)
 
 
 def mha_backward(

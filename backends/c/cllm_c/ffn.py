@@ -125,7 +125,12 @@ def layernorm_forward(
     x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float = 1e-5
 ) -> tuple[np.ndarray, LayerNormCache]:
     """``y = (x - mean) / sqrt(var + eps) * weight + bias`` over the last axis."""
-    eps = validate_layernorm(x, weight, bias, eps)
+    return _layernorm(x, weight, bias, validate_layernorm(x, weight, bias, eps))
+
+
+def _layernorm(
+    x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float
+) -> tuple[np.ndarray, LayerNormCache]:
     xc, wc, bc = arr("x", x), arr("weight", weight), arr("bias", bias)
     c = x.shape[-1]
     rows = xc.size // c
@@ -174,6 +179,17 @@ def ffn_forward(
 ) -> tuple[np.ndarray, FFNCache]:
     """``linear(activation(linear(x, w_fc, b_fc)), w_proj, b_proj)``."""
     validate_ffn(x, w_fc, b_fc, w_proj, b_proj, activation)
+    return _ffn(x, w_fc, b_fc, w_proj, b_proj, activation)
+
+
+def _ffn(
+    x: np.ndarray,
+    w_fc: np.ndarray,
+    b_fc: np.ndarray | None,
+    w_proj: np.ndarray,
+    b_proj: np.ndarray | None,
+    activation: Activation,
+) -> tuple[np.ndarray, FFNCache]:
     h, fc = _linear(x, w_fc, b_fc)  # (..., F)
     a, act = _activation(h, str(activation))  # (..., F)
     y, proj = _linear(a, w_proj, b_proj)  # (..., C)
