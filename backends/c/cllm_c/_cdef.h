@@ -66,6 +66,11 @@ int cllm_layernorm_backward(const float *dy, const float *x_hat, const float *rs
                             const float *weight, float *dx, float *dweight,
                             float *dbias, int64_t rows, int64_t c);
 int cllm_column_sum(const float *x, float *out, int64_t rows, int64_t cols);
+/* the feed-forward block: h (N, F) = x w_fc^T + b_fc, a = act(h),
+ * y (N, C) = a w_proj^T + b_proj; exactly the three kernels above */
+int cllm_ffn_forward(const float *x, const float *w_fc, const float *b_fc,
+                     const float *w_proj, const float *b_proj, int kind, float *h,
+                     float *a, float *y, int64_t n, int64_t c, int64_t f);
 /* gemv.c: y (M, OUT) = x (M, IN) w^T + b (b may be NULL) for M <= MAX_ROWS,
  * streaming w once as stored; y(m, :) does not depend on M or threads */
 enum { CLLM_GEMV_MAX_ROWS = 8 };
@@ -160,6 +165,14 @@ int cllm_heads_to_tokens(const float *heads, int64_t b, int64_t t, int64_t nh,
 int cllm_attention_decode(const float *qkv, int64_t b, int64_t t, int64_t nh,
                           int64_t hs, float *k_cache, float *v_cache, int64_t t_max,
                           int64_t start, float scale, float *out, float *att);
+/* multi-head attention of T new tokens x (B, T, C) over a nonempty cache:
+ * qkv (B, T, 3C) = x w_qkv^T + b_qkv, cllm_attention_decode into merged
+ * (B, T, C) and att, y (B, T, C) = merged w_proj^T + b_proj */
+int cllm_mha_decode(const float *x, const float *w_qkv, const float *b_qkv,
+                    const float *w_proj, const float *b_proj, int64_t b, int64_t t,
+                    int64_t nh, int64_t hs, float *k_cache, float *v_cache,
+                    int64_t t_max, int64_t start, float scale, float *qkv,
+                    float *merged, float *att, float *y);
 /* writes src (B, NH, Tn, HS) into dst (B, NH, T_max, HS) at rows [start, start + Tn) */
 int cllm_kv_cache_write(const float *src, int64_t b, int64_t nh, int64_t tn,
                         int64_t hs, float *dst, int64_t t_max, int64_t start);

@@ -4,9 +4,10 @@ the projections of multi-head attention).
 The math and error contract are in :mod:`cllm_spec.attention`. Multi-head
 attention is composed here from the kernels: the QKV projection, a C kernel
 that moves heads to (B, NH, T, HS), scaled dot-product attention, the inverse
-move and the output projection. Decoding over a nonempty KV cache takes one
-kernel instead of the middle three (``cllm_attention_decode``): it appends
-the new keys and values and attends over the cache where it lies.
+move and the output projection. Decoding over a nonempty KV cache is one C
+call (``cllm_mha_decode``): the projections around ``cllm_attention_decode``,
+which appends the new keys and values and attends over the cache where it
+lies.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from cllm_spec.attention import (
     validate_mha,
     validate_mha_backward,
 )
-from cllm_spec.protocols import AttentionCache, KVCache, MHACache
+from cllm_spec.protocols import AttentionCache, KVCache, LinearCache, MHACache
 
 
 # ------------------------------------------------- scaled dot-product ------
@@ -165,37 +166,53 @@ def _merge(heads: np.ndarray, out: np.ndarray, offset: int) -> None:
 
 
 def _decode(
-    qkv: np.ndarray, kv_cache: KVCache, nh: int
-) -> tuple[np.ndarray, AttentionCache, KVCache]:
-    """Attention of T new tokens over a nonempty contiguous cache, in place.
+    x: np.ndarray,
+    w_qkv: np.ndarray,
+    b_qkv: np.ndarray | None,
+    w_proj: np.ndarray,
+    b_proj: np.ndarray | None,
+    kv_cache: KVCache,
+    nh: int,
+) -> tuple[np.ndarray, MHACache, KVCache]:
+    """Multi-head attention of T new tokens over a nonempty contiguous cache.
 
-    ``qkv: (B, T, 3C)``; C appends the keys and values and reads the cache
-    where it lies, so a decoding step copies nothing of the cache. Returns
-    the merged heads (B, T, C), the attention cache and the appended cache.
+    One C call (``cllm_mha_decode``): the QKV projection, the append of the
+    new keys and values, attention over the cache where it lies (nothing of
+    it is copied) and the output projection.
     """
-    b, t, c3 = qkv.shape
-    c, start = c3 // 3, int(kv_cache.length)
-    t_max, hs = kv_cache.k.shape[2], c // nh
+    xc, wq, wp = arr("x", x), arr("w_qkv", w_qkv), arr("w_proj", w_proj)
+    bq = None if b_qkv is None else arr("b_qkv", b_qkv)
+    bp = None if b_proj is None else arr("b_proj", b_proj)
+    b, t, c = x.shape
+    start, t_max, hs = int(kv_cache.length), kv_cache.k.shape[2], c // nh
     scale = attention_scale(hs)
-    out = empty((b, t, c), dtype=qkv.dtype)
-    att = empty((b, nh, t, start + t), dtype=qkv.dtype)
-    status = lib.cllm_attention_decode(
-        ptr(qkv), b, t, nh, hs, ptr(kv_cache.k), ptr(kv_cache.v), t_max, start,
-        scale, ptr(out), ptr(att),
+    qkv = empty((b, t, 3 * c), dtype=F32)
+    merged, y = empty((b, t, c), dtype=F32), empty((b, t, c), dtype=F32)
+    att = empty((b, nh, t, start + t), dtype=F32)
+    status = lib.cllm_mha_decode(
+        ptr(xc), ptr(wq), ptr(bq), ptr(wp), ptr(bp), b, t, nh, hs,
+        ptr(kv_cache.k), ptr(kv_cache.v), t_max, start, scale, ptr(qkv),
+        ptr(merged), ptr(att), ptr(y),
     )  # fmt: skip
     check(status, "attention over the KV cache")
-    new_cache = KVCache(kv_cache.k, kv_cache.v, start + t)
     q = qkv[..., :c].reshape(b, t, nh, hs).transpose(0, 2, 1, 3)  # a view
     k, v = (buf[:, :, : start + t] for buf in (kv_cache.k, kv_cache.v))
-    return out, AttentionCache(q, k, v, att, scale), new_cache
+    attn = AttentionCache(q, k, v, att, scale)
+    cache = MHACache(
+        LinearCache(x, w_qkv, b_qkv is not None),
+        attn,
+        LinearCache(merged, w_proj, b_proj is not None),
+        nh,
+    )
+    return y, cache, KVCache(kv_cache.k, kv_cache.v, start + t)
 
 
-def _in_place(qkv: np.ndarray, kv_cache: KVCache | None) -> bool:
+def _in_place(x: np.ndarray, kv_cache: KVCache | None) -> bool:
     """Whether C can decode over ``kv_cache`` in place (float32, contiguous)."""
     return (
         kv_cache is not None
         and kv_cache.length > 0
-        and qkv.dtype == F32
+        and x.dtype == F32
         and kv_cache.k.flags.c_contiguous
         and kv_cache.v.flags.c_contiguous
     )
@@ -212,13 +229,11 @@ def _mha(
 ) -> tuple[np.ndarray, MHACache, KVCache | None]:
     """:func:`mha_forward` on inputs the caller has validated."""
     nh = int(n_head)
+    if _in_place(x, kv_cache):
+        assert kv_cache is not None
+        return _decode(x, w_qkv, b_qkv, w_proj, b_proj, kv_cache, nh)
     b, t, c = x.shape
     qkv, qkv_cache = _linear(x, w_qkv, b_qkv)  # (B, T, 3C)
-    if _in_place(qkv, kv_cache):
-        assert kv_cache is not None
-        merged, attn_cache, appended = _decode(qkv, kv_cache, nh)  # (B, T, C)
-        y, proj_cache = _linear(merged, w_proj, b_proj)  # (B, T, C)
-        return y, MHACache(qkv_cache, attn_cache, proj_cache, nh), appended
     q, k, v = (_split(qkv, i * c, c, nh) for i in range(3))  # (B, NH, T, HS) each
     new_cache, buffers = None, None
     if kv_cache is not None:

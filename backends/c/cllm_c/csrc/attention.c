@@ -429,6 +429,23 @@ int cllm_attention_decode(const float *qkv, int64_t b, int64_t t, int64_t nh,
     return CLLM_OK;
 }
 
+int cllm_mha_decode(const float *x, const float *w_qkv, const float *b_qkv,
+                    const float *w_proj, const float *b_proj, int64_t b, int64_t t,
+                    int64_t nh, int64_t hs, float *k_cache, float *v_cache,
+                    int64_t t_max, int64_t start, float scale, float *qkv,
+                    float *merged, float *att, float *y)
+{
+    CLLM_CHECK(nh >= 1 && hs >= 1 && b >= 1 && t >= 1);
+    int64_t c = nh * hs;
+    int status = cllm_linear_forward(x, w_qkv, b_qkv, qkv, b * t, c, 3 * c);
+    if (status == CLLM_OK)
+        status = cllm_attention_decode(qkv, b, t, nh, hs, k_cache, v_cache, t_max,
+                                       start, scale, merged, att);
+    if (status == CLLM_OK)
+        status = cllm_linear_forward(merged, w_proj, b_proj, y, b * t, c, c);
+    return status;
+}
+
 /* ------------------------------------------------------------- float64 ---- */
 /* The float64 path: the same per-pair steps on cllm_dgemm, one thread. */
 static int check_f64(const void *a, const void *b, const void *c, const void *d,

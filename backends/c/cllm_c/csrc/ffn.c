@@ -327,6 +327,23 @@ int cllm_activation_backward(int kind, const float *x, const float *dy, float *d
     return act_run(kind, x, dy, dx, n);
 }
 
+/* ------------------------------------------------------- ffn block ---- */
+/* The feed-forward block in one call: the same three kernels the wrapper
+ * would call one by one, so the bits are theirs. A decoding step is a few
+ * microseconds of arithmetic per kernel, as much as a call from Python. */
+int cllm_ffn_forward(const float *x, const float *w_fc, const float *b_fc,
+                     const float *w_proj, const float *b_proj, int kind, float *h,
+                     float *a, float *y, int64_t n, int64_t c, int64_t f)
+{
+    CLLM_CHECK(h && a && f >= 1 && (n <= INT64_MAX / f));
+    int status = cllm_linear_forward(x, w_fc, b_fc, h, n, c, f);
+    if (status == CLLM_OK)
+        status = cllm_activation_forward(kind, h, a, n * f);
+    if (status == CLLM_OK)
+        status = cllm_linear_forward(a, w_proj, b_proj, y, n, f, c);
+    return status;
+}
+
 /* ------------------------------------------------------------ layer norm ---- */
 /* Row statistics in double: the mean of x - x[0] (exact shift for rows like
  * 1e4 + noise, where a float mean would lose digits), then the two-pass
