@@ -104,11 +104,22 @@ def _workloads(rng: np.random.Generator) -> dict[str, Callable[[], Any]]:
     # split over threads, and 97 leaves a K tail for every SIMD width
     x_few, w_few = _normal(rng, 5, 97), _normal(rng, 3000, 97, scale=0.1)
     b_few = _normal(rng, 3000)
+    # one decoding step of 8 sequences over 200 cached positions (8 heads)
+    x_dec = _normal(rng, 8, 1, 256)
+    w_qkv, w_o = _normal(rng, 768, 256, scale=0.05), _normal(rng, 256, 256, scale=0.05)
+    kv = cllm_c.kv_cache_new(8, 8, 201, 32, np.float32)
+    kv.k[...], kv.v[...] = _normal(rng, 8, 8, 201, 32), _normal(rng, 8, 8, 201, 32)
+    kv = kv._replace(length=200)
     return {
         "linear_forward": lambda: cllm_c.linear_forward(x, w, b)[0],
         "linear_forward_float64": lambda: cllm_c.linear_forward(x64, w64, None)[0],
         "linear_forward_wide": lambda: cllm_c.linear_forward(x_wide, w_wide, None)[0],
         "linear_few_rows": lambda: cllm_c.linear_forward(x_few, w_few, b_few)[0],
+        "mha_decode": lambda: (
+            cllm_c.mha_forward(x_dec, w_qkv, None, w_o, None, n_head=8, kv_cache=kv)[0],
+            kv.k.copy(),
+            kv.v.copy(),
+        ),
         "linear_backward": lambda: cllm_c.linear_backward(dy, lin),
         "gelu_forward": lambda: cllm_c.activation_forward(h, "gelu")[0],
         "gelu_backward": lambda: cllm_c.activation_backward(h, gelu),
