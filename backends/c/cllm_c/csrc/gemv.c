@@ -22,6 +22,11 @@
 
 #define GEMV_ROWS 4   /* weight rows streamed together */
 #define GEMV_CHUNK 64 /* output columns per parallel chunk */
+/* Weight rows ahead that the kernels prefetch: the block after next. The
+ * hardware prefetcher alone kept one core at ~70% of its streaming-read rate
+ * on a 46 MB LM head; a prefetch never faults, so reaching past the last row
+ * is harmless. */
+#define GEMV_AHEAD (2 * GEMV_ROWS)
 /* a thread is worth waking for this many weight elements: below it the
  * weight sits in L2 and the wake-up costs more than the work */
 #define GEMV_GRAIN ((int64_t)1 << 17)
@@ -83,8 +88,11 @@ group_avx2(const gemv_job *g, const float *rows[GEMV_ROWS], int64_t m0, int mr,
             acc[i][r] = _mm256_setzero_ps();
     for (; p + 8 <= k; p += 8) {
         __m256 wv[GEMV_ROWS];
-        for (int r = 0; r < GEMV_ROWS; r++)
+        for (int r = 0; r < GEMV_ROWS; r++) {
+            if (m0 == 0 && p % 16 == 0) /* one prefetch per 64-byte line */
+                _mm_prefetch((const char *)(rows[r] + p + GEMV_AHEAD * k), _MM_HINT_T0);
             wv[r] = _mm256_loadu_ps(rows[r] + p);
+        }
         for (int i = 0; i < mr; i++) {
             __m256 xv = _mm256_loadu_ps(g->x + (m0 + i) * k + p);
             for (int r = 0; r < GEMV_ROWS; r++)
@@ -135,8 +143,11 @@ group_avx512(const gemv_job *g, const float *rows[GEMV_ROWS], int64_t m0, int mr
             acc[i][r] = _mm512_setzero_ps();
     for (; p + 16 <= k; p += 16) {
         __m512 wv[GEMV_ROWS];
-        for (int r = 0; r < GEMV_ROWS; r++)
+        for (int r = 0; r < GEMV_ROWS; r++) {
+            if (m0 == 0) /* the first x group fetches the block after next */
+                _mm_prefetch((const char *)(rows[r] + p + GEMV_AHEAD * k), _MM_HINT_T0);
             wv[r] = _mm512_loadu_ps(rows[r] + p);
+        }
         for (int i = 0; i < mr; i++) {
             __m512 xv = _mm512_loadu_ps(g->x + (m0 + i) * k + p);
             for (int r = 0; r < GEMV_ROWS; r++)
