@@ -51,6 +51,21 @@ forward, :mod:`cllm_spec.model`):
    T_max, each token therefore costs a forward over T_max positions, the same
    work as nanoGPT's uncached crop ``idx[:, -block_size:]``.
 
+Each forward of the decoder computes the LM head for the last position only
+(``forward(..., logits="last")``): a prefill of T tokens samples from one row,
+so it multiplies the V x C head by one row, not by T. The params are checked
+once per decoder, not once per token (``params_checked``).
+
+Batches
+=======
+
+``generate_batch`` decodes B prompts of one length together (B samples of one
+prompt, for example): every decoding step is one forward over B rows, so each
+weight is read once for all of them. Row b stops at its own ``eos_id``; each
+step draws B doubles (``sample`` on ``(B, V)``), so with B = 1 it is
+``generate`` exactly, and with greedy sampling row b is ``generate`` of
+prompt b (up to the rounding of a batched forward).
+
 Errors (checked before the model runs)
 ======================================
 - ConfigError: ``cfg`` not a ModelConfig; ``max_new_tokens`` not an int >= 0;
@@ -58,9 +73,10 @@ Errors (checked before the model runs)
   ``numpy.random.Generator``; ``eos_id`` not None or an int (bools refused);
 - DTypeError: ``params`` not float32/float64; ``prompt_ids`` not an int32/int64
   ndarray;
-- ShapeError: ``params`` not (P,); ``prompt_ids`` not rank 1;
+- ShapeError: ``params`` not (P,); ``prompt_ids`` not rank 1 (``generate``)
+  or 2 (``generate_batch``); ``Decoder.feed`` ids not (T,) or (B, T), T >= 1;
 - IdRangeError: a prompt id or ``eos_id`` outside [0, V);
-- EmptyInputError: an empty prompt when V <= 2 (no ``<bos>``);
+- EmptyInputError: an empty prompt when V <= 2 (no ``<bos>``); B = 0 prompts;
 - NonFiniteError: NaN or inf in ``params``;
 - Unsupported: ``params.dtype`` not among ``backend.dtypes``.
 """

@@ -56,6 +56,13 @@ double per row is drawn whatever V, T, k and p are, so a seed gives one fixed
 sequence of ids for a fixed distribution, and tokens of probability 0
 (filtered out) are never returned.
 
+Memory: a decoding step samples from V logits per row, so ``sample`` copies
+them at most once: greedy reads the logits in place (validation included: one
+max reduction per row, with no temporary of the vocabulary's size unless
+something is wrong); otherwise one float64 copy is made and tempered,
+filtered, exponentiated and summed in place (top-k and top-p add their own
+selection arrays: a partition or a sort of the kept logits).
+
 Deviations
 ----------
 - ``top_k > V`` is a ConfigError; Hugging Face clamps it to V. A top-k larger
