@@ -13,7 +13,7 @@ def linear_forward(x, w, b):  # type: ignore[no-untyped-def]
     y, cache = _reference(x, w, b)
     n_in = w.shape[1]
     full = n_in - n_in % 16
-    if x.size // n_in > 8 or full == n_in:
+    if x.size // n_in > 16 or full == n_in:
         return y, cache
     # the planted mistake: the tail's products are missing
     tail = np.asarray(x)[..., full:] @ np.asarray(w)[:, full:].T

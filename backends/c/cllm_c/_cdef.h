@@ -73,7 +73,7 @@ int cllm_ffn_forward(const float *x, const float *w_fc, const float *b_fc,
                      float *a, float *y, int64_t n, int64_t c, int64_t f);
 /* gemv.c: y (M, OUT) = x (M, IN) w^T + b (b may be NULL) for M <= MAX_ROWS,
  * streaming w once as stored; y(m, :) does not depend on M or threads */
-enum { CLLM_GEMV_MAX_ROWS = 8 };
+enum { CLLM_GEMV_MAX_ROWS = 16 };
 int cllm_gemv(const float *x, const float *w, const float *b, float *y, int64_t m,
               int64_t in_features, int64_t out_features);
 
