@@ -83,6 +83,7 @@ Errors (checked before the model runs)
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -216,6 +217,24 @@ class Decoder:
             logits = self._run(window, 0)
         return logits[0] if single else logits
 
+    def reorder(self, rows: np.ndarray) -> None:
+        """Make sequence i the former sequence ``rows[i]`` (its cached keys and
+        values and its tokens), for ``rows: (B,)`` ints in [0, B).
+
+        Beam search keeps the best continuations, which may share a parent or
+        drop one; this copies each layer's cache rows once per call.
+        """
+        index = np.asarray(rows, dtype=np.int64)
+        if index.shape != (self.batch,) or index.min() < 0 or index.max() >= self.batch:
+            raise ShapeError(
+                f"rows: expected ({self.batch},) ints in [0, {self.batch}), "
+                f"got {np.shape(rows)}"
+            )
+        for kv in self._caches:
+            kv.k[...] = kv.k[index]  # (B, NH, T_max, HS): fancy indexing copies
+            kv.v[...] = kv.v[index]
+        self._tokens[...] = self._tokens[index]
+
     def _run(self, rows: np.ndarray, offset: int) -> np.ndarray:
         logits, _, cache = forward(
             self.backend,
@@ -293,12 +312,57 @@ def _generate(
     rng: np.random.Generator,
     eos: int | None,
 ) -> list[np.ndarray]:
-    """The decoding loop of validated ``prompts: (B, T)``."""
-    b = prompts.shape[0]
-    out = np.zeros((b, n), dtype=np.int64)
-    count = np.zeros(b, dtype=np.int64)  # tokens kept per row
+    """The decoding loop of validated ``prompts: (B, T)``: the kept tokens."""
+    kept: list[list[int]] = [[] for _ in range(prompts.shape[0])]
+    for toks, live in _steps(backend, cfg, params, prompts, n, sampling, rng, eos):
+        for row in np.flatnonzero(live):
+            kept[row].append(int(toks[row]))
+    return [np.asarray(row, dtype=np.int64) for row in kept]
+
+
+def generate_stream(
+    backend: Any,
+    model_cfg: ModelConfig,
+    params: np.ndarray,
+    prompt_ids: np.ndarray,
+    max_new_tokens: int,
+    sampling: SamplingConfig,
+    rng: np.random.Generator,
+    eos_id: int | None,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """:func:`generate_batch` one step at a time, for printing as it goes.
+
+    Yields ``(tokens, live)`` per decoding step, both ``(B,)``: row b's new
+    token is ``tokens[b]`` where ``live[b]``; a row that has stopped (at its
+    ``eos_id``) is not live again. The live tokens, in order, are exactly what
+    :func:`generate_batch` returns for the same arguments and generator.
+    Validation happens before the first step (so errors raise at the first
+    ``next``); closing the iterator early stops the decoding there.
+    """
+    prompts, n, eos = validate_generate(
+        backend, model_cfg, params, prompt_ids, max_new_tokens, sampling, rng, eos_id,
+        rank=2,
+    )  # fmt: skip
+    yield from _steps(backend, model_cfg, params, prompts, n, sampling, rng, eos)
+
+
+def _steps(
+    backend: Any,
+    cfg: ModelConfig,
+    params: np.ndarray,
+    prompts: np.ndarray,
+    n: int,
+    sampling: SamplingConfig,
+    rng: np.random.Generator,
+    eos: int | None,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """``(tokens (B,), live (B,))`` per step of validated ``prompts: (B, T)``.
+
+    Nothing is preallocated for the n steps: n bounds the loop, not memory.
+    """
     if n == 0:
-        return list(out)
+        return
+    b = prompts.shape[0]
     if prompts.shape[1] == 0:
         prompts = np.full((b, 1), BOS_ID, dtype=np.int64)
     decoder = Decoder(backend, cfg, params, batch=b)
@@ -310,19 +374,18 @@ def _generate(
         if eos is not None:
             live &= toks != eos
         if not live.any():
-            break
-        out[live, step] = toks[live]
-        count[live] = step + 1
+            return
+        yield toks, live.copy()
         if step + 1 == n:
-            break
+            return
         logits = decoder.feed(toks[:, None])
-    return [out[i, : count[i]] for i in range(b)]
 
 
 __all__ = [
     "Decoder",
     "generate",
     "generate_batch",
+    "generate_stream",
     "validate_eos_id",
     "validate_generate",
     "validate_prompt",
