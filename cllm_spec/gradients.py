@@ -215,6 +215,13 @@ class ParamLayout:
             self._offsets[name] = offset
             offset += math.prod(dims)
         self._size = offset
+        # (name, start, stop, shape) once: views() runs on every model forward
+        self._spans = [
+            (n, o, o + math.prod(d), d)
+            for (n, d), o in zip(
+                self._shapes.items(), self._offsets.values(), strict=True
+            )
+        ]
 
     @property
     def size(self) -> int:
@@ -276,11 +283,9 @@ class ParamLayout:
     def views(self, flat: np.ndarray) -> dict[str, np.ndarray]:
         """One view per parameter, in layout order, sharing ``flat``'s memory."""
         arr = self.validate_flat(flat)
-        out = {}
-        for name, shape in self._shapes.items():  # per parameter tensor, not element
-            # A slice of a C-contiguous buffer is contiguous: reshape is a view.
-            out[name] = arr[self.slice(name)].reshape(shape)
-        return out
+        # per parameter tensor, not element; a slice of a C-contiguous buffer
+        # is contiguous, so reshape is a view
+        return {n: arr[a:b].reshape(s) for n, a, b, s in self._spans}
 
     def zeros(self, dtype: Any = np.float32) -> np.ndarray:
         """A new zero (P,) buffer in ``dtype`` (float32 or float64)."""

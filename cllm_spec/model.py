@@ -112,16 +112,39 @@ appended caches are ``cache.kv_caches``. Feeding a sequence in chunks gives the
 logits of one full forward. The backward of a forward that attended to cached
 positions is ``Unsupported`` (training never uses the cache).
 
+``logits="last"`` computes the final LayerNorm and the LM head for the last
+position only and returns logits ``(B, 1, V)`` equal (up to rounding) to
+``forward(...)[0][:, -1:]``: generation samples from the last position alone,
+and the LM head is the largest matrix of the model (V x C), so a prefill of T
+tokens would otherwise multiply it by T rows to keep one. Training and
+evaluation use ``"all"`` (the default); ``"last"`` with targets is a
+ConfigError (the loss needs every position).
+
+Unchecked kernels
+=================
+
+:func:`forward` validates the whole call at its boundary (params, ids,
+targets, every KV cache's buffers and room), then runs the kernels. A backend
+may offer ``backend.unchecked``, an object with ``embedding_forward``,
+``layernorm_forward``, ``mha_forward``, ``ffn_forward`` and ``linear_forward``
+that compute exactly what the checked ones do without checking their
+arguments again; :func:`forward` uses it when present. ``params_checked=True``
+also skips the O(P) finiteness scan of ``params``: a caller that runs many
+forwards over the same params (the decoder of :mod:`cllm_spec.generate`)
+validates them once with :func:`validate_params` instead of once per token.
+
 Errors (checked before any kernel runs)
 =======================================
 - ConfigError: a ModelConfig field out of range (the message names the field),
   ``cfg`` not a ModelConfig, ``pos_offset`` not an int >= 0, ``kv_caches`` not
-  a sequence of L KVCaches, ``backward`` of a forward that had no targets;
+  a sequence of L KVCaches, ``logits`` not "all" or "last", ``logits="last"``
+  with targets, ``backward`` of a forward that had no targets;
 - DTypeError: ``params`` not a float32/float64 ndarray, ``ids`` or ``targets``
-  not int32/int64, ``backward`` with params of another dtype than the forward;
+  not int32/int64, KV cache buffers not in the params' dtype, ``backward``
+  with params of another dtype than the forward;
 - ShapeError: ``params`` not (P,), ``ids`` not (B, T), ``targets`` not ids'
   shape, ``pos_offset + T > T_max``, a KV cache whose length is not
-  ``pos_offset``;
+  ``pos_offset`` or whose buffers are not (B, NH, T_max, HS);
 - EmptyInputError: B = 0 or T = 0;
 - IdRangeError: an id outside [0, V), a target outside [0, V) that is not -100;
 - NonFiniteError: NaN or inf in ``params``;
@@ -131,6 +154,7 @@ Errors (checked before any kernel runs)
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
@@ -139,6 +163,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from cllm_spec import checks
+from cllm_spec.attention import validate_kv_cache_for
 from cllm_spec.errors import ConfigError, DTypeError, ShapeError, Unsupported
 from cllm_spec.gradients import ParamLayout
 from cllm_spec.protocols import (
@@ -156,6 +181,7 @@ INITS = ("gpt2", "lattice")
 LN_EPS = 1e-5
 IGNORE_INDEX = -100
 INIT_STD = 0.02
+LOGITS = ("all", "last")  # the positions forward computes logits for
 
 #: The original project's frequency table; the lattice embedding uses its first 12.
 DIMENSIONAL_FREQUENCIES = (3, 7, 31, 12, 19, 5, 11, 13, 17, 23, 29, 37)
@@ -270,8 +296,10 @@ def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+@functools.lru_cache(maxsize=64)
 def param_layout(cfg: ModelConfig) -> ParamLayout:
-    """The flat-buffer layout of ``cfg``'s parameters."""
+    """The flat-buffer layout of ``cfg``'s parameters (built once per config:
+    every forward needs it, and a decoding step is short)."""
     return ParamLayout(param_shapes(cfg))
 
 
@@ -398,15 +426,19 @@ def init_kv_caches(
 
 
 # ---------------------------------------------------------------- forward -----
-def validate_params(backend: Any, cfg: ModelConfig, params: object) -> np.ndarray:
-    """``params`` is the finite (P,) buffer of ``cfg`` in a dtype of ``backend``."""
+def validate_params(
+    backend: Any, cfg: ModelConfig, params: object, *, finite: bool = True
+) -> np.ndarray:
+    """``params`` is the finite (P,) buffer of ``cfg`` in a dtype of ``backend``
+    (``finite=False``: the caller checked finiteness before)."""
     if not isinstance(cfg, ModelConfig):
         raise ConfigError(f"cfg: expected a ModelConfig, got {type(cfg).__name__}")
     flat = checks.expect_float("params", params)
     checks.expect_shape("params", flat, (param_count(cfg),))
     if flat.dtype not in tuple(np.dtype(d) for d in backend.dtypes):
         raise Unsupported(f"backend {backend.name!r} does not compute in {flat.dtype}")
-    checks.expect_finite("params", flat)
+    if finite:
+        checks.expect_finite("params", flat)
     return flat
 
 
@@ -418,10 +450,18 @@ def validate_forward(
     targets: object,
     kv_caches: object,
     pos_offset: object,
+    logits: object = "all",
+    params_checked: bool = False,
 ) -> None:
     """The checks of :func:`forward` (see "Errors" in the module docstring)."""
     offset = checks.expect_nonnegative_int("pos_offset", pos_offset)
-    validate_params(backend, cfg, params)
+    checks.expect_choice("logits", logits, LOGITS)
+    if logits == "last" and targets is not None:
+        raise ConfigError(
+            'logits="last" computes no loss: the loss needs every position',
+            hint='pass logits="all" with targets',
+        )
+    flat = validate_params(backend, cfg, params, finite=not params_checked)
     tokens = checks.expect_int("ids", ids)
     checks.expect_rank("ids", tokens, 2)
     checks.expect_nonempty("ids", tokens)
@@ -437,10 +477,16 @@ def validate_forward(
         checks.expect_shape("targets", y, tokens.shape)
         checks.expect_ids("targets", y, cfg.vocab_size, ignore_index=IGNORE_INDEX)
     if kv_caches is not None:
-        _validate_kv_caches(cfg, kv_caches, offset)
+        _validate_kv_caches(cfg, kv_caches, offset, tokens.shape, flat.dtype)
 
 
-def _validate_kv_caches(cfg: ModelConfig, kv_caches: object, offset: int) -> None:
+def _validate_kv_caches(
+    cfg: ModelConfig,
+    kv_caches: object,
+    offset: int,
+    ids_shape: tuple[int, ...],
+    dtype: np.dtype[Any],
+) -> None:
     if not isinstance(kv_caches, Sequence) or len(kv_caches) != cfg.n_layer:
         raise ConfigError(
             f"kv_caches: expected a sequence of n_layer={cfg.n_layer} KVCaches"
@@ -455,6 +501,9 @@ def _validate_kv_caches(cfg: ModelConfig, kv_caches: object, offset: int) -> Non
                 f"kv_caches[{i}] holds {kv.length} positions but pos_offset={offset}",
                 hint="pass pos_offset equal to the number of tokens already cached",
             )
+        # the kernels may run unchecked: their checks of the buffers happen here
+        b, t = ids_shape
+        validate_kv_cache_for(kv, dtype, (b, cfg.n_head, cfg.head_size), t)
 
 
 def forward(
@@ -466,17 +515,25 @@ def forward(
     *,
     kv_caches: Sequence[KVCache] | None = None,
     pos_offset: int = 0,
+    logits: str = "all",
+    params_checked: bool = False,
 ) -> tuple[np.ndarray, float | None, ModelCache]:
     """Logits ``(B, T, V)``, the mean loss (None without targets) and the cache.
 
     ``params: (P,)`` float32|float64 (the dtype of the logits and of every
     cached array), ``ids: (B, T)`` int, ``targets: (B, T)`` int with -100 for
     ignored positions. The loss is returned as a Python float holding exactly
-    the value the loss kernel computed in the params' dtype.
+    the value the loss kernel computed in the params' dtype. ``logits="last"``
+    returns ``(B, 1, V)``, the last position's; ``params_checked`` skips the
+    params' finiteness scan (module docstring, "Unchecked kernels").
     """
-    validate_forward(backend, cfg, params, ids, targets, kv_caches, pos_offset)
+    validate_forward(
+        backend, cfg, params, ids, targets, kv_caches, pos_offset, logits,
+        params_checked,
+    )  # fmt: skip
     w = param_views(cfg, params)
-    x, emb_cache = backend.embedding_forward(
+    kernels = getattr(backend, "unchecked", backend)  # everything is checked now
+    x, emb_cache = kernels.embedding_forward(
         ids, w["model.wte.weight"], w["model.wpe.weight"], pos_offset
     )  # (B, T, C)
     blocks = []
@@ -484,10 +541,10 @@ def forward(
     for i in range(cfg.n_layer):
         p = f"model.h.{i}."
         kv = None if kv_caches is None else kv_caches[i]
-        h, ln_1 = backend.layernorm_forward(
+        h, ln_1 = kernels.layernorm_forward(
             x, w[p + "ln_1.weight"], w[p + "ln_1.bias"], LN_EPS
         )
-        a, attn, kv = backend.mha_forward(
+        a, attn, kv = kernels.mha_forward(
             h,
             w[p + "attn.qkv.weight"],
             w[p + "attn.qkv.bias"],
@@ -497,10 +554,10 @@ def forward(
             kv_cache=kv,
         )
         x = x + a  # residual stream (B, T, C)
-        h, ln_2 = backend.layernorm_forward(
+        h, ln_2 = kernels.layernorm_forward(
             x, w[p + "ln_2.weight"], w[p + "ln_2.bias"], LN_EPS
         )
-        m, mlp = backend.ffn_forward(
+        m, mlp = kernels.ffn_forward(
             h,
             w[p + "mlp.fc.weight"],
             w[p + "mlp.fc.bias"],
@@ -511,16 +568,18 @@ def forward(
         x = x + m  # (B, T, C)
         blocks.append(BlockCache(ln_1, attn, ln_2, mlp))
         new_caches.append(kv)
-    h, ln_f = backend.layernorm_forward(
+    if logits == "last":
+        x = x[:, -1:]  # (B, 1, C): the only position generation samples from
+    h, ln_f = kernels.layernorm_forward(
         x, w["model.ln_f.weight"], w["model.ln_f.bias"], LN_EPS
     )
-    logits, head = backend.linear_forward(h, _head_weight(cfg, w), None)  # (B, T, V)
+    out, head = kernels.linear_forward(h, _head_weight(cfg, w), None)  # (B, T, V)
     loss = None
     loss_cache = None
     if targets is not None:
-        b, t, v = logits.shape
+        b, t, v = out.shape
         value, loss_cache = backend.cross_entropy_forward(
-            logits.reshape(b * t, v),  # (B*T, V)
+            out.reshape(b * t, v),  # (B*T, V)
             targets.reshape(b * t),
             ignore_index=IGNORE_INDEX,
             reduction="mean",
@@ -533,9 +592,9 @@ def forward(
         head,
         loss_cache,
         None if kv_caches is None else tuple(new_caches),
-        logits.dtype,
+        out.dtype,
     )
-    return logits, loss, cache
+    return out, loss, cache
 
 
 def _head_weight(cfg: ModelConfig, w: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -636,6 +695,7 @@ __all__ = [
     "DIMENSIONAL_FREQUENCIES",
     "IGNORE_INDEX",
     "INITS",
+    "LOGITS",
     "INIT_STD",
     "LN_EPS",
     "BlockCache",

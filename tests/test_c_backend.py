@@ -100,10 +100,26 @@ def _workloads(rng: np.random.Generator) -> dict[str, Callable[[], Any]]:
     # N > M: the GEMM splits columns and shares the packed A (the other cases
     # above split rows and share the packed B)
     x_wide, w_wide = _normal(rng, 40, 96), _normal(rng, 2000, 96, scale=0.1)
+    # a few rows (decoding) take the matrix-vector path; 3000 x 97 weights
+    # split over threads, and 97 leaves a K tail for every SIMD width
+    x_few, w_few = _normal(rng, 5, 97), _normal(rng, 3000, 97, scale=0.1)
+    b_few = _normal(rng, 3000)
+    # one decoding step of 8 sequences over 200 cached positions (8 heads)
+    x_dec = _normal(rng, 8, 1, 256)
+    w_qkv, w_o = _normal(rng, 768, 256, scale=0.05), _normal(rng, 256, 256, scale=0.05)
+    kv = cllm_c.kv_cache_new(8, 8, 201, 32, np.float32)
+    kv.k[...], kv.v[...] = _normal(rng, 8, 8, 201, 32), _normal(rng, 8, 8, 201, 32)
+    kv = kv._replace(length=200)
     return {
         "linear_forward": lambda: cllm_c.linear_forward(x, w, b)[0],
         "linear_forward_float64": lambda: cllm_c.linear_forward(x64, w64, None)[0],
         "linear_forward_wide": lambda: cllm_c.linear_forward(x_wide, w_wide, None)[0],
+        "linear_few_rows": lambda: cllm_c.linear_forward(x_few, w_few, b_few)[0],
+        "mha_decode": lambda: (
+            cllm_c.mha_forward(x_dec, w_qkv, None, w_o, None, n_head=8, kv_cache=kv)[0],
+            kv.k.copy(),
+            kv.v.copy(),
+        ),
         "linear_backward": lambda: cllm_c.linear_backward(dy, lin),
         "gelu_forward": lambda: cllm_c.activation_forward(h, "gelu")[0],
         "gelu_backward": lambda: cllm_c.activation_backward(h, gelu),
@@ -163,6 +179,21 @@ def test_both_paths_match_the_float64_reference(simd, rng, threads):
     got, _ = cllm_c.log_softmax_forward(z)
     want, _ = ref.log_softmax_forward(z.astype(np.float64))
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("simd", ["scalar", "avx2+fma", "avx512"])
+def test_few_row_linear_on_every_simd_level(simd, rng, threads):
+    """The matrix-vector path of each level (the suite runs only the best and
+    scalar ones), at every M it takes and K, N around every vector width."""
+    if _lib.set_simd(simd) != simd:
+        pytest.skip(f"this CPU has no {simd}")
+    for m in (1, 2, 3, 4, 5, 8, 9, 15, 16, 17):
+        for k in (1, 7, 8, 9, 15, 16, 17, 33, 65):
+            for n in (1, 3, 4, 5, 17):
+                x, w, b = _normal(rng, m, k), _normal(rng, n, k), _normal(rng, n)
+                y, _ = cllm_c.linear_forward(x, w, b)
+                want, _ = ref.linear_forward(*(a.astype(np.float64) for a in (x, w, b)))
+                np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5)
 
 
 def test_the_simd_path_is_the_best_the_cpu_has():

@@ -29,6 +29,10 @@ BACKEND_MUTANTS = {
         "test_causality_future_keys_and_values",
     ),
     "kv_cache_late": ("test_attention.py", "test_kv_cache_append_writes_at_length"),
+    "kv_decode_batch_row0": (
+        "test_attention.py",
+        "test_kv_decoding_of_a_batch_equals_the_full_forward_over_head_sizes",
+    ),
     "ce_smoothing_v_minus_1": (
         "test_losses.py",
         "test_loss12_label_smoothing_is_eps_over_v",
@@ -38,6 +42,10 @@ BACKEND_MUTANTS = {
         "test_bug11_ce_nonnegative_and_finite_at_logit_gap",
     ),
     "gelu_swapped": ("test_ffn.py", "test_gelu_minus_gelu_tanh_is_pinned"),
+    "gemv_drops_k_tail": (
+        "test_ffn.py",
+        "test_linear_few_rows_match_oracle_over_edge_sizes",
+    ),
     "layernorm_unbiased": (
         "test_ffn.py",
         "test_layernorm_golden_biased_variance_eps_inside_sqrt",
@@ -117,6 +125,20 @@ def test_suite_catches_warmup_off_by_one():
     )
     assert result.returncode == 1, result.stdout[-2000:]
     assert "test_warmup_step_s_uses_lr_times_s_plus_1_over_w" in failed_tests(
+        result.stdout
+    )
+
+
+def test_suite_catches_lm_head_first_position():
+    """The LM-head slice of logits="last" is spec code: a plugin mutant."""
+    result = run_conformance(
+        "test_model.py",
+        "--backend=numpy",
+        "-p",
+        "conformance.mutants.lm_head_first_position",
+    )
+    assert result.returncode == 1, result.stdout[-2000:]
+    assert "test_last_position_logits_equal_the_full_forwards_last" in failed_tests(
         result.stdout
     )
 

@@ -21,6 +21,7 @@ path at run time (tests compare them; results never depend on the threads).
 from __future__ import annotations
 
 import platform
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,7 @@ from cllm_c._lib import (
     simd_level,
 )
 from cllm_c.attention import (
+    _mha,
     attention_backward,
     attention_forward,
     kv_cache_append,
@@ -43,8 +45,11 @@ from cllm_c.attention import (
     mha_forward,
 )
 from cllm_c.batching import make_batch_pool, make_batch_queue
-from cllm_c.embedding import embedding_backward, embedding_forward
+from cllm_c.embedding import _embed, embedding_backward, embedding_forward
 from cllm_c.ffn import (
+    _ffn,
+    _layernorm,
+    _linear,
     activation_backward,
     activation_forward,
     ffn_backward,
@@ -82,6 +87,19 @@ from cllm_c.optim import adagrad_step, adam_step, adamw_step, rmsprop_step, sgd_
 name = "c"
 version = cllm_spec.__version__
 dtypes = (np.dtype(np.float32), np.dtype(np.float64))
+
+#: The model's forward kernels without their argument checks: what
+#: ``cllm_spec.model.forward`` runs after validating the whole call once (see
+#: "Unchecked kernels" there). A decoding step is a few microseconds of C per
+#: kernel, and re-checking every weight for NaN in every call read each weight
+#: twice per token.
+unchecked = SimpleNamespace(
+    embedding_forward=_embed,
+    layernorm_forward=_layernorm,
+    mha_forward=_mha,
+    ffn_forward=_ffn,
+    linear_forward=_linear,
+)
 
 
 def build_info() -> dict[str, Any]:
@@ -145,5 +163,6 @@ __all__ = [
     "simd_level",
     "softmax_backward",
     "softmax_forward",
+    "unchecked",
     "version",
 ]

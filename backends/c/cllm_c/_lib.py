@@ -8,6 +8,7 @@ wrapper should have (it re-checks sizes and ids on its own).
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
@@ -108,7 +109,7 @@ def ptr(x: np.ndarray | None) -> Any:
 BIG_BYTES = 8 << 20
 
 
-def empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+def empty(shape: tuple[int, ...] | int, dtype: np.dtype) -> np.ndarray:
     """An uninitialized array, like ``np.empty``.
 
     Large ones are mapped by C on transparent huge pages (see ``cllm_big_alloc``
@@ -117,7 +118,8 @@ def empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     The array keeps its mapping alive and unmaps it when collected.
     """
     dt = np.dtype(dtype)
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+    dims = (shape,) if isinstance(shape, int) else shape
+    nbytes = math.prod(dims) * dt.itemsize
     if nbytes < BIG_BYTES:
         return np.empty(shape, dtype=dt)
     raw = lib.cllm_big_alloc(nbytes)

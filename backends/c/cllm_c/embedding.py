@@ -18,6 +18,12 @@ def embedding_forward(
 ) -> tuple[np.ndarray, EmbeddingCache]:
     """x[b, t] = wte[ids[b, t]] + wpe[pos_offset + t]."""
     validate_embedding(ids, wte, wpe, pos_offset)
+    return _embed(ids, wte, wpe, pos_offset)
+
+
+def _embed(
+    ids: np.ndarray, wte: np.ndarray, wpe: np.ndarray, pos_offset: int
+) -> tuple[np.ndarray, EmbeddingCache]:
     te, pe = arr("wte", wte), arr("wpe", wpe)
     b, t = ids.shape
     (v, c), t_max = te.shape, pe.shape[0]

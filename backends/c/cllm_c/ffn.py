@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cllm_c._lib import arr, check, empty, kernel, ptr
+from cllm_c._lib import F32, arr, check, empty, kernel, lib, ptr
 from cllm_spec.ffn import (
     validate_activation,
     validate_activation_backward,
@@ -125,7 +125,12 @@ def layernorm_forward(
     x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float = 1e-5
 ) -> tuple[np.ndarray, LayerNormCache]:
     """``y = (x - mean) / sqrt(var + eps) * weight + bias`` over the last axis."""
-    eps = validate_layernorm(x, weight, bias, eps)
+    return _layernorm(x, weight, bias, validate_layernorm(x, weight, bias, eps))
+
+
+def _layernorm(
+    x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float
+) -> tuple[np.ndarray, LayerNormCache]:
     xc, wc, bc = arr("x", x), arr("weight", weight), arr("bias", bias)
     c = x.shape[-1]
     rows = xc.size // c
@@ -174,6 +179,35 @@ def ffn_forward(
 ) -> tuple[np.ndarray, FFNCache]:
     """``linear(activation(linear(x, w_fc, b_fc)), w_proj, b_proj)``."""
     validate_ffn(x, w_fc, b_fc, w_proj, b_proj, activation)
+    return _ffn(x, w_fc, b_fc, w_proj, b_proj, activation)
+
+
+def _ffn(
+    x: np.ndarray,
+    w_fc: np.ndarray,
+    b_fc: np.ndarray | None,
+    w_proj: np.ndarray,
+    b_proj: np.ndarray | None,
+    activation: Activation,
+) -> tuple[np.ndarray, FFNCache]:
+    kind = str(activation)
+    if x.dtype == F32:  # one C call for the block (csrc/ffn.c cllm_ffn_forward)
+        xc, wf, wp = arr("x", x), arr("w_fc", w_fc), arr("w_proj", w_proj)
+        bf = None if b_fc is None else arr("b_fc", b_fc)
+        bp = None if b_proj is None else arr("b_proj", b_proj)
+        (f, c), lead = wf.shape, x.shape[:-1]
+        h, a = empty((*lead, f), dtype=F32), empty((*lead, f), dtype=F32)
+        y = empty((*lead, c), dtype=F32)
+        status = lib.cllm_ffn_forward(
+            ptr(xc), ptr(wf), ptr(bf), ptr(wp), ptr(bp), _KINDS[kind], ptr(h),
+            ptr(a), ptr(y), xc.size // c, c, f,
+        )  # fmt: skip
+        check(status, "ffn_forward")
+        return y, FFNCache(
+            LinearCache(x, w_fc, b_fc is not None),
+            ActivationCache(h, kind),
+            LinearCache(a, w_proj, b_proj is not None),
+        )
     h, fc = _linear(x, w_fc, b_fc)  # (..., F)
     a, act = _activation(h, str(activation))  # (..., F)
     y, proj = _linear(a, w_proj, b_proj)  # (..., C)

@@ -1,6 +1,6 @@
-/* ffn: linear (on the GEMM of gemm.c), relu / gelu / gelu_tanh, layer norm,
- * and the column sums the bias gradients need. The feed-forward block itself
- * is composed from these in the Python wrapper.
+/* ffn: linear (on the GEMM of gemm.c, or on gemv.c for a few rows), relu /
+ * gelu / gelu_tanh, layer norm, and the column sums the bias gradients need.
+ * The feed-forward block itself is composed from these in the Python wrapper.
  *
  * Every kernel has a scalar twin next to its AVX2 path. Reductions that
  * produce one value from many rows (bias and layer-norm parameter
@@ -31,6 +31,9 @@ int cllm_linear_forward(const float *x, const float *w, const float *b, float *y
                         int64_t n, int64_t in_features, int64_t out_features)
 {
     CLLM_CHECK(x && w && y && n >= 0 && in_features >= 1 && out_features >= 1);
+    /* a few rows (decoding) are memory-bound: stream w once, unpacked */
+    if (n <= CLLM_GEMV_MAX_ROWS)
+        return cllm_gemv(x, w, b, y, n, in_features, out_features);
     /* y (N, OUT) = x (N, IN) w^T (IN, OUT) + b */
     return cllm_sgemm(0, 1, n, out_features, in_features, x, in_features, w,
                       in_features, y, out_features, 0, b);
@@ -322,6 +325,23 @@ int cllm_activation_backward(int kind, const float *x, const float *dy, float *d
 {
     CLLM_CHECK(x && dy && dx && n >= 0 && kind >= ACT_RELU && kind <= ACT_GELU_TANH);
     return act_run(kind, x, dy, dx, n);
+}
+
+/* ------------------------------------------------------- ffn block ---- */
+/* The feed-forward block in one call: the same three kernels the wrapper
+ * would call one by one, so the bits are theirs. A decoding step is a few
+ * microseconds of arithmetic per kernel, as much as a call from Python. */
+int cllm_ffn_forward(const float *x, const float *w_fc, const float *b_fc,
+                     const float *w_proj, const float *b_proj, int kind, float *h,
+                     float *a, float *y, int64_t n, int64_t c, int64_t f)
+{
+    CLLM_CHECK(h && a && f >= 1 && (n <= INT64_MAX / f));
+    int status = cllm_linear_forward(x, w_fc, b_fc, h, n, c, f);
+    if (status == CLLM_OK)
+        status = cllm_activation_forward(kind, h, a, n * f);
+    if (status == CLLM_OK)
+        status = cllm_linear_forward(a, w_proj, b_proj, y, n, f, c);
+    return status;
 }
 
 /* ------------------------------------------------------------ layer norm ---- */
