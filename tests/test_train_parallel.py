@@ -42,11 +42,8 @@ from cllm_spec.registry import get_backend
 from cllm_spec.train.config import load_config
 from cllm_spec.train.prepare import BatchStream
 from cllm_spec.train.state import model_config
-from cllm_spec.train.trainer import (
-    compute_step_gradients,
-    group_step_gradients,
-    train,
-)
+from cllm_spec.train.step import compute_step_gradients, group_step_gradients
+from cllm_spec.train.trainer import train
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent

@@ -16,7 +16,7 @@ from cllm_spec.schedules import ScheduleConfig, lr_at
 from cllm_spec.train.config import load_config
 from cllm_spec.train.prepare import BatchStream
 from cllm_spec.train.state import frozen_field_changes, schedule_config
-from cllm_spec.train.trainer import DivergedError, apply_update, compute_step_gradients
+from cllm_spec.train.step import DivergedError, apply_update, compute_step_gradients
 
 BACKEND = get_backend("numpy")
 CFG = ModelConfig(vocab_size=11, n_embd=8, n_layer=1, n_head=2, block_size=8)
