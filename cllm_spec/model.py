@@ -112,6 +112,20 @@ appended caches are ``cache.kv_caches``. Feeding a sequence in chunks gives the
 logits of one full forward. The backward of a forward that attended to cached
 positions is ``Unsupported`` (training never uses the cache).
 
+Model kernels (an optional backend capability)
+==============================================
+A backend may expose ``model_kernels``: an object with the kernels above under
+the same names and arguments, which skip the spec's per-kernel validation (the
+model validated its inputs once, and builds every other array itself) and whose
+backward functions take ``out=``, the views of the flat gradient buffer to
+write the parameter gradients into, returning only the input gradient;
+``embedding_backward(dx, cache, out=(dwte, dwpe))`` adds its scatter into them
+instead. :func:`forward` and :func:`backward` then use it, add residuals in
+place (the residual stream is the model's own array, never cached by a kernel)
+and never copy a gradient; a backend without it runs the plain composition.
+Both must compute the same function: the conformance suite checks the model of
+every backend against the float64 oracle.
+
 Errors (checked before any kernel runs)
 =======================================
 - ConfigError: a ModelConfig field out of range (the message names the field),
@@ -131,6 +145,7 @@ Errors (checked before any kernel runs)
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
@@ -270,8 +285,10 @@ def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+@functools.lru_cache(maxsize=64)
 def param_layout(cfg: ModelConfig) -> ParamLayout:
-    """The flat-buffer layout of ``cfg``'s parameters."""
+    """The flat-buffer layout of ``cfg``'s parameters (one object per config:
+    a layout is immutable, and every forward and backward asks for it)."""
     return ParamLayout(param_shapes(cfg))
 
 
@@ -475,8 +492,9 @@ def forward(
     the value the loss kernel computed in the params' dtype.
     """
     validate_forward(backend, cfg, params, ids, targets, kv_caches, pos_offset)
+    k, direct = _kernels(backend)
     w = param_views(cfg, params)
-    x, emb_cache = backend.embedding_forward(
+    x, emb_cache = k.embedding_forward(
         ids, w["model.wte.weight"], w["model.wpe.weight"], pos_offset
     )  # (B, T, C)
     blocks = []
@@ -484,10 +502,10 @@ def forward(
     for i in range(cfg.n_layer):
         p = f"model.h.{i}."
         kv = None if kv_caches is None else kv_caches[i]
-        h, ln_1 = backend.layernorm_forward(
+        h, ln_1 = k.layernorm_forward(
             x, w[p + "ln_1.weight"], w[p + "ln_1.bias"], LN_EPS
         )
-        a, attn, kv = backend.mha_forward(
+        a, attn, kv = k.mha_forward(
             h,
             w[p + "attn.qkv.weight"],
             w[p + "attn.qkv.bias"],
@@ -496,11 +514,11 @@ def forward(
             n_head=cfg.n_head,
             kv_cache=kv,
         )
-        x = x + a  # residual stream (B, T, C)
-        h, ln_2 = backend.layernorm_forward(
+        x = _add(x, a, direct)  # residual stream (B, T, C)
+        h, ln_2 = k.layernorm_forward(
             x, w[p + "ln_2.weight"], w[p + "ln_2.bias"], LN_EPS
         )
-        m, mlp = backend.ffn_forward(
+        m, mlp = k.ffn_forward(
             h,
             w[p + "mlp.fc.weight"],
             w[p + "mlp.fc.bias"],
@@ -508,18 +526,18 @@ def forward(
             w[p + "mlp.proj.bias"],
             activation=cfg.activation,
         )
-        x = x + m  # (B, T, C)
+        x = _add(x, m, direct)  # (B, T, C)
         blocks.append(BlockCache(ln_1, attn, ln_2, mlp))
         new_caches.append(kv)
-    h, ln_f = backend.layernorm_forward(
+    h, ln_f = k.layernorm_forward(
         x, w["model.ln_f.weight"], w["model.ln_f.bias"], LN_EPS
     )
-    logits, head = backend.linear_forward(h, _head_weight(cfg, w), None)  # (B, T, V)
+    logits, head = k.linear_forward(h, _head_weight(cfg, w), None)  # (B, T, V)
     loss = None
     loss_cache = None
     if targets is not None:
         b, t, v = logits.shape
-        value, loss_cache = backend.cross_entropy_forward(
+        value, loss_cache = k.cross_entropy_forward(
             logits.reshape(b * t, v),  # (B*T, V)
             targets.reshape(b * t),
             ignore_index=IGNORE_INDEX,
@@ -539,7 +557,24 @@ def forward(
 
 
 def _head_weight(cfg: ModelConfig, w: Mapping[str, np.ndarray]) -> np.ndarray:
-    return w["model.wte.weight" if cfg.tie_embeddings else "model.lm_head.weight"]
+    return w[_head_name(cfg)]
+
+
+def _head_name(cfg: ModelConfig) -> str:
+    return "model.wte.weight" if cfg.tie_embeddings else "model.lm_head.weight"
+
+
+def _kernels(backend: Any) -> tuple[Any, bool]:
+    """The backend's model kernels and True, or the backend itself and False."""
+    fast = getattr(backend, "model_kernels", None)
+    return (backend, False) if fast is None else (fast, True)
+
+
+def _add(x: np.ndarray, y: np.ndarray, in_place: bool) -> np.ndarray:
+    """``x + y``; into ``x`` when it is the model's own array (model kernels)."""
+    if in_place:
+        return np.add(x, y, out=x)
+    return x + y
 
 
 # --------------------------------------------------------------- backward -----
@@ -562,6 +597,14 @@ def validate_backward(
     if cache.dtype != flat.dtype:
         raise DTypeError(
             f"params are {flat.dtype} but the forward ran in {cache.dtype}"
+        )
+    attn = cache.blocks[0].attn.attn  # every block attended to the same positions
+    if attn.k.shape[2] != attn.q.shape[2]:
+        raise Unsupported(
+            f"backward after a KV-cache forward that attended to "
+            f"{attn.k.shape[2] - attn.q.shape[2]} earlier cached positions: "
+            "training never uses the KV cache",
+            hint="run the training forward without kv_caches",
         )
 
 
@@ -601,32 +644,54 @@ def backward(
     validate_backward(backend, cfg, params, cache)
     loss_cache = cache.loss
     assert loss_cache is not None  # checked by validate_backward
+    k, direct = _kernels(backend)
     b, t = cache.embedding.ids.shape
     dloss = np.ones((), dtype=cache.dtype)
-    dlogits = backend.cross_entropy_backward(dloss, loss_cache)  # (B*T, V)
+    dlogits = k.cross_entropy_backward(dloss, loss_cache)  # (B*T, V)
     dlogits = dlogits.reshape(b, t, -1)  # (B, T, V)
 
     layout = param_layout(cfg)
-    grads = layout.zeros(cache.dtype)
+    grads = np.empty(layout.size, cache.dtype) if direct else layout.zeros(cache.dtype)
     g = layout.views(grads)
-    dh, dhead, _ = backend.linear_backward(dlogits, cache.lm_head)
-    dx = _store(g, "model.ln_f.", _LN_NAMES, backend.layernorm_backward(dh, cache.ln_f))
+
+    def param_grads(
+        fn: Any, prefix: str, names: Sequence[str], dy: np.ndarray, kcache: Any
+    ) -> np.ndarray:
+        """Run a kernel backward; its parameter gradients land in ``g``."""
+        if direct:
+            out = tuple(g[prefix + name] for name in names)
+            result: np.ndarray = fn(dy, kcache, out=out)
+            return result
+        return _store(g, prefix, names, fn(dy, kcache))
+
+    head = _head_name(cfg)
+    if direct:
+        dh = k.linear_backward(dlogits, cache.lm_head, out=(g[head],))
+    else:
+        dh, dhead, _ = backend.linear_backward(dlogits, cache.lm_head)
+    dx = param_grads(k.layernorm_backward, "model.ln_f.", _LN_NAMES, dh, cache.ln_f)
     for i in reversed(range(cfg.n_layer)):
         p = f"model.h.{i}."
         blk = cache.blocks[i]
-        dh = _store(g, p, _MLP_NAMES, backend.ffn_backward(dx, blk.mlp))
-        dx = dx + _store(
-            g, p + "ln_2.", _LN_NAMES, backend.layernorm_backward(dh, blk.ln_2)
-        )
-        dh = _store(g, p, _ATTN_NAMES, backend.mha_backward(dx, blk.attn))
-        dx = dx + _store(
-            g, p + "ln_1.", _LN_NAMES, backend.layernorm_backward(dh, blk.ln_1)
-        )
-    dwte, g["model.wpe.weight"][...] = backend.embedding_backward(dx, cache.embedding)
+        dh = param_grads(k.ffn_backward, p, _MLP_NAMES, dx, blk.mlp)
+        dln = param_grads(k.layernorm_backward, p + "ln_2.", _LN_NAMES, dh, blk.ln_2)
+        dx = _add(dx, dln, direct)
+        dh = param_grads(k.mha_backward, p, _ATTN_NAMES, dx, blk.attn)
+        dln = param_grads(k.layernorm_backward, p + "ln_1.", _LN_NAMES, dh, blk.ln_1)
+        dx = _add(dx, dln, direct)
+    wte, wpe = g["model.wte.weight"], g["model.wpe.weight"]
+    if direct:
+        # the scatter adds onto the LM head's gradient when the two are tied
+        wpe[...] = 0
+        if not cfg.tie_embeddings:
+            wte[...] = 0
+        k.embedding_backward(dx, cache.embedding, out=(wte, wpe))
+        return grads
+    dwte, wpe[...] = backend.embedding_backward(dx, cache.embedding)
     if cfg.tie_embeddings:
-        g["model.wte.weight"][...] = dwte + dhead  # lookup + LM head
+        wte[...] = dwte + dhead  # lookup + LM head
     else:
-        g["model.wte.weight"][...] = dwte
+        wte[...] = dwte
         g["model.lm_head.weight"][...] = dhead
     return grads
 
