@@ -120,9 +120,11 @@ model validated its inputs once, and builds every other array itself) and whose
 backward functions take ``out=``, the views of the flat gradient buffer to
 write the parameter gradients into, returning only the input gradient;
 ``embedding_backward(dx, cache, out=(dwte, dwpe))`` adds its scatter into them
-instead. :func:`forward` and :func:`backward` then use it, add residuals in
-place (the residual stream is the model's own array, never cached by a kernel)
-and never copy a gradient; a backend without it runs the plain composition.
+instead; ``empty(shape, dtype)`` allocates the flat gradient buffer (the
+backend may recycle memory). :func:`forward` and :func:`backward` then use it,
+add residuals in place (the residual stream is the model's own array, never
+cached by a kernel) and never copy a gradient; a backend without it runs the
+plain composition.
 Both must compute the same function: the conformance suite checks the model of
 every backend against the float64 oracle.
 
@@ -651,7 +653,9 @@ def backward(
     dlogits = dlogits.reshape(b, t, -1)  # (B, T, V)
 
     layout = param_layout(cfg)
-    grads = np.empty(layout.size, cache.dtype) if direct else layout.zeros(cache.dtype)
+    grads = (
+        k.empty((layout.size,), cache.dtype) if direct else layout.zeros(cache.dtype)
+    )
     g = layout.views(grads)
 
     def param_grads(

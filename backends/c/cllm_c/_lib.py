@@ -9,6 +9,7 @@ wrapper should have (it re-checks sizes and ids on its own).
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any
 
 import numpy as np
@@ -104,6 +105,48 @@ def ptr(x: np.ndarray | None) -> Any:
 
 #: Outputs at least this large come from cllm_big_alloc (huge pages).
 BIG_BYTES = 8 << 20
+#: Outputs from this size up to BIG_BYTES are recycled by size (_Recycler).
+RECYCLE_MIN_BYTES = 64 << 10
+#: At most this many bytes of garbage outputs are kept for reuse.
+RECYCLE_MAX_BYTES = 512 << 20
+
+
+class _Recycler:
+    """Buffers of garbage outputs, kept by size for the next output of that size.
+
+    A training step allocates the same activations and gradients every step;
+    from malloc each comes back as fresh pages (glibc maps and unmaps blocks
+    this size), and faulting them in cost a third of a default-model step's
+    time on this machine. The buffer of an output returns here when the output
+    and all its views are collected.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._free: dict[int, list[Any]] = {}
+        self._bytes = 0
+        self._limit = limit
+        self._lock = threading.Lock()
+
+    def take(self, nbytes: int) -> np.ndarray:
+        """A (nbytes,) uint8 array that gives its buffer back when collected."""
+        with self._lock:
+            stock = self._free.get(nbytes)
+            raw = stock.pop() if stock else None
+            if raw is not None:
+                self._bytes -= nbytes
+        if raw is None:
+            raw = ffi.new("char[]", nbytes)
+        handle = ffi.gc(ffi.cast("char *", raw), lambda _: self._give(nbytes, raw))
+        return np.frombuffer(ffi.buffer(handle, nbytes), dtype=np.uint8)
+
+    def _give(self, nbytes: int, raw: Any) -> None:
+        with self._lock:
+            if self._bytes + nbytes <= self._limit:
+                self._free.setdefault(nbytes, []).append(raw)
+                self._bytes += nbytes
+
+
+_recycler = _Recycler(RECYCLE_MAX_BYTES)
 
 
 def empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
@@ -112,12 +155,15 @@ def empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     Large ones are mapped by C on transparent huge pages (see ``cllm_big_alloc``
     in csrc/cpu.c): first touch then costs 1/512 of the page faults, which is a
     large share of a memory-bound kernel's time on a 134 MB optimizer state.
-    The array keeps its mapping alive and unmaps it when collected.
+    The array keeps its mapping alive and unmaps it when collected. Mid-sized
+    ones reuse the buffers of earlier outputs of the same size (_Recycler).
     """
     dt = np.dtype(dtype)
     nbytes = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
-    if nbytes < BIG_BYTES:
+    if nbytes < RECYCLE_MIN_BYTES:
         return np.empty(shape, dtype=dt)
+    if nbytes < BIG_BYTES:
+        return _recycler.take(nbytes).view(dt).reshape(shape)
     raw = lib.cllm_big_alloc(nbytes)
     if raw == ffi.NULL:
         raise MemoryError(f"cannot map {nbytes} bytes")

@@ -17,13 +17,16 @@ capability): the same names, arguments and results as the public kernels, and
   ``linear_backward(dy, cache, out=(dw,))`` (no bias) overwrite ``out`` and
   return the input gradient alone;
 - ``embedding_backward(dx, cache, out=(dwte, dwpe))`` ADDS its scatter into
-  ``out`` (the caller zeroes them, or leaves the LM head's gradient in dwte).
+  ``out`` (the caller zeroes them, or leaves the LM head's gradient in dwte);
+- ``empty(shape, dtype)`` is the backend's output allocator (recycled buffers),
+  for the flat gradient buffer.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from cllm_c._lib import empty
 from cllm_c.attention import _mha, _mha_backward
 from cllm_c.embedding import _embedding, _embedding_add_backward
 from cllm_c.ffn import (
@@ -131,3 +134,20 @@ def cross_entropy_forward(
 
 def cross_entropy_backward(dloss: np.ndarray, cache: CrossEntropyCache) -> np.ndarray:
     return _cross_entropy_backward(dloss, cache)
+
+
+__all__ = [
+    "cross_entropy_backward",
+    "cross_entropy_forward",
+    "embedding_backward",
+    "embedding_forward",
+    "empty",
+    "ffn_backward",
+    "ffn_forward",
+    "layernorm_backward",
+    "layernorm_forward",
+    "linear_backward",
+    "linear_forward",
+    "mha_backward",
+    "mha_forward",
+]
