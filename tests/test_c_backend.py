@@ -352,3 +352,82 @@ def test_inconsistent_cache_is_caught_before_c():
     mixed = LinearCache(np.ones((2, 3), F32), np.ones((4, 3), np.float64), False)
     with pytest.raises(DTypeError):
         cllm_c.linear_backward(np.ones((2, 4), F32), mixed)
+
+
+# ---------------------------------------------- model kernels, recycling ----
+def _model_case(rng: np.random.Generator, tied: bool) -> tuple[Any, ...]:
+    from cllm_spec.model import ModelConfig, init_params
+
+    cfg = ModelConfig(
+        vocab_size=37, n_embd=32, n_layer=2, n_head=4, block_size=16,
+        activation="gelu", tie_embeddings=tied,
+    )  # fmt: skip
+    params = init_params(cfg, rng, F32)
+    ids = rng.integers(0, 37, (3, 16))
+    targets = rng.integers(0, 37, (3, 16))
+    targets[0, :4] = -100
+    return cfg, params, ids, targets
+
+
+def _plain(backend: Any) -> Any:
+    """The backend without its model kernels: the model's plain composition."""
+    from types import SimpleNamespace
+
+    names = [n for n in dir(backend) if not n.startswith("_") and n != "model_kernels"]
+    return SimpleNamespace(**{n: getattr(backend, n) for n in names})
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_model_kernels_compute_the_plain_composition(rng, tied):
+    """Same kernels, so the same bits, except the tied wte gradient, whose two
+    terms (LM head, lookup) are added in the other order."""
+    from cllm_spec.model import backward, forward, param_views
+
+    cfg, params, ids, targets = _model_case(rng, tied)
+    runs = []
+    for backend in (cllm_c, _plain(cllm_c)):
+        logits, loss, cache = forward(backend, cfg, params, ids, targets)
+        runs.append(
+            (logits, loss, param_views(cfg, backward(backend, cfg, params, cache)))
+        )
+    (fast_logits, fast_loss, fast), (logits, loss, plain) = runs
+    np.testing.assert_array_equal(fast_logits, logits)
+    assert fast_loss == loss
+    for name, grad in plain.items():
+        if tied and name == "model.wte.weight":
+            np.testing.assert_allclose(fast[name], grad, rtol=1e-6, atol=1e-8)
+        else:
+            np.testing.assert_array_equal(fast[name], grad, err_msg=name)
+
+
+def test_model_step_bits_do_not_depend_on_the_thread_count(rng, threads):
+    from cllm_spec.model import backward, forward
+
+    cfg, params, ids, targets = _model_case(rng, True)
+    results = []
+    for n in (1, 2, 3):
+        _lib.set_num_threads(n)
+        logits, loss, cache = forward(cllm_c, cfg, params, ids, targets)
+        results.append((logits, loss, backward(cllm_c, cfg, params, cache)))
+    for logits, loss, grads in results[1:]:
+        np.testing.assert_array_equal(logits, results[0][0])
+        assert loss == results[0][1]
+        np.testing.assert_array_equal(grads, results[0][2])
+
+
+def test_recycled_output_buffers_return_only_when_every_view_is_gone():
+    shape = (_lib.RECYCLE_MIN_BYTES // 4 + 7,)
+    first = _lib.empty(shape, np.dtype(F32))
+    first[:] = 1.0
+    address = first.ctypes.data
+    view = first[3:]
+    del first
+    second = _lib.empty(shape, np.dtype(F32))  # the view still holds the buffer
+    assert second.ctypes.data != address
+    second[:] = 2.0
+    np.testing.assert_array_equal(view, 1.0)
+    del view
+    third = _lib.empty(shape, np.dtype(F32))
+    assert third.ctypes.data == address
+    assert third.flags.writeable and third.flags.c_contiguous
+    assert third.shape == shape

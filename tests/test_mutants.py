@@ -52,6 +52,18 @@ BACKEND_MUTANTS = {
     ),
 }
 
+# mutants of the C backend's fast paths (need the extension built)
+C_MUTANTS = {
+    "model_ln_grads_swapped": (
+        "test_model.py",
+        "test_forward_and_backward_match_oracle",
+    ),
+    "model_tied_grad_overwritten": (
+        "test_model.py",
+        "test_forward_and_backward_match_oracle",
+    ),
+}
+
 
 def failed_tests(output: str) -> set[str]:
     """Names of the test functions listed as FAILED in pytest's -rf summary."""
@@ -92,6 +104,18 @@ def test_suite_catches_backend_mutant(mutant):
     assert must_fail in failed, f"{must_fail} did not fail; failures: {sorted(failed)}"
 
 
+@pytest.mark.parametrize("mutant", sorted(C_MUTANTS))
+def test_suite_catches_c_backend_mutant(mutant):
+    pytest.importorskip("cllm_c", reason="the C extension is not built")
+    test_file, must_fail = C_MUTANTS[mutant]
+    result = run_conformance(test_file, f"--backend=conformance.mutants.{mutant}")
+    assert result.returncode == 1, (
+        f"mutant {mutant} was not caught by {test_file}:\n{result.stdout[-2000:]}"
+    )
+    failed = failed_tests(result.stdout)
+    assert must_fail in failed, f"{must_fail} did not fail; failures: {sorted(failed)}"
+
+
 def test_suite_catches_warmup_off_by_one():
     """Schedules are spec functions: the mutant is a plugin patching the spec."""
     result = subprocess.run(
@@ -123,7 +147,7 @@ def test_suite_catches_warmup_off_by_one():
 
 def test_reference_passes_the_files_used_above():
     """Guards the test above: the files must pass on the unmutated reference."""
-    files = sorted({f for f, _ in BACKEND_MUTANTS.values()})
+    files = sorted({f for f, _ in (*BACKEND_MUTANTS.values(), *C_MUTANTS.values())})
     result = subprocess.run(
         [
             sys.executable,
