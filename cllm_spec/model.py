@@ -140,7 +140,8 @@ Errors (checked before any kernel runs)
   ``pos_offset``;
 - EmptyInputError: B = 0 or T = 0;
 - IdRangeError: an id outside [0, V), a target outside [0, V) that is not -100;
-- NonFiniteError: NaN or inf in ``params``;
+- NonFiniteError: NaN or inf in ``params`` (not scanned again when they come
+  as the CheckedParams of :func:`checked_params`);
 - Unsupported: ``params.dtype`` not among ``backend.dtypes``; ``backward`` of a
   forward that attended to positions cached by earlier calls.
 """
@@ -417,15 +418,42 @@ def init_kv_caches(
 
 
 # ---------------------------------------------------------------- forward -----
+class CheckedParams(NamedTuple):
+    """A params buffer that :func:`checked_params` found finite, for one config.
+
+    :func:`forward` and :func:`backward` accept it in place of the array and
+    skip the scan for NaN and inf (the other checks are cheap and stay), so a
+    caller that runs many forwards on one buffer pays for the scan once: the
+    trainer checks once per step for the step's 12 groups. The holder must not
+    change the buffer while it passes this on.
+    """
+
+    flat: np.ndarray  # (P,)
+    cfg: ModelConfig
+
+
+def checked_params(backend: Any, cfg: ModelConfig, params: object) -> CheckedParams:
+    """``params`` validated in full (see :func:`validate_params`), marked so."""
+    return CheckedParams(validate_params(backend, cfg, params), cfg)
+
+
 def validate_params(backend: Any, cfg: ModelConfig, params: object) -> np.ndarray:
-    """``params`` is the finite (P,) buffer of ``cfg`` in a dtype of ``backend``."""
+    """``params`` is the finite (P,) buffer of ``cfg`` in a dtype of ``backend``;
+    returns the buffer. A :class:`CheckedParams` of ``cfg`` skips the finite scan.
+    """
     if not isinstance(cfg, ModelConfig):
         raise ConfigError(f"cfg: expected a ModelConfig, got {type(cfg).__name__}")
+    known_finite = isinstance(params, CheckedParams)
+    if isinstance(params, CheckedParams):
+        if params.cfg != cfg:
+            raise ConfigError("params: checked for another model config")
+        params = params.flat
     flat = checks.expect_float("params", params)
     checks.expect_shape("params", flat, (param_count(cfg),))
     if flat.dtype not in tuple(np.dtype(d) for d in backend.dtypes):
         raise Unsupported(f"backend {backend.name!r} does not compute in {flat.dtype}")
-    checks.expect_finite("params", flat)
+    if not known_finite:
+        checks.expect_finite("params", flat)
     return flat
 
 
@@ -437,10 +465,11 @@ def validate_forward(
     targets: object,
     kv_caches: object,
     pos_offset: object,
-) -> None:
-    """The checks of :func:`forward` (see "Errors" in the module docstring)."""
+) -> np.ndarray:
+    """The checks of :func:`forward` (see "Errors" in the module docstring);
+    returns the params buffer."""
     offset = checks.expect_nonnegative_int("pos_offset", pos_offset)
-    validate_params(backend, cfg, params)
+    flat = validate_params(backend, cfg, params)
     tokens = checks.expect_int("ids", ids)
     checks.expect_rank("ids", tokens, 2)
     checks.expect_nonempty("ids", tokens)
@@ -457,6 +486,7 @@ def validate_forward(
         checks.expect_ids("targets", y, cfg.vocab_size, ignore_index=IGNORE_INDEX)
     if kv_caches is not None:
         _validate_kv_caches(cfg, kv_caches, offset)
+    return flat
 
 
 def _validate_kv_caches(cfg: ModelConfig, kv_caches: object, offset: int) -> None:
@@ -479,7 +509,7 @@ def _validate_kv_caches(cfg: ModelConfig, kv_caches: object, offset: int) -> Non
 def forward(
     backend: Any,
     cfg: ModelConfig,
-    params: np.ndarray,
+    params: np.ndarray | CheckedParams,
     ids: np.ndarray,
     targets: np.ndarray | None = None,
     *,
@@ -493,7 +523,7 @@ def forward(
     ignored positions. The loss is returned as a Python float holding exactly
     the value the loss kernel computed in the params' dtype.
     """
-    validate_forward(backend, cfg, params, ids, targets, kv_caches, pos_offset)
+    params = validate_forward(backend, cfg, params, ids, targets, kv_caches, pos_offset)
     k, direct = _kernels(backend)
     w = param_views(cfg, params)
     x, emb_cache = k.embedding_forward(
@@ -575,15 +605,18 @@ def _kernels(backend: Any) -> tuple[Any, bool]:
 def _add(x: np.ndarray, y: np.ndarray, in_place: bool) -> np.ndarray:
     """``x + y``; into ``x`` when it is the model's own array (model kernels)."""
     if in_place:
-        return np.add(x, y, out=x)
-    return x + y
+        np.add(x, y, out=x)
+        return x
+    total: np.ndarray = x + y
+    return total
 
 
 # --------------------------------------------------------------- backward -----
 def validate_backward(
     backend: Any, cfg: ModelConfig, params: object, cache: object
-) -> None:
-    """The checks of :func:`backward`: a cache of a forward with targets."""
+) -> np.ndarray:
+    """The checks of :func:`backward`: a cache of a forward with targets;
+    returns the params buffer."""
     flat = validate_params(backend, cfg, params)
     if not isinstance(cache, ModelCache):
         raise ConfigError(f"cache: expected a ModelCache, got {type(cache).__name__}")
@@ -608,6 +641,7 @@ def validate_backward(
             "training never uses the KV cache",
             hint="run the training forward without kv_caches",
         )
+    return flat
 
 
 _LN_NAMES = ("weight", "bias")
@@ -635,7 +669,10 @@ def _store(
 
 
 def backward(
-    backend: Any, cfg: ModelConfig, params: np.ndarray, cache: ModelCache
+    backend: Any,
+    cfg: ModelConfig,
+    params: np.ndarray | CheckedParams,
+    cache: ModelCache,
 ) -> np.ndarray:
     """d loss / d params as a new flat (P,) buffer in the params' layout and dtype.
 
@@ -643,7 +680,7 @@ def backward(
     passes its upstream gradient to both branches, and the tied embedding sums
     the gradients of its two uses (lookup and LM head).
     """
-    validate_backward(backend, cfg, params, cache)
+    validate_backward(backend, cfg, params, cache)  # backward reads no weights
     loss_cache = cache.loss
     assert loss_cache is not None  # checked by validate_backward
     k, direct = _kernels(backend)
@@ -708,9 +745,11 @@ __all__ = [
     "INIT_STD",
     "LN_EPS",
     "BlockCache",
+    "CheckedParams",
     "ModelCache",
     "ModelConfig",
     "backward",
+    "checked_params",
     "forward",
     "init_kv_caches",
     "init_params",

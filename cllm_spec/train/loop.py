@@ -48,7 +48,7 @@ from tqdm import tqdm  # type: ignore[import-untyped]
 from cllm_spec import checkpoint
 from cllm_spec.errors import CheckpointError, NonFiniteError
 from cllm_spec.generate import generate
-from cllm_spec.model import init_params
+from cllm_spec.model import CheckedParams, checked_params, init_params
 from cllm_spec.parallel import WorkerStats
 from cllm_spec.protocols import Batch
 from cllm_spec.sampling import SamplingConfig
@@ -117,6 +117,7 @@ class Trainer:
         self.say = say if self.is_root else say_nothing
         self.out_dir = Path(cfg.train.out_dir)
         self.model_cfg = model_config(cfg, data.tokenizer.vocab_size)
+        self._checked: CheckedParams | None = None  # of the params, see grad_fn
         self.schedule = schedule_config(cfg)
         dtype = np.dtype(cfg.train.dtype)
         seed = cfg.train.seed
@@ -252,9 +253,14 @@ class Trainer:
         """One group's gradient terms (worker threads; see group_gradients).
 
         Reads ``params`` only: the coordinator replaces them after every group
-        of the step is in.
+        of the step is in. The weights are scanned for NaN once per step (the
+        first group to ask checks them; the others reuse it).
         """
-        return group_gradients(self.backend, self.model_cfg, self.params, batch)
+        checked = self._checked
+        if checked is None or checked.flat is not self.params:
+            checked = checked_params(self.backend, self.model_cfg, self.params)
+            self._checked = checked
+        return group_gradients(self.backend, self.model_cfg, checked, batch)
 
     def optimizer_step(self, grad: np.ndarray, loss: float) -> float:
         """Clip, update ``params`` and the optimizer state; the pre-clip norm.

@@ -48,7 +48,14 @@ import numpy as np
 from cllm_spec.batching import iter_epoch
 from cllm_spec.errors import ConfigError, NonFiniteError
 from cllm_spec.metrics import perplexity, token_accuracy
-from cllm_spec.model import ModelConfig, backward, forward, mask_targets
+from cllm_spec.model import (
+    CheckedParams,
+    ModelConfig,
+    backward,
+    checked_params,
+    forward,
+    mask_targets,
+)
 from cllm_spec.parallel import (
     N_GROUPS,
     GroupResult,
@@ -79,7 +86,7 @@ class EvalResult(NamedTuple):
 
 # ---------------------------------------------------------------- one step ---
 def group_gradients(
-    backend: Any, cfg: ModelConfig, params: np.ndarray, batch: Batch
+    backend: Any, cfg: ModelConfig, params: np.ndarray | CheckedParams, batch: Batch
 ) -> tuple[np.ndarray, float, int]:
     """The parallel engines' ``grad_fn`` for one group micro-batch.
 
@@ -87,11 +94,14 @@ def group_gradients(
     batch's counted tokens: the gradient of the summed loss, the summed loss and
     the count (:mod:`cllm_spec.parallel.reduction`). Runs on worker threads, so
     it sets its own floating-point error state (numpy's is per thread); a
-    non-finite loss raises DivergedError before the backward.
+    non-finite loss raises DivergedError before the backward. ``params`` may
+    be the step's :class:`~cllm_spec.model.CheckedParams`, so that the groups
+    of one step scan the weights for NaN once, not twice per group.
     """
     n = int(np.count_nonzero(batch.mask))
     if n == 0:  # nothing counts: the mean is 0/0, the sum is 0
-        return np.zeros_like(params), 0.0, 0
+        flat = params.flat if isinstance(params, CheckedParams) else params
+        return np.zeros_like(flat), 0.0, 0
     # Overflow shows up as inf or NaN, which is checked and reported.
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         targets = mask_targets(batch.targets, batch.mask)
@@ -110,9 +120,10 @@ def group_step_gradients(
     the calling thread: the bits every engine and worker count produce."""
     micro_sums: list[np.ndarray] = []
     results: list[GroupResult] = []
+    checked = checked_params(backend, cfg, params)
     for m, batch in enumerate(batches):
         mine = [
-            GroupResult(m, g, *group_gradients(backend, cfg, params, part))
+            GroupResult(m, g, *group_gradients(backend, cfg, checked, part))
             for g, part in enumerate(split_rows(batch, N_GROUPS))
             if part is not None
         ]

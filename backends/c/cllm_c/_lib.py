@@ -8,6 +8,7 @@ wrapper should have (it re-checks sizes and ids on its own).
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from typing import Any
@@ -149,7 +150,7 @@ class _Recycler:
 _recycler = _Recycler(RECYCLE_MAX_BYTES)
 
 
-def empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+def empty(shape: int | tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     """An uninitialized array, like ``np.empty``.
 
     Large ones are mapped by C on transparent huge pages (see ``cllm_big_alloc``
@@ -159,7 +160,8 @@ def empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     ones reuse the buffers of earlier outputs of the same size (_Recycler).
     """
     dt = np.dtype(dtype)
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+    # math.prod, not np.prod: that costs more than many kernel calls
+    nbytes = (shape if isinstance(shape, int) else math.prod(shape)) * dt.itemsize
     if nbytes < RECYCLE_MIN_BYTES:
         return np.empty(shape, dtype=dt)
     if nbytes < BIG_BYTES:
