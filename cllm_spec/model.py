@@ -31,6 +31,10 @@ whose target is not ``IGNORE_INDEX`` (-100, PyTorch's ``ignore_index``)::
 A padding mask is applied by the caller with :func:`mask_targets` (targets set to
 -100 where ``mask == 0``), so there is exactly one convention inside the model.
 A batch whose every target is ignored has the loss 0/0 = NaN (PyTorch's value).
+``forward(..., loss_reduction="sum")`` returns the sum instead (0 for such a
+batch), and :func:`backward` then gives the gradient of that sum: the
+trainer's groups need the sum, and this skips a pass that multiplies the mean's
+gradient back by ``count``.
 
 Canonical parameter names
 =========================
@@ -465,10 +469,12 @@ def validate_forward(
     targets: object,
     kv_caches: object,
     pos_offset: object,
+    loss_reduction: object = "mean",
 ) -> np.ndarray:
     """The checks of :func:`forward` (see "Errors" in the module docstring);
     returns the params buffer."""
     offset = checks.expect_nonnegative_int("pos_offset", pos_offset)
+    checks.expect_choice("loss_reduction", loss_reduction, ("mean", "sum"))
     flat = validate_params(backend, cfg, params)
     tokens = checks.expect_int("ids", ids)
     checks.expect_rank("ids", tokens, 2)
@@ -515,6 +521,7 @@ def forward(
     *,
     kv_caches: Sequence[KVCache] | None = None,
     pos_offset: int = 0,
+    loss_reduction: str = "mean",
 ) -> tuple[np.ndarray, float | None, ModelCache]:
     """Logits ``(B, T, V)``, the mean loss (None without targets) and the cache.
 
@@ -523,7 +530,9 @@ def forward(
     ignored positions. The loss is returned as a Python float holding exactly
     the value the loss kernel computed in the params' dtype.
     """
-    params = validate_forward(backend, cfg, params, ids, targets, kv_caches, pos_offset)
+    params = validate_forward(
+        backend, cfg, params, ids, targets, kv_caches, pos_offset, loss_reduction
+    )
     k, direct = _kernels(backend)
     w = param_views(cfg, params)
     x, emb_cache = k.embedding_forward(
@@ -573,7 +582,7 @@ def forward(
             logits.reshape(b * t, v),  # (B*T, V)
             targets.reshape(b * t),
             ignore_index=IGNORE_INDEX,
-            reduction="mean",
+            reduction=loss_reduction,
         )
         loss = float(value)
     cache = ModelCache(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import threading
 from typing import Any
 
@@ -113,38 +114,35 @@ RECYCLE_MAX_BYTES = 512 << 20
 
 
 class _Recycler:
-    """Buffers of garbage outputs, kept by size for the next output of that size.
+    """Output buffers kept by size, handed out again once nothing uses them.
 
     A training step allocates the same activations and gradients every step;
     from malloc each comes back as fresh pages (glibc maps and unmaps blocks
     this size), and faulting them in cost a third of a default-model step's
-    time on this machine. The buffer of an output returns here when the output
-    and all its views are collected.
+    time on this machine. Every array handed out is a view of a kept buffer,
+    so the buffer's reference count says whether any output or view of it is
+    still alive: only the stock list then refers to it.
     """
 
     def __init__(self, limit: int) -> None:
-        self._free: dict[int, list[Any]] = {}
+        self._stock: dict[int, list[np.ndarray]] = {}
         self._bytes = 0
         self._limit = limit
         self._lock = threading.Lock()
 
     def take(self, nbytes: int) -> np.ndarray:
-        """A (nbytes,) uint8 array that gives its buffer back when collected."""
+        """A (nbytes,) uint8 view of a buffer no live array uses."""
         with self._lock:
-            stock = self._free.get(nbytes)
-            raw = stock.pop() if stock else None
-            if raw is not None:
-                self._bytes -= nbytes
-        if raw is None:
-            raw = ffi.new("char[]", nbytes)
-        handle = ffi.gc(ffi.cast("char *", raw), lambda _: self._give(nbytes, raw))
-        return np.frombuffer(ffi.buffer(handle, nbytes), dtype=np.uint8)
-
-    def _give(self, nbytes: int, raw: Any) -> None:
-        with self._lock:
+            stock = self._stock.setdefault(nbytes, [])
+            for raw in stock:
+                # referenced by the list, this loop and the call's argument
+                if sys.getrefcount(raw) == 3:
+                    return raw[:]
+            raw = np.empty(nbytes, dtype=np.uint8)
             if self._bytes + nbytes <= self._limit:
-                self._free.setdefault(nbytes, []).append(raw)
+                stock.append(raw)
                 self._bytes += nbytes
+            return raw[:]
 
 
 _recycler = _Recycler(RECYCLE_MAX_BYTES)
