@@ -215,15 +215,94 @@ def profile(backend: Any, name: str, steps: int) -> str:
     return "\n".join(lines)
 
 
+def make_trainer(backend: Any, out_dir: str) -> Any:
+    """The Trainer ``cllm train`` builds for the default config: 1 worker thread,
+    no evaluation, samples or intermediate checkpoints."""
+    from pathlib import Path
+
+    from cllm_spec.train.config import load_config
+    from cllm_spec.train.loop import Trainer
+    from cllm_spec.train.prepare import prepare_data
+
+    sets = [
+        "train.backend=c", "train.eval_every=0", "train.sample_every=0",
+        "train.checkpoint_every=0", "parallel.workers=1", f"train.out_dir={out_dir}",
+    ]  # fmt: skip
+    cfg = load_config(None, sets)
+    data = prepare_data(cfg, Path(out_dir), None)
+    return Trainer(cfg, "c", backend, data, None, lambda _: None)
+
+
+def compare_train(backend: Any, rounds: int, steps: int) -> str:
+    """``cllm train``'s step (the 12 groups on a worker thread, the reduction,
+    clip and AdamW, the data stream) against the model API's step on the whole
+    batch of the same model, alternating; process CPU time and wall time."""
+    import tempfile
+
+    from cllm_spec.optim import init_adam_state
+
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = make_trainer(backend, tmp)
+        api = Step(backend, "default")
+        api.cfg = trainer.model_cfg
+        api.params = trainer.params.copy()
+        api.state = init_adam_state(api.params)
+        b, t = trainer.cfg.train.batch_size, trainer.cfg.train.seq_len
+        rng = np.random.default_rng(0)
+        api.ids = rng.integers(0, api.cfg.vocab_size, (b, t)).astype(np.int32)
+        api.targets = np.roll(api.ids, -1, axis=1)
+        runs: dict[str, Callable[[], Any]] = {
+            "model API": api,
+            "cllm train": trainer.train_step,
+        }
+        cpu: dict[str, list[float]] = {k: [] for k in runs}
+        wall: dict[str, list[float]] = {k: [] for k in runs}
+        with trainer.engine:
+            for fn in runs.values():
+                fn()  # warm
+            for _ in range(rounds):
+                for name, fn in runs.items():
+                    c0, w0 = time.process_time(), time.perf_counter()
+                    for _ in range(steps):
+                        fn()
+                    cpu[name].append(b * t * steps / (time.process_time() - c0))
+                    wall[name].append(b * t * steps / (time.perf_counter() - w0))
+    lines = [
+        "| path | tokens/CPU-s (median) | tokens/s wall (median) |",
+        "| --- | ---: | ---: |",
+    ]
+    for name in runs:
+        c, w = statistics.median(cpu[name]), statistics.median(wall[name])
+        lines.append(f"| {name} | {c:,.0f} | {w:,.0f} |")
+    ratio_cpu = statistics.median(cpu["cllm train"]) / statistics.median(
+        cpu["model API"]
+    )
+    ratio_wall = statistics.median(wall["cllm train"]) / statistics.median(
+        wall["model API"]
+    )
+    return "\n".join(lines) + (
+        f"\n\ncllm train / model API: {ratio_cpu:.3f} (CPU time), "
+        f"{ratio_wall:.3f} (wall)"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", nargs="*", default=list(CONFIGS))
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--steps", type=int, default=0, help="0: by config")
+    parser.add_argument(
+        "--train", type=int, default=0, metavar="ROUNDS",
+        help="compare cllm train with the model API on the default config instead",
+    )  # fmt: skip
     args = parser.parse_args()
     backend = get_backend("c")
     backend.set_num_threads(args.threads)
     print(f"load average {os.getloadavg()}")
+    if args.train:
+        print(compare_train(backend, args.train, args.steps or 20))
+        print(f"load average {os.getloadavg()}")
+        return
     for name in args.config:
         steps = args.steps or {"default": 20, "small": 20, "production": 3}[name]
         print(profile(backend, name, steps), "\n", flush=True)

@@ -274,6 +274,8 @@ class Trainer:
                 self.backend, self.cfg, self.params, grad, self.opt_state, self._lr
             )
         self.params, self.opt_state = params, state
+        # apply_update proved the new weights finite: the groups need not rescan
+        self._checked = CheckedParams(params, self.model_cfg)
         return norm
 
     def replica_state(self) -> dict[str, np.ndarray]:

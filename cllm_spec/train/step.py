@@ -45,6 +45,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from cllm_spec import checks
 from cllm_spec.batching import iter_epoch
 from cllm_spec.errors import ConfigError, NonFiniteError
 from cllm_spec.metrics import perplexity, token_accuracy
@@ -105,7 +106,9 @@ def group_gradients(
         return np.zeros_like(flat), 0.0, 0
     # Overflow shows up as inf or NaN, which is checked and reported.
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        targets = mask_targets(batch.targets, batch.mask)
+        # a group whose every position counts (the usual case) needs no mask
+        full = n == batch.mask.size
+        targets = batch.targets if full else mask_targets(batch.targets, batch.mask)
         _, loss, cache = forward(
             backend, cfg, params, batch.input_ids, targets, loss_reduction="sum"
         )
@@ -164,8 +167,10 @@ def apply_update(
         lr,
         optimizer_hyperparameters(run.optim),
     )
-    if not np.isfinite(new_params).all():
-        raise DivergedError("the update made parameters NaN or inf")
+    try:
+        checks.expect_finite("params", new_params)  # one sum, not a mask of P
+    except NonFiniteError as exc:
+        raise DivergedError("the update made parameters NaN or inf") from exc
     return new_params, new_state, float(norm)
 
 
