@@ -286,6 +286,30 @@ def compare_train(backend: Any, rounds: int, steps: int) -> str:
     )
 
 
+def rates(backend: Any, names: list[str], threads: list[int], steps: int) -> None:
+    """One JSON line per (config, threads): tokens/s of the model-API step, by
+    wall time and by process CPU time (which another process's load on the
+    machine disturbs less), medians of ``steps`` single steps."""
+    import json
+
+    for name in names:
+        step = Step(backend, name)
+        for n in threads:
+            backend.set_num_threads(n)
+            step()  # warm
+            wall, cpu = [], []
+            for _ in range(steps or {"production": 3}.get(name, 10)):
+                c0, w0 = time.process_time(), time.perf_counter()
+                step()
+                wall.append(step.tokens / (time.perf_counter() - w0))
+                cpu.append(step.tokens / (time.process_time() - c0))
+            row = {
+                "config": name, "threads": n, "wall": statistics.median(wall),
+                "cpu": statistics.median(cpu), "load": os.getloadavg()[0],
+            }  # fmt: skip
+            print(json.dumps(row), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", nargs="*", default=list(CONFIGS))
@@ -295,8 +319,15 @@ def main() -> None:
         "--train", type=int, default=0, metavar="ROUNDS",
         help="compare cllm train with the model API on the default config instead",
     )  # fmt: skip
+    parser.add_argument(
+        "--rate", action="store_true",
+        help="only tokens/s per config at 1 and 2 threads, as JSON lines",
+    )  # fmt: skip
     args = parser.parse_args()
     backend = get_backend("c")
+    if args.rate:
+        rates(backend, args.config, [1, 2], args.steps)
+        return
     backend.set_num_threads(args.threads)
     print(f"load average {os.getloadavg()}")
     if args.train:

@@ -14,6 +14,7 @@ The whole module is skipped when the extension is not built.
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -431,3 +432,20 @@ def test_recycled_output_buffers_return_only_when_every_view_is_gone():
     assert third.ctypes.data == address
     assert third.flags.writeable and third.flags.c_contiguous
     assert third.shape == shape
+
+
+@pytest.mark.parametrize("scale", [1e-40, 1e-20, 1.0, 1e20, 2e37])
+def test_float32_norm_in_one_pass_has_the_scaled_norms_bits(rng, scale):
+    from cllm_c import gradients
+
+    g = (scale * rng.standard_normal(100_003)).astype(F32)
+    g[7] = np.float32(scale) * 1e-3
+    amax = float(np.abs(g).max())
+    assert math.isfinite(amax) and amax > 0.0
+    assert gradients._f32_l2_norm(g) == gradients._l2_norm(g, amax)
+    for bad in (np.nan, np.inf):
+        h = g.copy()
+        h[5] = bad
+        got = gradients._f32_l2_norm(h)
+        assert math.isnan(got) if bad != bad else got == math.inf
+    assert gradients._f32_l2_norm(np.zeros(33, F32)) == 0.0
