@@ -125,11 +125,14 @@ backward functions take ``out=``, the views of the flat gradient buffer to
 write the parameter gradients into, returning only the input gradient;
 ``embedding_backward(dx, cache, out=(dwte, dwpe))`` adds its scatter into them
 instead; ``empty(shape, dtype)`` allocates the flat gradient buffer (the
-backend may recycle memory). :func:`forward` and :func:`backward` then use it,
-add residuals in place (the residual stream is the model's own array, never
-cached by a kernel) and never copy a gradient; a backend without it runs the
-plain composition.
-Both must compute the same function: the conformance suite checks the model of
+backend may recycle memory); ``residual_layernorm_forward(x, r, weight, bias,
+eps)`` returns ``(x + r, layernorm(x + r), cache)``, writing the sum over ``x``,
+and ``layernorm_backward(..., add_to=dx)`` adds its input gradient into ``dx``
+and returns it: the residual adds fused into the norms that follow them.
+:func:`forward` and :func:`backward` then use it, add residuals in place
+(the residual stream is the model's own array, never cached by a kernel) and
+never copy a gradient; a backend without it runs the plain composition. Both
+must compute the same function: the conformance suite checks the model of
 every backend against the float64 oracle.
 
 Errors (checked before any kernel runs)
@@ -555,10 +558,9 @@ def forward(
             n_head=cfg.n_head,
             kv_cache=kv,
         )
-        x = _add(x, a, direct)  # residual stream (B, T, C)
-        h, ln_2 = k.layernorm_forward(
-            x, w[p + "ln_2.weight"], w[p + "ln_2.bias"], LN_EPS
-        )
+        x, h, ln_2 = _residual_norm(
+            k, direct, x, a, w[p + "ln_2.weight"], w[p + "ln_2.bias"]
+        )  # x + a: the residual stream (B, T, C), and LN_2 of it
         m, mlp = k.ffn_forward(
             h,
             w[p + "mlp.fc.weight"],
@@ -609,6 +611,24 @@ def _kernels(backend: Any) -> tuple[Any, bool]:
     """The backend's model kernels and True, or the backend itself and False."""
     fast = getattr(backend, "model_kernels", None)
     return (backend, False) if fast is None else (fast, True)
+
+
+def _residual_norm(
+    k: Any,
+    fused: bool,
+    x: np.ndarray,
+    r: np.ndarray,
+    weight: np.ndarray,
+    bias: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, LayerNormCache]:
+    """``(x + r, layernorm(x + r), cache)``: one kernel with model kernels."""
+    if fused:
+        out: tuple[np.ndarray, np.ndarray, LayerNormCache]
+        out = k.residual_layernorm_forward(x, r, weight, bias, LN_EPS)
+        return out
+    total = x + r
+    h, cache = k.layernorm_forward(total, weight, bias, LN_EPS)
+    return total, h, cache
 
 
 def _add(x: np.ndarray, y: np.ndarray, in_place: bool) -> np.ndarray:
@@ -714,6 +734,18 @@ def backward(
             return result
         return _store(g, prefix, names, fn(dy, kcache))
 
+    def plus_norm_grad(
+        prefix: str, dh: np.ndarray, ln: LayerNormCache, dx: np.ndarray
+    ) -> np.ndarray:
+        """``dx`` + the layer norm's input gradient (added into dx when direct)."""
+        if direct:
+            out = (g[prefix + "weight"], g[prefix + "bias"])
+            result: np.ndarray = k.layernorm_backward(dh, ln, out=out, add_to=dx)
+            return result
+        dln = _store(g, prefix, _LN_NAMES, backend.layernorm_backward(dh, ln))
+        total: np.ndarray = dx + dln
+        return total
+
     head = _head_name(cfg)
     if direct:
         dh = k.linear_backward(dlogits, cache.lm_head, out=(g[head],))
@@ -724,11 +756,9 @@ def backward(
         p = f"model.h.{i}."
         blk = cache.blocks[i]
         dh = param_grads(k.ffn_backward, p, _MLP_NAMES, dx, blk.mlp)
-        dln = param_grads(k.layernorm_backward, p + "ln_2.", _LN_NAMES, dh, blk.ln_2)
-        dx = _add(dx, dln, direct)
+        dx = plus_norm_grad(p + "ln_2.", dh, blk.ln_2, dx)
         dh = param_grads(k.mha_backward, p, _ATTN_NAMES, dx, blk.attn)
-        dln = param_grads(k.layernorm_backward, p + "ln_1.", _LN_NAMES, dh, blk.ln_1)
-        dx = _add(dx, dln, direct)
+        dx = plus_norm_grad(p + "ln_1.", dh, blk.ln_1, dx)
     wte, wpe = g["model.wte.weight"], g["model.wpe.weight"]
     if direct:
         # the scatter adds onto the LM head's gradient when the two are tied

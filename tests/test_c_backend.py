@@ -449,3 +449,34 @@ def test_float32_norm_in_one_pass_has_the_scaled_norms_bits(rng, scale):
         got = gradients._f32_l2_norm(h)
         assert math.isnan(got) if bad != bad else got == math.inf
     assert gradients._f32_l2_norm(np.zeros(33, F32)) == 0.0
+
+
+@pytest.mark.parametrize("c", [1, 7, 17, 33, 65])
+@pytest.mark.parametrize("simd", ["scalar", "best"])
+def test_fused_residual_layernorm_is_the_add_then_the_norm(rng, c, simd, threads):
+    """Same bits as ``x + r`` followed by the plain kernels, both directions."""
+    from cllm_c import ffn
+
+    _lib.set_simd(_lib.simd_detected() if simd == "best" else "scalar")
+    x, r = _normal(rng, 3, 5, c), _normal(rng, 3, 5, c)
+    w, b = _normal(rng, c), _normal(rng, c)
+    want_x = x + r
+    want_y, want_cache = ffn._layernorm(want_x, w, b, 1e-5)
+    stream = x.copy()
+    y, cache = ffn._residual_layernorm(stream, r, w, b, 1e-5)
+    np.testing.assert_array_equal(stream, want_x)  # the sum, written over x
+    np.testing.assert_array_equal(y, want_y)
+    np.testing.assert_array_equal(cache.x_hat, want_cache.x_hat)
+    np.testing.assert_array_equal(cache.rstd, want_cache.rstd)
+    dy, dres = _normal(rng, 3, 5, c), _normal(rng, 3, 5, c)
+    dx, dw, db = ffn._layernorm_backward(dy, want_cache)
+    acc = dres.copy()
+    got, got_dw, got_db = ffn._layernorm_backward(dy, cache, add_to=acc)
+    assert got is acc
+    np.testing.assert_array_equal(acc, dres + dx)
+    np.testing.assert_array_equal(got_dw, dw)
+    np.testing.assert_array_equal(got_db, db)
+    x64, r64, w64, b64 = (a.astype(np.float64) for a in (x, r, w, b))
+    want64, _ = ffn._layernorm(x64 + r64, w64, b64, 1e-5)
+    y64, _ = ffn._residual_layernorm(x64, r64, w64, b64, 1e-5)
+    np.testing.assert_array_equal(y64, want64)

@@ -62,6 +62,14 @@ C_MUTANTS = {
         "test_model.py",
         "test_forward_and_backward_match_oracle",
     ),
+    "model_residual_dropped": (
+        "test_model.py",
+        "test_forward_and_backward_match_oracle",
+    ),
+    "model_norm_grad_overwrites": (
+        "test_model.py",
+        "test_forward_and_backward_match_oracle",
+    ),
 }
 
 

@@ -170,12 +170,40 @@ def layernorm_backward(
     return _layernorm_backward(dy, cache)
 
 
+def _residual_layernorm(
+    x: np.ndarray, res: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float
+) -> tuple[np.ndarray, LayerNormCache]:
+    """``x += res`` in place (x must be the caller's own contiguous array), then
+    the layer norm of the sum, in one pass over each row."""
+    dt = x.dtype
+    rc = arr("res", res, dt, x.shape)
+    wc, bc = arr("weight", weight, dt), arr("bias", bias, dt)
+    if not (x.flags.c_contiguous and x.flags.writeable):
+        raise ShapeError("x: expected a writable C-contiguous residual stream")
+    c = x.shape[-1]
+    rows = x.size // c
+    arr("weight", wc, shape=(c,))
+    arr("bias", bc, shape=(c,))
+    y = empty(x.shape, dtype=dt)  # (..., C)
+    x_hat = empty(x.shape, dtype=dt)  # (..., C)
+    rstd = empty(x.shape[:-1], dtype=dt)  # (...,)
+    status = kernel("cllm_residual_layernorm_forward", dt)(
+        ptr(x), ptr(rc), ptr(wc), ptr(bc), eps, ptr(x), ptr(y), ptr(x_hat),
+        ptr(rstd), rows, c,
+    )  # fmt: skip
+    check(status, "residual_layernorm_forward")
+    return y, LayerNormCache(x_hat, rstd, weight)
+
+
 def _layernorm_backward(
     dy: np.ndarray,
     cache: LayerNormCache,
     dweight: np.ndarray | None = None,
     dbias: np.ndarray | None = None,
+    add_to: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``add_to``: the caller's own contiguous array to add dx into (and
+    return), as the residual stream's gradient; a new dx when None."""
     dyc = arr("dy", dy)
     dt = dyc.dtype
     x_hat = arr("cache.x_hat", cache.x_hat, dt, dyc.shape)
@@ -183,10 +211,13 @@ def _layernorm_backward(
     rows = x_hat.size // c
     rstd = arr("cache.rstd", cache.rstd, dt, x_hat.shape[:-1])
     wc = arr("cache.weight", cache.weight, dt, (c,))
-    dx = empty(x_hat.shape, dtype=dt)  # (..., C)
+    dx = _out("add_to", add_to, x_hat.shape, dt)  # (..., C)
     dweight = _out("dweight", dweight, (c,), dt)
     dbias = _out("dbias", dbias, (c,), dt)
-    status = kernel("cllm_layernorm_backward", dt)(
+    name = (
+        "cllm_layernorm_backward" if add_to is None else "cllm_layernorm_backward_add"
+    )
+    status = kernel(name, dt)(
         ptr(dyc), ptr(x_hat), ptr(rstd), ptr(wc), ptr(dx), ptr(dweight), ptr(dbias),
         rows, c,
     )  # fmt: skip

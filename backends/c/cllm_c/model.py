@@ -19,7 +19,12 @@ capability): the same names, arguments and results as the public kernels, and
 - ``embedding_backward(dx, cache, out=(dwte, dwpe))`` ADDS its scatter into
   ``out`` (the caller zeroes them, or leaves the LM head's gradient in dwte);
 - ``empty(shape, dtype)`` is the backend's output allocator (recycled buffers),
-  for the flat gradient buffer.
+  for the flat gradient buffer;
+- ``residual_layernorm_forward(x, res, weight, bias, eps)`` returns
+  ``(x + res, layernorm(x + res), cache)``, the sum written over ``x`` (the
+  model's own residual stream), in one pass per row;
+  ``layernorm_backward(..., add_to=dx)`` adds the input gradient into ``dx``
+  (the residual stream's gradient, the model's own array) and returns it.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from cllm_c.ffn import (
     _layernorm_backward,
     _linear,
     _linear_backward,
+    _residual_layernorm,
 )
 from cllm_c.losses import _cross_entropy, _cross_entropy_backward
 from cllm_spec.protocols import (
@@ -67,10 +73,22 @@ def layernorm_forward(
     return _layernorm(x, weight, bias, float(eps))
 
 
+def residual_layernorm_forward(
+    x: np.ndarray, res: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float
+) -> tuple[np.ndarray, np.ndarray, LayerNormCache]:
+    x_new = x  # the sum is written over x, the model's own residual stream
+    y, cache = _residual_layernorm(x_new, res, weight, bias, float(eps))
+    return x_new, y, cache
+
+
 def layernorm_backward(
-    dy: np.ndarray, cache: LayerNormCache, *, out: tuple[np.ndarray, np.ndarray]
+    dy: np.ndarray,
+    cache: LayerNormCache,
+    *,
+    out: tuple[np.ndarray, np.ndarray],
+    add_to: np.ndarray | None = None,
 ) -> np.ndarray:
-    return _layernorm_backward(dy, cache, *out)[0]
+    return _layernorm_backward(dy, cache, *out, add_to=add_to)[0]
 
 
 def mha_forward(
@@ -150,4 +168,5 @@ __all__ = [
     "linear_forward",
     "mha_backward",
     "mha_forward",
+    "residual_layernorm_forward",
 ]
