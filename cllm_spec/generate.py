@@ -54,7 +54,7 @@ forward, :mod:`cllm_spec.model`):
 Each forward of the decoder computes the LM head for the last position only
 (``forward(..., logits="last")``): a prefill of T tokens samples from one row,
 so it multiplies the V x C head by one row, not by T. The params are checked
-once per decoder, not once per token (``params_checked``).
+once per decoder, not once per token (``checked_params``).
 
 Batches
 =======
@@ -91,7 +91,13 @@ import numpy as np
 from cllm_spec import checks
 from cllm_spec.data.tokenizers import BOS_ID
 from cllm_spec.errors import ConfigError, EmptyInputError, IdRangeError, ShapeError
-from cllm_spec.model import ModelConfig, forward, init_kv_caches, validate_params
+from cllm_spec.model import (
+    ModelConfig,
+    checked_params,
+    forward,
+    init_kv_caches,
+    validate_params,
+)
 from cllm_spec.protocols import KVCache
 from cllm_spec.sampling import SamplingConfig, sample, validate_top_k
 
@@ -168,10 +174,11 @@ class Decoder:
     (B samples of one prompt, or prompts of one length). The caches belong to
     the decoder: the backend appends into their preallocated buffers.
 
-    The params are validated once, here: each step runs the model's forward
-    with ``params_checked=True`` and ``logits="last"`` (the LM head for the
-    sampled position only), so a step costs the model's arithmetic and no
-    O(P) scan of the weights.
+    The params are validated once, here, as the CheckedParams of
+    :func:`~cllm_spec.model.checked_params`: each step runs the model's
+    forward on them with ``logits="last"`` (the LM head for the sampled
+    position only), so a step costs the model's arithmetic and no O(P) scan
+    of the weights.
     """
 
     def __init__(
@@ -179,10 +186,10 @@ class Decoder:
     ) -> None:
         self.backend = backend
         self.cfg = cfg
-        self.params = validate_params(backend, cfg, params)
+        self.params = checked_params(backend, cfg, params)
         self.batch = checks.expect_positive_int("batch", batch)
         self._caches: tuple[KVCache, ...] = init_kv_caches(
-            backend, cfg, self.batch, self.params.dtype
+            backend, cfg, self.batch, self.params.flat.dtype
         )
         # the tokens in the caches, oldest first: (B, T_max), n of them valid
         self._tokens = np.zeros((self.batch, cfg.block_size), dtype=np.int64)
@@ -244,7 +251,6 @@ class Decoder:
             kv_caches=self._caches,
             pos_offset=offset,
             logits="last",
-            params_checked=True,
         )  # (B, 1, V)
         assert cache.kv_caches is not None  # forward ran with caches
         self._caches = cache.kv_caches

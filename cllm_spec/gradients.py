@@ -201,6 +201,7 @@ class ParamLayout:
             raise EmptyInputError("ParamLayout: expected at least one parameter")
         self._shapes: dict[str, Shape] = {}
         self._offsets: dict[str, int] = {}
+        self._slices: dict[str, slice] = {}
         offset = 0
         for item in items:
             if not isinstance(item, tuple) or len(item) != 2:
@@ -213,6 +214,7 @@ class ParamLayout:
             dims = _as_shape(name, shape)
             self._shapes[name] = dims
             self._offsets[name] = offset
+            self._slices[name] = slice(offset, offset + math.prod(dims))
             offset += math.prod(dims)
         self._size = offset
         # (name, start, stop, shape) once: views() runs on every model forward
@@ -245,8 +247,7 @@ class ParamLayout:
         return math.prod(self[name])
 
     def slice(self, name: str) -> slice:
-        start = self._offsets[name]
-        return slice(start, start + self.numel(name))
+        return self._slices[name]
 
     def __getitem__(self, name: str) -> Shape:
         return self._shapes[name]

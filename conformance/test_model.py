@@ -28,8 +28,10 @@ from cllm_spec.errors import (
 )
 from cllm_spec.model import (
     IGNORE_INDEX,
+    CheckedParams,
     ModelConfig,
     backward,
+    checked_params,
     forward,
     init_kv_caches,
     init_params,
@@ -401,17 +403,17 @@ def test_last_position_logits_equal_the_full_forwards_last(
         check.close(got, full[:, start - 1 : start], output="kv_cache", dtype=dtype)
 
 
-def test_params_checked_skips_only_the_finiteness_scan(
+def test_checked_params_skip_only_the_finiteness_scan(
     backend: Any, rng: np.random.Generator, check: Any
 ) -> None:
     cfg = ModelConfig(**TINY)
     params = perturbed_params(cfg, rng).astype(np.float32)
     ids = rng.integers(0, cfg.vocab_size, (2, 4))
     want = forward(backend, cfg, params, ids)[0]
-    got = forward(backend, cfg, params, ids, params_checked=True)[0]
+    got = forward(backend, cfg, checked_params(backend, cfg, params), ids)[0]
     check.close(got, want.astype(np.float64), output="logits", dtype=np.float32)
     with pytest.raises(ShapeError):  # the cheap checks still run
-        forward(backend, cfg, params[:-1], ids, params_checked=True)
+        forward(backend, cfg, CheckedParams(params[:-1], cfg), ids)
 
 
 def test_logits_at_a_position_ignore_later_tokens(

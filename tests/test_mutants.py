@@ -60,6 +60,26 @@ BACKEND_MUTANTS = {
     ),
 }
 
+# mutants of the C backend's fast paths (need the extension built)
+C_MUTANTS = {
+    "model_ln_grads_swapped": (
+        "test_model.py",
+        "test_forward_and_backward_match_oracle",
+    ),
+    "model_tied_grad_overwritten": (
+        "test_model.py",
+        "test_forward_and_backward_match_oracle",
+    ),
+    "model_residual_dropped": (
+        "test_model.py",
+        "test_forward_and_backward_match_oracle",
+    ),
+    "model_norm_grad_overwrites": (
+        "test_model.py",
+        "test_forward_and_backward_match_oracle",
+    ),
+}
+
 
 def failed_tests(output: str) -> set[str]:
     """Names of the test functions listed as FAILED in pytest's -rf summary."""
@@ -92,6 +112,18 @@ def run_conformance(test_file: str, *args: str) -> subprocess.CompletedProcess[s
 @pytest.mark.parametrize("mutant", sorted(BACKEND_MUTANTS))
 def test_suite_catches_backend_mutant(mutant):
     test_file, must_fail = BACKEND_MUTANTS[mutant]
+    result = run_conformance(test_file, f"--backend=conformance.mutants.{mutant}")
+    assert result.returncode == 1, (
+        f"mutant {mutant} was not caught by {test_file}:\n{result.stdout[-2000:]}"
+    )
+    failed = failed_tests(result.stdout)
+    assert must_fail in failed, f"{must_fail} did not fail; failures: {sorted(failed)}"
+
+
+@pytest.mark.parametrize("mutant", sorted(C_MUTANTS))
+def test_suite_catches_c_backend_mutant(mutant):
+    pytest.importorskip("cllm_c", reason="the C extension is not built")
+    test_file, must_fail = C_MUTANTS[mutant]
     result = run_conformance(test_file, f"--backend=conformance.mutants.{mutant}")
     assert result.returncode == 1, (
         f"mutant {mutant} was not caught by {test_file}:\n{result.stdout[-2000:]}"
@@ -145,7 +177,7 @@ def test_suite_catches_lm_head_first_position():
 
 def test_reference_passes_the_files_used_above():
     """Guards the test above: the files must pass on the unmutated reference."""
-    files = sorted({f for f, _ in BACKEND_MUTANTS.values()})
+    files = sorted({f for f, _ in (*BACKEND_MUTANTS.values(), *C_MUTANTS.values())})
     result = subprocess.run(
         [
             sys.executable,

@@ -13,6 +13,10 @@ array is garbage its mapping is kept (2 GiB at most) and handed to the next
 output of the same size, so a training loop does not fault in and zero its
 optimizer states and logits on every step.
 
+``model_kernels`` (:mod:`cllm_c.model`) is the optional capability
+``cllm_spec.model`` uses: its kernels without re-validation, writing parameter
+gradients straight into the flat gradient buffer.
+
 Beyond the protocol: ``set_num_threads(n)`` / ``num_threads()`` and
 ``set_simd(level)`` / ``simd_level()`` change the thread count and the SIMD
 path at run time (tests compare them; results never depend on the threads).
@@ -27,6 +31,7 @@ from typing import Any
 import numpy as np
 
 import cllm_spec
+from cllm_c import model as model_kernels
 from cllm_c._lib import (
     num_threads,
     set_num_threads,
@@ -45,7 +50,7 @@ from cllm_c.attention import (
     mha_forward,
 )
 from cllm_c.batching import make_batch_pool, make_batch_queue
-from cllm_c.embedding import _embed, embedding_backward, embedding_forward
+from cllm_c.embedding import _embedding, embedding_backward, embedding_forward
 from cllm_c.ffn import (
     _ffn,
     _layernorm,
@@ -88,13 +93,10 @@ name = "c"
 version = cllm_spec.__version__
 dtypes = (np.dtype(np.float32), np.dtype(np.float64))
 
-#: The model's forward kernels without their argument checks: what
-#: ``cllm_spec.model.forward`` runs after validating the whole call once (see
-#: "Unchecked kernels" there). A decoding step is a few microseconds of C per
-#: kernel, and re-checking every weight for NaN in every call read each weight
-#: twice per token.
+#: The model's forward kernels without their argument checks (see
+#: ``model_kernels``, which ``cllm_spec.model`` now uses).
 unchecked = SimpleNamespace(
-    embedding_forward=_embed,
+    embedding_forward=_embedding,
     layernorm_forward=_layernorm,
     mha_forward=_mha,
     ffn_forward=_ffn,
@@ -152,6 +154,7 @@ __all__ = [
     "make_batch_queue",
     "mha_backward",
     "mha_forward",
+    "model_kernels",
     "mse_backward",
     "mse_forward",
     "name",

@@ -76,6 +76,16 @@ int cllm_ffn_forward(const float *x, const float *w_fc, const float *b_fc,
 enum { CLLM_GEMV_MAX_ROWS = 16 };
 int cllm_gemv(const float *x, const float *w, const float *b, float *y, int64_t m,
               int64_t in_features, int64_t out_features);
+/* the residual add fused into the norm: x_out = x + res (x_out may be x), then
+ * y, x_hat, rstd of layernorm(x_out); and the backward that adds the norm's
+ * input gradient into dx (the residual stream's gradient) instead of writing it */
+int cllm_residual_layernorm_forward(const float *x, const float *res,
+                                    const float *weight, const float *bias, float eps,
+                                    float *x_out, float *y, float *x_hat, float *rstd,
+                                    int64_t rows, int64_t c);
+int cllm_layernorm_backward_add(const float *dy, const float *x_hat, const float *rstd,
+                                const float *weight, float *dx, float *dweight,
+                                float *dbias, int64_t rows, int64_t c);
 
 /* losses.c (log_softmax selects log-softmax over softmax) */
 int cllm_softmax_forward(const float *x, float *y, int64_t rows, int64_t v,
@@ -240,6 +250,15 @@ int cllm_layernorm_backward_f64(const double *dy, const double *x_hat,
                                 const double *rstd, const double *weight, double *dx,
                                 double *dweight, double *dbias, int64_t rows,
                                 int64_t c);
+int cllm_residual_layernorm_forward_f64(const double *x, const double *res,
+                                        const double *weight, const double *bias,
+                                        double eps, double *x_out, double *y,
+                                        double *x_hat, double *rstd, int64_t rows,
+                                        int64_t c);
+int cllm_layernorm_backward_add_f64(const double *dy, const double *x_hat,
+                                    const double *rstd, const double *weight,
+                                    double *dx, double *dweight, double *dbias,
+                                    int64_t rows, int64_t c);
 int cllm_softmax_forward_f64(const double *x, double *y, int64_t rows, int64_t v,
                              int log_softmax);
 int cllm_softmax_backward_f64(const double *dy, const double *y, double *dx,

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import math
 import os
+import sys
+import threading
 from typing import Any
 
 import numpy as np
@@ -107,21 +109,63 @@ def ptr(x: np.ndarray | None) -> Any:
 
 #: Outputs at least this large come from cllm_big_alloc (huge pages).
 BIG_BYTES = 8 << 20
+#: Outputs from this size up to BIG_BYTES are recycled by size (_Recycler).
+RECYCLE_MIN_BYTES = 64 << 10
+#: At most this many bytes of garbage outputs are kept for reuse.
+RECYCLE_MAX_BYTES = 512 << 20
 
 
-def empty(shape: tuple[int, ...] | int, dtype: np.dtype) -> np.ndarray:
+class _Recycler:
+    """Output buffers kept by size, handed out again once nothing uses them.
+
+    A training step allocates the same activations and gradients every step;
+    from malloc each comes back as fresh pages (glibc maps and unmaps blocks
+    this size), and faulting them in cost a third of a default-model step's
+    time on this machine. Every array handed out is a view of a kept buffer,
+    so the buffer's reference count says whether any output or view of it is
+    still alive: only the stock list then refers to it.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._stock: dict[int, list[np.ndarray]] = {}
+        self._bytes = 0
+        self._limit = limit
+        self._lock = threading.Lock()
+
+    def take(self, nbytes: int) -> np.ndarray:
+        """A (nbytes,) uint8 view of a buffer no live array uses."""
+        with self._lock:
+            stock = self._stock.setdefault(nbytes, [])
+            for raw in stock:
+                # referenced by the list, this loop and the call's argument
+                if sys.getrefcount(raw) == 3:
+                    return raw[:]
+            raw = np.empty(nbytes, dtype=np.uint8)
+            if self._bytes + nbytes <= self._limit:
+                stock.append(raw)
+                self._bytes += nbytes
+            return raw[:]
+
+
+_recycler = _Recycler(RECYCLE_MAX_BYTES)
+
+
+def empty(shape: int | tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     """An uninitialized array, like ``np.empty``.
 
     Large ones are mapped by C on transparent huge pages (see ``cllm_big_alloc``
     in csrc/cpu.c): first touch then costs 1/512 of the page faults, which is a
     large share of a memory-bound kernel's time on a 134 MB optimizer state.
-    The array keeps its mapping alive and unmaps it when collected.
+    The array keeps its mapping alive and unmaps it when collected. Mid-sized
+    ones reuse the buffers of earlier outputs of the same size (_Recycler).
     """
     dt = np.dtype(dtype)
-    dims = (shape,) if isinstance(shape, int) else shape
-    nbytes = math.prod(dims) * dt.itemsize
-    if nbytes < BIG_BYTES:
+    # math.prod, not np.prod: that costs more than many kernel calls
+    nbytes = (shape if isinstance(shape, int) else math.prod(shape)) * dt.itemsize
+    if nbytes < RECYCLE_MIN_BYTES:
         return np.empty(shape, dtype=dt)
+    if nbytes < BIG_BYTES:
+        return _recycler.take(nbytes).view(dt).reshape(shape)
     raw = lib.cllm_big_alloc(nbytes)
     if raw == ffi.NULL:
         raise MemoryError(f"cannot map {nbytes} bytes")

@@ -273,12 +273,20 @@ def mha_backward(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray, np.ndarray | None]:
     """(dx, dw_qkv, db_qkv, dw_proj, db_proj); bias grads are None without a bias."""
     validate_mha_backward(dy, cache)
+    return _mha_backward(dy, cache)
+
+
+def _mha_backward(
+    dy: np.ndarray, cache: MHACache, out: tuple[np.ndarray, ...] | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray, np.ndarray | None]:
+    """``out``: (dw_qkv, db_qkv, dw_proj, db_proj) to write into, or None."""
+    dw_qkv, db_qkv, dw_proj, db_proj = out or (None,) * 4
     nh = int(cache.n_head)
-    da, dw_proj, db_proj = _linear_backward(dy, cache.proj)  # (B, T, C)
+    da, dw_proj, db_proj = _linear_backward(dy, cache.proj, dw_proj, db_proj)
     b, t, c = da.shape
     grads = _attend_backward(_split(da, 0, c, nh), cache.attn)
     dqkv = empty((b, t, 3 * c), dtype=da.dtype)  # (B, T, 3C)
     for i, g in enumerate(grads):
         _merge(g, dqkv, i * c)
-    dx, dw_qkv, db_qkv = _linear_backward(dqkv, cache.qkv)
+    dx, dw_qkv, db_qkv = _linear_backward(dqkv, cache.qkv, dw_qkv, db_qkv)
     return dx, dw_qkv, db_qkv, dw_proj, db_proj
