@@ -434,7 +434,7 @@ def validate_params(
     if not isinstance(cfg, ModelConfig):
         raise ConfigError(f"cfg: expected a ModelConfig, got {type(cfg).__name__}")
     flat = checks.expect_float("params", params)
-    checks.expect_shape("params", flat, (param_count(cfg),))
+    checks.expect_shape("params", flat, (param_layout(cfg).size,))  # cached per cfg
     if flat.dtype not in tuple(np.dtype(d) for d in backend.dtypes):
         raise Unsupported(f"backend {backend.name!r} does not compute in {flat.dtype}")
     if finite:
