@@ -483,7 +483,7 @@ def validate_params(backend: Any, cfg: ModelConfig, params: object) -> np.ndarra
             raise ConfigError("params: checked for another model config")
         params = params.flat
     flat = checks.expect_float("params", params)
-    checks.expect_shape("params", flat, (param_count(cfg),))
+    checks.expect_shape("params", flat, (param_layout(cfg).size,))  # cached per cfg
     if flat.dtype not in tuple(np.dtype(d) for d in backend.dtypes):
         raise Unsupported(f"backend {backend.name!r} does not compute in {flat.dtype}")
     if not known_finite:
@@ -553,9 +553,30 @@ def _validate_kv_caches(
                 f"kv_caches[{i}] holds {kv.length} positions but pos_offset={offset}",
                 hint="pass pos_offset equal to the number of tokens already cached",
             )
-        # the kernels may run unchecked: their checks of the buffers happen here
+        # the kernels may run unchecked: their checks of the buffers happen
+        # here, once per decoding step, so the common case is one expression
+        # and the spec's validator (which names what is wrong) runs otherwise
         b, t = ids_shape
-        validate_kv_cache_for(kv, dtype, (b, cfg.n_head, cfg.head_size), t)
+        if not _kv_fits(kv, dtype, (b, cfg.n_head, cfg.head_size), t):
+            validate_kv_cache_for(kv, dtype, (b, cfg.n_head, cfg.head_size), t)
+
+
+def _kv_fits(
+    kv: KVCache, dtype: np.dtype[Any], bnh_hs: tuple[int, ...], t: int
+) -> bool:
+    """Whether ``kv`` plainly passes ``validate_kv_cache_for`` (a fast path)."""
+    k, v = kv.k, kv.v
+    return (
+        type(k) is np.ndarray
+        and type(v) is np.ndarray
+        and type(kv.length) is int
+        and k.dtype == dtype
+        and v.dtype == dtype
+        and k.ndim == 4
+        and k.shape == v.shape
+        and (k.shape[0], k.shape[1], k.shape[3]) == bnh_hs
+        and 0 <= kv.length <= k.shape[2] - t
+    )
 
 
 def forward(

@@ -197,6 +197,49 @@ def test_few_row_linear_on_every_simd_level(simd, rng, threads):
                 np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5)
 
 
+def test_unchecked_kernels_compute_what_the_checked_ones_do(rng):
+    """``cllm_c.unchecked`` (what model.forward runs after validating once) is
+    the checked kernels minus their checks: the same bits, decoding included."""
+    x = _normal(rng, 2, 3, 16)
+    w_qkv, b_qkv = _normal(rng, 48, 16, scale=0.2), _normal(rng, 48)
+    w_o, b_o = _normal(rng, 16, 16, scale=0.2), _normal(rng, 16)
+    w_fc, b_fc = _normal(rng, 40, 16, scale=0.2), _normal(rng, 40)
+    w_pr, b_pr = _normal(rng, 16, 40, scale=0.2), _normal(rng, 16)
+    ids = rng.integers(0, 50, (2, 3))
+    wte, wpe = _normal(rng, 50, 16), _normal(rng, 9, 16)
+    u = cllm_c.unchecked
+
+    def mha(fn, cache):  # a prefill of 3, then a decoding step of 1
+        y1, _, cache = fn(x, w_qkv, b_qkv, w_o, b_o, n_head=4, kv_cache=cache)
+        y2, _, cache = fn(x[:, :1], w_qkv, b_qkv, w_o, b_o, n_head=4, kv_cache=cache)
+        return y1, y2, cache.k.copy(), cache.v.copy()
+
+    pairs = [
+        (u.linear_forward(x, w_qkv, b_qkv), cllm_c.linear_forward(x, w_qkv, b_qkv)),
+        (
+            u.layernorm_forward(x, w_o[0], b_o, 1e-5),
+            cllm_c.layernorm_forward(x, w_o[0], b_o),
+        ),
+        (
+            u.ffn_forward(x, w_fc, b_fc, w_pr, b_pr, activation="gelu"),
+            cllm_c.ffn_forward(x, w_fc, b_fc, w_pr, b_pr, activation="gelu"),
+        ),
+        (
+            u.embedding_forward(ids, wte, wpe, 2),
+            cllm_c.embedding_forward(ids, wte, wpe, 2),
+        ),
+        (
+            mha(u.mha_forward, cllm_c.kv_cache_new(2, 4, 5, 4, np.float32)),
+            mha(cllm_c.mha_forward, cllm_c.kv_cache_new(2, 4, 5, 4, np.float32)),
+        ),
+    ]
+    for fast, checked in pairs:
+        got, want = _flatten(fast), _flatten(checked)
+        assert len(got) == len(want) > 0
+        for a, b in zip(got, want, strict=True):
+            assert a.tobytes() == b.tobytes()
+
+
 def test_the_simd_path_is_the_best_the_cpu_has():
     info = cllm_c.build_info()
     assert info["simd_detected"] in ("scalar", "avx2+fma", "avx512")
