@@ -553,7 +553,7 @@ def _validate_kv_caches(
                 f"kv_caches[{i}] holds {kv.length} positions but pos_offset={offset}",
                 hint="pass pos_offset equal to the number of tokens already cached",
             )
-        # the kernels may run unchecked: their checks of the buffers happen
+        # the model kernels skip their own checks: those of the buffers happen
         # here, once per decoding step, so the common case is one expression
         # and the spec's validator (which names what is wrong) runs otherwise
         b, t = ids_shape

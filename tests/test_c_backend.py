@@ -197,9 +197,9 @@ def test_few_row_linear_on_every_simd_level(simd, rng, threads):
                 np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5)
 
 
-def test_unchecked_kernels_compute_what_the_checked_ones_do(rng):
-    """``cllm_c.unchecked`` (what model.forward runs after validating once) is
-    the checked kernels minus their checks: the same bits, decoding included."""
+def test_model_kernels_forward_computes_what_the_checked_kernels_do(rng):
+    """``cllm_c.model_kernels`` (what model.forward runs after validating once)
+    is the checked kernels minus their checks: the same bits, decoding included."""
     x = _normal(rng, 2, 3, 16)
     w_qkv, b_qkv = _normal(rng, 48, 16, scale=0.2), _normal(rng, 48)
     w_o, b_o = _normal(rng, 16, 16, scale=0.2), _normal(rng, 16)
@@ -207,7 +207,7 @@ def test_unchecked_kernels_compute_what_the_checked_ones_do(rng):
     w_pr, b_pr = _normal(rng, 16, 40, scale=0.2), _normal(rng, 16)
     ids = rng.integers(0, 50, (2, 3))
     wte, wpe = _normal(rng, 50, 16), _normal(rng, 9, 16)
-    u = cllm_c.unchecked
+    u = cllm_c.model_kernels
 
     def mha(fn, cache):  # a prefill of 3, then a decoding step of 1
         y1, _, cache = fn(x, w_qkv, b_qkv, w_o, b_o, n_head=4, kv_cache=cache)

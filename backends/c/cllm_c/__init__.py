@@ -25,7 +25,6 @@ path at run time (tests compare them; results never depend on the threads).
 from __future__ import annotations
 
 import platform
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -40,7 +39,6 @@ from cllm_c._lib import (
     simd_level,
 )
 from cllm_c.attention import (
-    _mha,
     attention_backward,
     attention_forward,
     kv_cache_append,
@@ -50,11 +48,8 @@ from cllm_c.attention import (
     mha_forward,
 )
 from cllm_c.batching import make_batch_pool, make_batch_queue
-from cllm_c.embedding import _embedding, embedding_backward, embedding_forward
+from cllm_c.embedding import embedding_backward, embedding_forward
 from cllm_c.ffn import (
-    _ffn,
-    _layernorm,
-    _linear,
     activation_backward,
     activation_forward,
     ffn_backward,
@@ -92,16 +87,6 @@ from cllm_c.optim import adagrad_step, adam_step, adamw_step, rmsprop_step, sgd_
 name = "c"
 version = cllm_spec.__version__
 dtypes = (np.dtype(np.float32), np.dtype(np.float64))
-
-#: The model's forward kernels without their argument checks (see
-#: ``model_kernels``, which ``cllm_spec.model`` now uses).
-unchecked = SimpleNamespace(
-    embedding_forward=_embedding,
-    layernorm_forward=_layernorm,
-    mha_forward=_mha,
-    ffn_forward=_ffn,
-    linear_forward=_linear,
-)
 
 
 def build_info() -> dict[str, Any]:
@@ -166,6 +151,5 @@ __all__ = [
     "simd_level",
     "softmax_backward",
     "softmax_forward",
-    "unchecked",
     "version",
 ]

@@ -7,6 +7,11 @@ that exposes ``model_kernels`` (this module) lets the model call them without
 the spec's per-kernel validators (the C-side size and id checks stay), and its
 backward functions write the parameter gradients into the caller's views of
 the flat gradient buffer (``out=``) instead of returning new arrays to copy.
+The forward entry points are also the decoding path's: ``mha_forward`` over a
+nonempty contiguous float32 KV cache attends over it in place in one C call
+(``cllm_mha_decode``), ``ffn_forward`` is one C call per block, and
+``linear_forward`` of a few rows streams the weight once (csrc/gemv.c); the
+model validated the caches' buffers and room before (``validate_forward``).
 
 The contract (``cllm_spec.model`` documents it as the "model kernels"
 capability): the same names, arguments and results as the public kernels, and
