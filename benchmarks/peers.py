@@ -10,7 +10,7 @@ shared machine tends to hit all of them.
     python benchmarks/peers.py                         # everything, ~15 min
     python benchmarks/peers.py --configs default,small --threads 1 --what train
     python benchmarks/peers.py --contestants c,numpy --configs tiny --repeat 1
-    python benchmarks/peers.py --markdown --json peers.json   # for RESULTS.md
+    python benchmarks/peers.py --write-results benchmarks/RESULTS.md  # its tables
     tox -e bench                                       # the same, with torch
 
 Figures (``--what``)
@@ -33,11 +33,12 @@ train
 e2e
     ``cllm train`` run as a subprocess for ``--e2e-steps`` steps (no
     evaluation, samples or checkpoints in between), on each byte-vocabulary
-    config. tokens/s is the median of the per-step ``tokens_per_s`` rows of
-    its ``metrics.jsonl`` after the first 3 steps: one optimizer step as the
-    trainer runs it (the 12-group split and tree reduction, clip, AdamW), not
-    counting start-up, data preparation or the final evaluation. Set next to
-    the model-API rate of the same config, measured in alternation with it.
+    config. tokens/s = the tokens of the steps after the first 3 over the sum
+    of their times, from the per-step rows of its ``metrics.jsonl`` (each
+    times one optimizer step as the trainer runs it: the 12-group split and
+    tree reduction, clip, AdamW); start-up, data preparation and the final
+    evaluation are not counted. Set next to the model-API rate of the same
+    config and thread count (``--e2e-steps`` steps), measured in alternation.
 decode
     batch 1, a 16-token prompt, 128 new tokens, greedy. Ours is
     ``cllm_spec.generate.generate`` (the path of ``cllm generate``, KV cache);
@@ -97,7 +98,7 @@ from peers_models import (  # noqa: E402
 CONTESTANTS = ("c", "numpy", "torch", "torch.compile")
 WHAT = ("train", "e2e", "decode", "rss")
 PRODUCTION_ROUNDS = 3  # at most, for the production config: its steps take seconds
-PAUSE_S = 0.05  # idle between turns, so the last contestant's spinning threads sleep
+PAUSE_S = 0.2  # idle before each turn: OpenBLAS and OpenMP threads spin after a call
 
 
 # ---------------------------------------------------------------- timing ----
@@ -326,6 +327,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--markdown", action="store_true", help="tables for RESULTS.md")
     p.add_argument("--json", metavar="PATH", help="also write every number here")
     p.add_argument(
+        "--write-results",
+        metavar="RESULTS.md",
+        type=Path,
+        help="put the Markdown tables into this file's peer section (markers)",
+    )
+    p.add_argument(
         "--rss-child", nargs=2, metavar=("CONFIG", "CONTESTANT"), help=argparse.SUPPRESS
     )
     args = p.parse_args(argv)
@@ -382,6 +389,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1, default=str))
     print(peers_report.render(out, markdown=args.markdown))
+    if args.write_results:
+        peers_report.write_results(args.write_results, peers_report.render(out, True))
     bad = [row for row in out["losses"] if not row["ok"]]
     return 1 if bad else 0
 

@@ -7,7 +7,6 @@ import gc
 import json
 import os
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -24,8 +23,8 @@ def run_train(
 ) -> tuple[float, float]:
     """``cllm train`` for ``steps`` steps of ``bench``'s model on ``backend``.
 
-    Returns ``(tokens, seconds)`` over the steps after the first WARM_STEPS,
-    from the per-step rows of its ``metrics.jsonl``.
+    Returns ``(tokens, seconds)`` summed over the steps after the first
+    WARM_STEPS, from the per-step rows of its ``metrics.jsonl``.
     """
     with tempfile.TemporaryDirectory(prefix="cllm-peers-") as tmp:
         out_dir = Path(tmp) / "run"
@@ -49,8 +48,8 @@ def run_train(
             raise RuntimeError(f"cllm train failed:\n{done.stdout}\n{done.stderr}")
         rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").open()]
     rates = [r["tokens_per_s"] for r in rows if r["kind"] == "train"][WARM_STEPS:]
-    rate = statistics.median(rates)
-    return float(bench.tokens), bench.tokens / rate
+    # each row's rate is the step's tokens over the step's seconds
+    return float(bench.tokens * len(rates)), sum(bench.tokens / r for r in rates)
 
 
 # ------------------------------------------------------------------- rss ----

@@ -19,6 +19,8 @@ from peers_models import (
 )
 
 TRAIN_ORDER = ("c", "numpy", "torch", "torch.compile")
+BEGIN = "<!-- peers.py --markdown: begin -->"
+END = "<!-- peers.py --markdown: end -->"
 
 
 def environment(contestants: Sequence[str]) -> dict[str, Any]:
@@ -313,3 +315,14 @@ def _rss(out: dict[str, Any], markdown: bool) -> str:
         "(step 1 includes torch.compile's compilation):"
     )
     return head + "\n\n" + table(cols, rows, markdown)
+
+
+def write_results(path: Path, text: str) -> None:
+    """Replace the measured part of RESULTS.md's peer section with ``text``:
+    everything between the BEGIN and END markers (which must be there)."""
+    doc = path.read_text()
+    head, begin, rest = doc.partition(BEGIN)
+    _, end, tail = rest.partition(END)
+    if not begin or not end:
+        raise SystemExit(f"{path}: no {BEGIN} ... {END} block to replace")
+    path.write_text(head + BEGIN + "\n\n" + text.strip() + "\n\n" + END + tail)
