@@ -198,7 +198,10 @@ def bench_decode(args: argparse.Namespace, bench: Bench, out: dict[str, Any]) ->
             threads,
         )
         pre = alternate(
-            {n: _prefill_turn(d, prompt) for n, d in decoders.items()},
+            {
+                n: _prefill_turn(d, prompt, args.sample_seconds)
+                for n, d in decoders.items()
+            },
             max(rounds, 5),
             threads,
         )
@@ -228,10 +231,18 @@ def _decode_turn(decoder: Any, prompt: np.ndarray, new: int) -> Callable[[], flo
     return turn
 
 
-def _prefill_turn(decoder: Any, prompt: np.ndarray) -> Callable[[], float]:
+def _prefill_turn(
+    decoder: Any, prompt: np.ndarray, seconds: float
+) -> Callable[[], float]:
+    """Enough prefills in a row to take about ``seconds`` (they are short)."""
+    start = time.perf_counter()
+    decoder.prefill(prompt)
+    calls = _steps_for(time.perf_counter() - start, seconds)
+
     def turn() -> float:
-        decoder.prefill(prompt)
-        return float(prompt.size)
+        for _ in range(calls):
+            decoder.prefill(prompt)
+        return float(calls * prompt.size)
 
     return turn
 
