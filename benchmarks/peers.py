@@ -338,6 +338,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--markdown", action="store_true", help="tables for RESULTS.md")
     p.add_argument("--json", metavar="PATH", help="also write every number here")
     p.add_argument(
+        "--from-json",
+        metavar="PATH",
+        help="measure nothing: print (or write) the tables of an earlier --json",
+    )
+    p.add_argument(
         "--write-results",
         metavar="RESULTS.md",
         type=Path,
@@ -372,6 +377,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.rss_child:
         return peers_e2e.rss_child(*args.rss_child, max(args.threads))
+    if args.from_json:
+        return report(args, peers_report.load(Path(args.from_json)))
     out: dict[str, Any] = {
         "args": {k: v for k, v in vars(args).items() if k != "rss_child"},
         "env": peers_report.environment(args.contestants),
@@ -384,21 +391,32 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     out["machine"] = {}
     measure_machine(args, out["machine"])
+
+    def save() -> None:  # after every figure, so a long run leaves what it did
+        out["env"]["load_after"] = os.getloadavg()
+        out["seconds"] = time.perf_counter() - started
+        if args.json:
+            Path(args.json).write_text(json.dumps(out, indent=1, default=str))
+
     for config in args.configs:
         bench = CONFIGS[config]
-        if "train" in args.what:
-            bench_train(args, bench, out)
-        if "e2e" in args.what:
-            bench_e2e(args, bench, out)
+        for what, run in (("train", bench_train), ("e2e", bench_e2e)):
+            if what in args.what:
+                run(args, bench, out)
+                save()
         if "decode" in args.what:
             bench_decode(args, bench, out)
+            save()
     if "rss" in args.what:
         bench_rss(args, out)
-    out["env"]["load_after"] = os.getloadavg()
     measure_machine(args, out["machine"])
-    out["seconds"] = time.perf_counter() - started
-    if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=1, default=str))
+    save()
+    return report(args, out)
+
+
+def report(args: argparse.Namespace, out: dict[str, Any]) -> int:
+    """Print the tables (and write them into RESULTS.md when asked); the exit
+    status is 1 when a contestant's first loss missed the reference."""
     print(peers_report.render(out, markdown=args.markdown))
     if args.write_results:
         peers_report.write_results(args.write_results, peers_report.render(out, True))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import platform
 import subprocess
@@ -315,6 +316,14 @@ def _rss(out: dict[str, Any], markdown: bool) -> str:
         "(step 1 includes torch.compile's compilation):"
     )
     return head + "\n\n" + table(cols, rows, markdown)
+
+
+def load(path: Path) -> dict[str, Any]:
+    """A ``--json`` file as ``main`` built it (JSON made the thread keys str)."""
+    out: dict[str, Any] = json.loads(path.read_text())
+    for key in ("fma_gflops", "read_gbs"):
+        out["machine"][key] = {int(t): v for t, v in out["machine"][key].items()}
+    return out
 
 
 def write_results(path: Path, text: str) -> None:
