@@ -35,8 +35,11 @@ def _c_backend_loads() -> bool:
     return True
 
 
+Run = tuple[dict, str, Path]  # the JSON report, the printed tables, its path
+
+
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str]:
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
     if not _c_backend_loads():
         pytest.fail("the C backend does not load: build it with pip install -e .")
     tmp = tmp_path_factory.mktemp("peers")
@@ -49,11 +52,13 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str]:
     cmd += ["--e2e-steps", "4", "--markdown", "--json", str(report)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
-    return json.loads(report.read_text()), done.stdout
+    return json.loads(report.read_text()), done.stdout, report
 
 
-def test_every_figure_is_measured_for_both_backends(tiny_run: tuple[dict, str]) -> None:
-    out, _ = tiny_run
+def test_every_figure_is_measured_for_both_backends(
+    tiny_run: Run,
+) -> None:
+    out, _, _ = tiny_run
     (train,) = out["train"]
     assert set(train["rates"]) == {"c", "numpy"}
     assert all(r["median"] > 0 for r in train["rates"].values())
@@ -70,16 +75,16 @@ def test_every_figure_is_measured_for_both_backends(tiny_run: tuple[dict, str]) 
 
 
 def test_same_model_same_loss_and_same_greedy_tokens(
-    tiny_run: tuple[dict, str],
+    tiny_run: Run,
 ) -> None:
-    out, _ = tiny_run
+    out, _, _ = tiny_run
     assert {r["contestant"] for r in out["losses"]} == {"c", "numpy"}
     assert all(r["ok"] and r["rel_err"] < 1e-5 for r in out["losses"])
     assert out["decode"][0]["agree_with_numpy"] == {"c": 128, "numpy": 128}
 
 
-def test_markdown_has_every_table(tiny_run: tuple[dict, str]) -> None:
-    _, text = tiny_run
+def test_markdown_has_every_table(tiny_run: Run) -> None:
+    _, text, _ = tiny_run
     for title in (
         "Measured bounds",
         "First training loss",
@@ -92,6 +97,14 @@ def test_markdown_has_every_table(tiny_run: tuple[dict, str]) -> None:
     ):
         assert title in text
     assert "| tiny | 1 |" in text  # a Markdown row
+
+
+def test_tables_come_back_from_the_json(tiny_run: Run) -> None:
+    _, text, report = tiny_run
+    cmd = [sys.executable, str(BENCH / "peers.py"), "--from-json", str(report)]
+    done = subprocess.run(cmd + ["--markdown"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == text
 
 
 def test_flop_count_is_six_per_matrix_weight_plus_attention() -> None:
