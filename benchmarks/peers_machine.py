@@ -13,8 +13,9 @@ loaded with ctypes, each run on 1 or more pthreads:
   four vector accumulators; bytes read / seconds. This is the roof of batch-1
   decoding, which must read every weight once per token.
 
-Both report the best of a few runs: a bound is what the machine can reach, and
-on a shared machine the other runs are slowed by other people's work.
+Both report the best of many short runs: a bound is what the machine can
+reach, and on a shared machine most runs are slowed by other people's work
+(short runs are likelier to find the cores and the memory bus quiet).
 """
 
 from __future__ import annotations
@@ -169,7 +170,7 @@ class Machine:
     def isa(self) -> str:
         return "avx512" if self.lanes == 16 else "avx2+fma"
 
-    def fma_gflops(self, threads: int, seconds: float = 0.3, runs: int = 5) -> float:
+    def fma_gflops(self, threads: int, seconds: float = 0.05, runs: int = 20) -> float:
         """Best FLOP rate of ``threads`` threads, each running FMA chains."""
         flop_per_iter = 2 * self.lanes * _CHAINS
         iters = 1_000_000
@@ -185,7 +186,7 @@ class Machine:
             best = max(best, threads * iters * flop_per_iter / elapsed / 1e9)
         return best
 
-    def read_gbs(self, threads: int, mib: int = 1024, runs: int = 5) -> float:
+    def read_gbs(self, threads: int, mib: int = 1024, runs: int = 10) -> float:
         """Best rate at which ``threads`` threads read a ``mib`` MiB array."""
         x = np.ones(mib * (1 << 20) // 4, dtype=np.float32)  # faulted in here
         ptr = x.ctypes.data
