@@ -185,10 +185,6 @@ class TorchTrainer:
             fused=True,  # the fastest of PyTorch's CPU AdamW implementations
         )
 
-    def first_loss(self) -> float:
-        with torch.no_grad():
-            return float(self.model(self.ids, self.targets))
-
     def step(self) -> float:
         self.opt.zero_grad(set_to_none=True)
         loss = self.step_fn(self.ids, self.targets)
