@@ -340,7 +340,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--from-json",
         metavar="PATH",
-        help="measure nothing: print (or write) the tables of an earlier --json",
+        nargs="+",
+        type=Path,
+        help="measure nothing: print (or write) the tables of earlier --json "
+        "files (several: parts of one benchmark, merged)",
     )
     p.add_argument(
         "--write-results",
@@ -378,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.rss_child:
         return peers_e2e.rss_child(*args.rss_child, max(args.threads))
     if args.from_json:
-        return report(args, peers_report.load(Path(args.from_json)))
+        return report(args, peers_report.load(args.from_json))
     out: dict[str, Any] = {
         "args": {k: v for k, v in vars(args).items() if k != "rss_child"},
         "env": peers_report.environment(args.contestants),

@@ -318,12 +318,33 @@ def _rss(out: dict[str, Any], markdown: bool) -> str:
     return head + "\n\n" + table(cols, rows, markdown)
 
 
-def load(path: Path) -> dict[str, Any]:
-    """A ``--json`` file as ``main`` built it (JSON made the thread keys str)."""
-    out: dict[str, Any] = json.loads(path.read_text())
-    for key in ("fma_gflops", "read_gbs"):
-        out["machine"][key] = {int(t): v for t, v in out["machine"][key].items()}
-    return out
+FIGURES = ("train", "losses", "e2e", "decode", "rss")
+
+
+def load(paths: Sequence[Path]) -> dict[str, Any]:
+    """``--json`` files as ``main`` built them, merged into one report.
+
+    Several files (runs of parts of the benchmark, one after another) give
+    their rows in order, the best bounds of any, the environment of the first
+    with the load after the last, and the sum of their times.
+    """
+    merged: dict[str, Any] = {}
+    for path in paths:
+        out = json.loads(path.read_text())
+        for key in ("fma_gflops", "read_gbs"):  # JSON made the thread keys str
+            out["machine"][key] = {int(t): v for t, v in out["machine"][key].items()}
+        if not merged:
+            merged = out
+            continue
+        for figure in FIGURES:
+            merged[figure] += out[figure]
+        for key in ("fma_gflops", "read_gbs"):
+            best = merged["machine"][key]
+            for t, v in out["machine"][key].items():
+                best[t] = max(best.get(t, 0.0), v)
+        merged["env"]["load_after"] = out["env"]["load_after"]
+        merged["seconds"] += out["seconds"]
+    return merged
 
 
 def write_results(path: Path, text: str) -> None:
