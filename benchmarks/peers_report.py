@@ -269,12 +269,16 @@ def _decode(out: dict[str, Any], markdown: bool) -> str:
         cells += [ratio(_median(row, "c"), _median(row, "torch"))]
         cells += [f"{per_token / 1e6:.2f}", rate(bound)]
         cells += [pct(_frac(_median(row, n), bound)) for n in names]
+        agree = r["agree_with_numpy"]
+        cells += [" / ".join(str(agree[n]) for n in names if n in agree)]
         rows.append(cells)
     cols = ["config", "threads", *names, "c/torch", "MB/token", "bound tok/s"]
     cols += [f"{n} of bound" for n in names]
+    cols += ["tokens = numpy's"]
     head = (
         "Decoding tokens/s (batch 1, 16-token prompt, 128 new tokens, greedy, "
-        "KV cache); bound = read bandwidth / weight bytes per token:"
+        "KV cache); bound = read bandwidth / weight bytes per token; the last "
+        "column counts the greedy tokens equal to numpy's, per contestant:"
     )
     return head + "\n\n" + table(cols, rows, markdown)
 
