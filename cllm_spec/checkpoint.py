@@ -27,13 +27,18 @@ Tensors
   optimizer's state NamedTuple in :mod:`cllm_spec.protocols` except ``step``
   (which is metadata): ``sgd``: momentum_buffer; ``adam``/``adamw``: exp_avg,
   exp_avg_sq, max_exp_avg_sq; ``rmsprop``: square_avg, momentum_buffer,
-  grad_avg; ``adagrad``: sum.
+  grad_avg; ``adagrad``: sum. ``max_exp_avg_sq`` (ZERO_OPTIONAL_FIELDS) is
+  only written when some bit of it is set: without amsgrad it stays zero, and
+  storing it cost a quarter of an AdamW checkpoint. A file without it reads as
+  zeros; one with it (all of its tensors, never a part) loads as before.
 
 Names are written in sorted order, in the header and in the data, and the JSON
 is compact with sorted keys, so the same tensors and metadata always give the
 same bytes. (The ``safetensors`` writer orders ``__metadata__`` by a hash that
 changes from process to process and groups tensors by dtype; that is why this
-module writes the bytes itself and uses the library only to read them.)
+module writes the bytes itself; it reads them itself too, one tensor at a
+time with the limits of ``load`` below. The tests check that the library
+reads what it writes.)
 
 Metadata
 --------
@@ -71,69 +76,103 @@ bad arguments raise ConfigError or DTypeError, and an I/O failure raises the
 OSError after removing the temporary file.
 
 ``load(path) -> (tensors, metadata)`` treats the file as hostile. It checks, in
-this order, before anything is allocated from the file's numbers: the path is a
-readable file of >= 8 bytes; the header length is <= file size - 8 and <= 100
-MiB; the header is UTF-8 JSON with a ``__metadata__`` map naming this format and
-a known version; every tensor entry has a known dtype, a shape of non-negative
-ints and offsets that tile the data exactly with the shape's size; then the
-safetensors library parses the file; the checksum matches; the metadata is
-well-formed JSON; the model config is valid; the tensor names, shapes and
-dtypes are exactly those of the config (and of the optimizer, if any); the RNG
-state can be restored. Any failure raises :class:`CheckpointError` with a hint,
-never another exception. ``metadata`` comes back with the keys of ``save``'s
-argument, ``model_config`` as a :class:`ModelConfig`, so
-``save(p2, tensors=t, metadata=m)`` after ``t, m = load(p1)`` rewrites the same
-bytes.
+this order, and reads no tensor byte before the last header check:
+
+1. the path names a regular file (:func:`cllm_spec.files.open_regular`: a
+   FIFO, a device or a directory is refused before it is opened for reading)
+   of >= 8 bytes;
+2. it begins like a safetensors file, a length below 2**48 then ``{``, else it
+   is "not a CLLM checkpoint" (a text file, a picture, ...); the header length
+   is <= file size - 8 and <= MAX_HEADER_BYTES;
+3. the header, read piece by piece, is printable ASCII (what ``json.dumps``
+   writes; a sparse file's zeros stop the read at the first piece), and JSON
+   within the limits below, with a ``__metadata__`` map naming this format and
+   a known version;
+4. at most MAX_TENSORS entries, each with a known dtype, a shape of
+   non-negative ints and offsets that tile the data exactly with the shape's
+   size (so the declared sizes add up to the file's);
+5. the metadata values are JSON within the limits below, each of the shape
+   :mod:`cllm_spec.checkpoint_metadata` gives; the model config is valid; the
+   RNG state can be restored;
+6. the tensor names, shapes and dtypes are exactly those of the config (and of
+   the optimizer, if any): a file declaring more data than its config needs
+   is refused here, however large;
+7. the checksum matches, computed through one 1 MiB buffer in name order;
+8. only then is each tensor read, one at a time, straight into its own array.
+
+Any failure raises :class:`CheckpointError` with a hint, never another
+exception. ``metadata`` comes back with the keys of ``save``'s argument,
+``model_config`` as a :class:`ModelConfig`, so ``save(p2, tensors=t,
+metadata=m)`` after ``t, m = load(p1)`` rewrites the same bytes.
 
 ``resolve(path)`` is ``path``, or the newest checkpoint when it is a run directory.
 ``rotate(directory, keep_last=K)`` deletes all but the K newest
 ``ckpt-<step>.safetensors`` files (by step, never by time stamp);
 ``checkpoint_path(directory, step)`` names them and :func:`latest` finds the
 newest.
+
+Limits
+------
+What the numbers of a file can make the reader do (the constants live in
+:mod:`cllm_spec.checkpoint_format`, with the reader; ``save`` refuses to write
+a file over them)::
+
+    MAX_HEADER_BYTES  100 MiB   the header (a word vocabulary of 30,000 takes
+                                ~0.5 MB, a BPE tokenizer a few MB)
+    MAX_TENSORS       65,536    entries: a 1,300-layer model with 3 optimizer
+                                fields
+    MAX_JSON_DEPTH    32        nesting of the header and of each metadata
+                                value (cllm writes at most 4)
+    MAX_JSON_ITEMS    1,000,000 containers and commas of the header and all
+                                metadata values together (:mod:`cllm_spec.
+                                bounded_json`): ~8 per tensor, 2 per word of a
+                                word vocabulary
+
+Memory: Python objects cost up to ~25 times their JSON text (``[],`` is 3
+bytes and 64 of list), so the item limit, not the byte limit, is what bounds
+the objects the header makes: ~60 MB at most. Until the checksum has
+matched, the reader holds the header (as bytes, then text) and that: never
+more than ~3 times the header plus a constant, whatever the file declares. A
+sparse file reads as zeros; its apparent size is what the header must tile,
+and a header whose config wants that much data and whose checksum matches is
+an all-zero checkpoint of that size, which is then read like any other.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
-import math
 import os
 import re
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
 
 import numpy as np
-from safetensors.numpy import load as safetensors_load
 
-from cllm_spec import checks
+from cllm_spec import bounded_json, checks
+from cllm_spec import checkpoint_format as fmt
+from cllm_spec.checkpoint_format import (
+    CODES,
+    DTYPES,
+    EDITED,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    MAX_HEADER_BYTES,
+    MAX_JSON_DEPTH,
+    MAX_JSON_ITEMS,
+    MAX_TENSORS,
+    METADATA_FIELDS,
+    checksum,
+    fail,
+    header_bytes,
+    json_text,
+)
+from cllm_spec.checkpoint_metadata import check_metadata
 from cllm_spec.errors import CheckpointError, ConfigError
 from cllm_spec.model import ModelConfig, param_layout, param_shapes
 from cllm_spec.protocols import AdagradState, AdamState, RMSpropState, SGDState
 
-FORMAT_NAME = "cllm-checkpoint"
-FORMAT_VERSION = 1
-MAX_HEADER_BYTES = 100 * 2**20
-METADATA_FIELDS = (
-    "model_config",
-    "tokenizer",
-    "optimizer",
-    "scheduler",
-    "data_cursor",
-    "rng_state",
-    "metrics",
-    "run",  # the training run: {"backend", "dtype", "config", ...}
-)
-_AUTOMATIC_FIELDS = ("format", "format_version", "sha256")
-_DTYPES: dict[str, np.dtype[Any]] = {
-    "F32": np.dtype("<f4"),
-    "F64": np.dtype("<f8"),
-    "I32": np.dtype("<i4"),
-    "I64": np.dtype("<i8"),
-}
-_CODES = {dt.newbyteorder("="): code for code, dt in _DTYPES.items()}
 OPTIMIZER_STATES: dict[str, Any] = {  # name -> state NamedTuple class
     "sgd": SGDState,
     "adam": AdamState,
@@ -141,6 +180,9 @@ OPTIMIZER_STATES: dict[str, Any] = {  # name -> state NamedTuple class
     "rmsprop": RMSpropState,
     "adagrad": AdagradState,
 }
+# State fields a checkpoint leaves out when every bit is zero, as it always is
+# for an option that is off (amsgrad), and restores as zeros.
+ZERO_OPTIONAL_FIELDS = ("max_exp_avg_sq",)
 _CKPT_NAME = re.compile(r"^ckpt-(\d+)\.safetensors$")
 
 
@@ -171,24 +213,45 @@ def optimizer_fields(name: str) -> tuple[str, ...]:
 def optimizer_tensors(
     cfg: ModelConfig, name: str, state: NamedTuple
 ) -> dict[str, np.ndarray]:
-    """``optim.<field>.<parameter name>`` -> view of the state's flat buffers."""
+    """``optim.<field>.<parameter name>`` -> view of the state's flat buffers.
+
+    A field of ZERO_OPTIONAL_FIELDS whose every bit is zero is left out
+    (``max_exp_avg_sq`` without amsgrad: a quarter of an AdamW checkpoint);
+    :func:`optimizer_state_from_tensors` restores it as zeros, bit for bit.
+    """
     layout = param_layout(cfg)
     out = {}
     for field in optimizer_fields(name):
-        for pname, view in layout.views(getattr(state, field)).items():
+        buffer = np.asarray(getattr(state, field))
+        if field in ZERO_OPTIONAL_FIELDS and _all_bits_zero(buffer):
+            continue
+        for pname, view in layout.views(buffer).items():
             out[f"optim.{field}.{pname}"] = view
     return out
+
+
+def _all_bits_zero(arr: np.ndarray) -> bool:
+    """Every element is +0 (a -0.0 is not: its sign bit would be lost)."""
+    return not arr.any() and not np.signbit(arr).any()
 
 
 def optimizer_state_from_tensors(
     cfg: ModelConfig, name: str, tensors: Mapping[str, np.ndarray], step: int
 ) -> Any:
-    """Rebuild the state NamedTuple of optimizer ``name`` from its tensors."""
+    """Rebuild the state NamedTuple of optimizer ``name`` from its tensors; a
+    field of ZERO_OPTIONAL_FIELDS that the tensors leave out is zeros of the
+    parameters' dtype."""
     layout = param_layout(cfg)
-    arrays = {
-        field: layout.flatten({p: tensors[f"optim.{field}.{p}"] for p in layout})
-        for field in optimizer_fields(name)
-    }
+    dtype = next(tensors[p] for p in layout).dtype
+    arrays = {}
+    for field in optimizer_fields(name):
+        names = {p: f"optim.{field}.{p}" for p in layout}
+        if field in ZERO_OPTIONAL_FIELDS and not any(
+            n in tensors for n in names.values()
+        ):
+            arrays[field] = np.zeros(layout.size, dtype=dtype)
+        else:
+            arrays[field] = layout.flatten({p: tensors[n] for p, n in names.items()})
     return OPTIMIZER_STATES[name](**arrays, step=int(step))
 
 
@@ -209,31 +272,14 @@ def rng_from_state(state: Mapping[str, Any]) -> np.random.Generator:
 
 
 # ------------------------------------------------------------- encoding ----
-def _json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))
-
-
 def _tensor_code(name: str, arr: np.ndarray) -> str:
-    code = _CODES.get(arr.dtype.newbyteorder("="))
+    code = CODES.get(arr.dtype.newbyteorder("="))
     if code is None:
         raise CheckpointError(
             f"tensor {name!r}: dtype {arr.dtype} cannot be stored",
             hint="store float32, float64, int32 or int64 arrays",
         )
     return code
-
-
-def _checksum(
-    meta: Mapping[str, str],
-    entries: list[tuple[str, str, list[int]]],
-    blobs: Iterable[np.ndarray],
-) -> str:
-    digest = hashlib.sha256()
-    manifest = {"metadata": dict(meta), "tensors": [list(e) for e in entries]}
-    digest.update(_json(manifest).encode())
-    for blob in blobs:  # C-contiguous arrays: hashed in place, no copies
-        digest.update(blob.data)
-    return digest.hexdigest()
 
 
 class _Prepared(NamedTuple):
@@ -249,19 +295,8 @@ def _prepare(tensors: Mapping[str, np.ndarray], meta: Mapping[str, str]) -> _Pre
         for n, a in zip(names, arrays, strict=True)
     ]
     full_meta = dict(meta)
-    full_meta["sha256"] = _checksum(meta, entries, arrays)
-    header: dict[str, Any] = {"__metadata__": full_meta}
-    offset = 0
-    for (name, code, shape), arr in zip(entries, arrays, strict=True):
-        header[name] = {
-            "data_offsets": [offset, offset + arr.nbytes],
-            "dtype": code,
-            "shape": shape,
-        }
-        offset += arr.nbytes
-    text = _json(header).encode()
-    text += b" " * (-len(text) % 8)  # 8-byte alignment of the data, as safetensors pads
-    return _Prepared(len(text).to_bytes(8, "little") + text, arrays)
+    full_meta["sha256"] = checksum(meta, entries, arrays)
+    return _Prepared(header_bytes(full_meta, entries), arrays)
 
 
 def _encode_metadata(metadata: Mapping[str, Any]) -> dict[str, str]:
@@ -284,9 +319,20 @@ def _encode_metadata(metadata: Mapping[str, Any]) -> dict[str, str]:
     meta = {"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION)}
     for key in METADATA_FIELDS:
         try:
-            meta[key] = _json(values[key])
+            meta[key] = json_text(values[key])
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"metadata.{key}: not JSON-serializable: {exc}") from exc
+        except RecursionError as exc:
+            raise ConfigError(
+                f"metadata.{key}: nested too deeply to store (the limit is "
+                f"{fmt.MAX_JSON_DEPTH} levels)"
+            ) from exc
+        try:  # the reader's limits, so that what is written can be read
+            bounded_json.measure(
+                meta[key], max_depth=fmt.MAX_JSON_DEPTH, max_items=fmt.MAX_JSON_ITEMS
+            )
+        except bounded_json.JSONLimitError as exc:
+            raise ConfigError(f"metadata.{key}: {exc}") from exc
     return meta
 
 
@@ -306,9 +352,29 @@ def _checked_prepare(
             raise ConfigError(f"tensors: bad tensor name {name!r}")
         checks.as_array(name, arr)
     meta = _encode_metadata(metadata)
-    # Refuse to write what load would refuse to read.
-    _validate_contents(tensors, _decode_metadata(meta))
-    return _prepare(tensors, meta)
+    # Refuse to write what load would refuse to read: the header's limits (the
+    # JSON items are shared by the header and the metadata), then its contents.
+    if len(tensors) > fmt.MAX_TENSORS:
+        raise CheckpointError(
+            f"{len(tensors):,} tensors, more than the {fmt.MAX_TENSORS:,} a "
+            "checkpoint may hold"
+        )
+    prepared = _prepare(tensors, meta)
+    text = prepared.header[8:].decode("ascii")  # json_text escapes the rest
+    if len(text) > fmt.MAX_HEADER_BYTES:
+        raise CheckpointError(
+            f"the header would take {len(text):,} bytes, more than the "
+            f"{fmt.MAX_HEADER_BYTES:,} a checkpoint may use"
+        )
+    try:
+        items = bounded_json.measure(
+            text, max_depth=fmt.MAX_JSON_DEPTH, max_items=fmt.MAX_JSON_ITEMS
+        )
+    except bounded_json.JSONLimitError as exc:
+        raise CheckpointError(f"header: {exc}") from exc
+    specs = {n: (np.shape(a), np.asarray(a).dtype) for n, a in tensors.items()}
+    _validate_contents(specs, _decode_metadata(meta, fmt.MAX_JSON_ITEMS - items))
+    return prepared
 
 
 # --------------------------------------------------------------- writing ---
@@ -367,164 +433,21 @@ def _fsync_directory(directory: Path) -> None:
 
 
 # --------------------------------------------------------------- reading ---
-def _fail(path: Path, message: str, hint: str | None = None) -> CheckpointError:
-    return CheckpointError(f"{path}: {message}", hint=hint)
-
-
-def _read_bytes(path: Path) -> bytes:
-    if not path.exists():
-        raise _fail(
-            path, "no such file", "check the path; `ls` the checkpoint directory"
-        )
-    if not path.is_file():
-        raise _fail(
-            path, "not a regular file", "pass the checkpoint file, not a directory"
-        )
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise _fail(
-            path, f"cannot be read: {exc}", "check the file's permissions"
-        ) from exc
-
-
-def _parse_header(path: Path, data: bytes) -> tuple[dict[str, Any], int]:
-    """The header object and the start of the tensor bytes, checked structurally."""
-    size = len(data)
-    if size < 8:
-        raise _fail(
-            path, f"{size} bytes is too short for a checkpoint (>= 8)", _TRUNCATED
-        )
-    n = int.from_bytes(data[:8], "little")
-    if n > size - 8 or n > MAX_HEADER_BYTES:
-        raise _fail(
-            path,
-            f"header length {n} exceeds the file ({size} bytes) or the "
-            f"{MAX_HEADER_BYTES}-byte limit",
-            _TRUNCATED,
-        )
-    try:
-        header = json.loads(data[8 : 8 + n].decode("utf-8"))
-    except (ValueError, RecursionError) as exc:  # RecursionError: deep nesting
-        raise _fail(path, f"header is not UTF-8 JSON: {exc}", _TRUNCATED) from exc
-    if not isinstance(header, dict):
-        raise _fail(path, "header is not a JSON object", _TRUNCATED)
-    return header, 8 + n
-
-
-_TRUNCATED = "the file is truncated or corrupted; use an earlier checkpoint"
-_FOREIGN = (
-    "this is a safetensors file written by another program; load it with safetensors"
-)
-
-
-def _check_format(path: Path, header: Mapping[str, Any]) -> dict[str, str]:
-    meta = header.get("__metadata__")
-    if not isinstance(meta, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in meta.items()
-    ):
-        raise _fail(path, "no string __metadata__ map: not a CLLM checkpoint", _FOREIGN)
-    if meta.get("format") != FORMAT_NAME:
-        raise _fail(
-            path, f"format is {meta.get('format')!r}, not {FORMAT_NAME!r}", _FOREIGN
-        )
-    version = meta.get("format_version")
-    if version != str(FORMAT_VERSION):
-        raise _fail(
-            path,
-            f"format version {version!r} is not supported (this cllm reads "
-            f"version {FORMAT_VERSION})",
-            "a different cllm version wrote this file; use a matching cllm",
-        )
-    expected = set(METADATA_FIELDS) | set(_AUTOMATIC_FIELDS)
-    if set(meta) != expected:
-        raise _fail(
-            path,
-            f"metadata keys {sorted(meta)} differ from {sorted(expected)}",
-            _TRUNCATED,
-        )
-    return meta
-
-
-def _is_count(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-def _check_entries(
-    path: Path, header: Mapping[str, Any], body: int
-) -> list[tuple[str, str, list[int]]]:
-    """Each tensor entry is well-formed and the entries tile [0, body) exactly."""
-    spans = []
-    entries = []
-    for name in sorted(k for k in header if k != "__metadata__"):
-        entry = header[name]
-        if not isinstance(entry, dict) or set(entry) != {
-            "data_offsets",
-            "dtype",
-            "shape",
-        }:
-            raise _fail(path, f"tensor {name!r}: malformed header entry", _TRUNCATED)
-        dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
-        if dtype not in _DTYPES:
-            raise _fail(path, f"tensor {name!r}: unknown dtype {dtype!r}", _TRUNCATED)
-        if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
-            raise _fail(path, f"tensor {name!r}: bad shape {shape!r}", _TRUNCATED)
-        if (
-            not isinstance(offsets, list)
-            or len(offsets) != 2
-            or not all(_is_count(o) for o in offsets)
-            or not offsets[0] <= offsets[1] <= body
-        ):
-            raise _fail(
-                path,
-                f"tensor {name!r}: offsets {offsets!r} outside the data",
-                _TRUNCATED,
-            )
-        if offsets[1] - offsets[0] != math.prod(shape) * _DTYPES[dtype].itemsize:
-            raise _fail(
-                path, f"tensor {name!r}: offsets disagree with its shape", _TRUNCATED
-            )
-        spans.append((offsets[0], offsets[1]))
-        entries.append((name, dtype, shape))
-    position = 0
-    for begin, end in sorted(spans):
-        if begin != position:
-            raise _fail(path, "tensor data overlaps or leaves gaps", _TRUNCATED)
-        position = end
-    if position != body:
-        raise _fail(path, f"tensor data covers {position} of {body} bytes", _TRUNCATED)
-    return entries
-
-
 def load(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Read and fully validate a checkpoint (module docstring)."""
     target = Path(path)
-    data = _read_bytes(target)
-    header, start = _parse_header(target, data)
-    meta = _check_format(target, header)
-    entries = _check_entries(target, header, len(data) - start)
-    raw = _parse_tensors(target, data)
-    names = sorted(raw)
-    if names != [e[0] for e in entries]:
-        raise _fail(target, "the parsed tensors differ from the header", _TRUNCATED)
-    stored = {k: v for k, v in meta.items() if k != "sha256"}
-    digest = _checksum(stored, entries, [_little_endian(raw[n]) for n in names])
-    if digest != meta["sha256"]:
-        raise _fail(
-            target,
-            "checksum mismatch: the tensors or the metadata were modified",
-            "the file is corrupted; use an earlier checkpoint",
-        )
-    # Native byte order, own memory: callers may write into the arrays.
-    tensors = {
-        name: np.array(arr, dtype=arr.dtype.newbyteorder("="), order="C")
-        for name, arr in raw.items()
-    }
-    try:
-        metadata = _decode_metadata(meta)
-        _validate_contents(tensors, metadata)
-    except CheckpointError as exc:
-        raise _fail(target, exc.message, exc.hint_text) from exc
+    fh, size = fmt.open_checkpoint(target)
+    with fh:
+        layout = fmt.read_layout(target, fh, size)
+        try:
+            metadata = _decode_metadata(layout.meta, fmt.MAX_JSON_ITEMS - layout.items)
+            specs = {e.name: (e.shape, DTYPES[e.code]) for e in layout.entries}
+            _validate_contents(specs, metadata)
+        except CheckpointError as exc:
+            raise fail(target, exc.message, exc.hint_text or EDITED) from exc
+        # Everything the header declares is consistent: only now is data read.
+        fmt.verify_checksum(target, fh, layout)
+        tensors = fmt.read_tensors(target, fh, layout)
     return tensors, metadata
 
 
@@ -532,28 +455,30 @@ def _little_endian(arr: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))
 
 
-def _parse_tensors(path: Path, data: bytes) -> dict[str, np.ndarray]:
-    try:
-        return dict(safetensors_load(data))
-    except Exception as exc:  # the library's error type is private; report any
-        raise _fail(
-            path, f"safetensors cannot parse the file: {exc}", _TRUNCATED
-        ) from exc
-
-
-def _decode_metadata(meta: Mapping[str, str]) -> dict[str, Any]:
-    """JSON-decoded metadata with ``model_config`` as a ModelConfig."""
+def _decode_metadata(
+    meta: Mapping[str, str], max_items: int | None = None
+) -> dict[str, Any]:
+    """JSON-decoded metadata with ``model_config`` as a ModelConfig, every
+    value checked (:mod:`cllm_spec.checkpoint_metadata`); the values share
+    ``max_items`` JSON items (:mod:`cllm_spec.bounded_json`; None: the limit)."""
+    if max_items is None:
+        max_items = fmt.MAX_JSON_ITEMS
     out: dict[str, Any] = {}
     for key in METADATA_FIELDS:
         try:
-            out[key] = json.loads(meta[key])
-        except (KeyError, ValueError, RecursionError) as exc:
+            out[key], used = bounded_json.loads(
+                meta[key], max_depth=fmt.MAX_JSON_DEPTH, max_items=max_items
+            )
+        except bounded_json.JSONLimitError as exc:
+            raise CheckpointError(f"metadata.{key}: {exc}") from exc
+        except (KeyError, ValueError) as exc:
             raise CheckpointError(f"metadata.{key}: missing or not JSON") from exc
+        max_items -= used
     try:
         out["model_config"] = ModelConfig.from_dict(out["model_config"])
     except (ConfigError, TypeError) as exc:
         raise CheckpointError(f"metadata.model_config: {exc}") from exc
-    _check_optimizer_meta(out["optimizer"])
+    check_metadata(out, OPTIMIZER_STATES)
     if out["rng_state"] is not None:
         try:
             rng_from_state(out["rng_state"])
@@ -565,52 +490,33 @@ def _decode_metadata(meta: Mapping[str, str]) -> dict[str, Any]:
     return out
 
 
-def _check_optimizer_meta(optimizer: object) -> None:
-    if optimizer is None:
-        return
-    if not isinstance(optimizer, dict) or set(optimizer) != {
-        "name",
-        "hyperparameters",
-        "step",
-    }:
-        raise CheckpointError(
-            "metadata.optimizer: expected {name, hyperparameters, step} or null"
-        )
-    if optimizer["name"] not in OPTIMIZER_STATES:
-        raise CheckpointError(
-            f"metadata.optimizer.name: expected one of {sorted(OPTIMIZER_STATES)}, "
-            f"got {optimizer['name']!r}"
-        )
-    if not isinstance(optimizer["hyperparameters"], dict):
-        raise CheckpointError("metadata.optimizer.hyperparameters: expected an object")
-    if not _is_count(optimizer["step"]):
-        raise CheckpointError(
-            f"metadata.optimizer.step: expected an int >= 0, got {optimizer['step']!r}"
-        )
-
-
 def _validate_contents(
-    tensors: Mapping[str, np.ndarray], metadata: Mapping[str, Any]
+    specs: Mapping[str, tuple[tuple[int, ...], np.dtype[Any]]],
+    metadata: Mapping[str, Any],
 ) -> None:
-    """Tensor names, shapes and dtypes are exactly those the metadata implies."""
+    """Tensor names, shapes and dtypes (``specs``: name -> (shape, dtype)) are
+    exactly those the metadata implies."""
     cfg = metadata["model_config"]
     # Count first: a hostile config (n_layer = 10**9) must not make us build
     # the list of its names; past this check that list is no longer than the
     # file's own tensor list.
     n_model = 4 + 12 * cfg.n_layer + (0 if cfg.tie_embeddings else 1)
-    if n_model > len(tensors):
+    if n_model > len(specs):
         raise CheckpointError(
             f"the model config has {n_model} parameters (missing tensors), "
-            f"but the file holds only {len(tensors)} tensors"
+            f"but the file holds only {len(specs)} tensors"
         )
-    expected = param_shapes(cfg)
+    shapes = param_shapes(cfg)
+    expected = dict(shapes)
     optimizer = metadata.get("optimizer")
     if optimizer is not None:
         for field in optimizer_fields(optimizer["name"]):
-            for name, shape in param_shapes(cfg).items():
-                expected[f"optim.{field}.{name}"] = shape
-    missing = sorted(set(expected) - set(tensors))
-    extra = sorted(set(tensors) - set(expected))
+            names = {f"optim.{field}.{name}": shape for name, shape in shapes.items()}
+            if field in ZERO_OPTIONAL_FIELDS and not any(n in specs for n in names):
+                continue  # left out: all zeros (optimizer_tensors)
+            expected |= names
+    missing = sorted(set(expected) - set(specs))
+    extra = sorted(set(specs) - set(expected))
     if missing or extra:
         raise CheckpointError(
             f"tensors do not match the model config: missing {missing[:5]}"
@@ -619,12 +525,12 @@ def _validate_contents(
         )
     dtypes = set()
     for name, shape in expected.items():
-        arr = tensors[name]
-        if tuple(arr.shape) != shape:
+        got_shape, dtype = specs[name]
+        if tuple(got_shape) != shape:
             raise CheckpointError(
-                f"tensor {name!r}: shape {tuple(arr.shape)}, the config needs {shape}"
+                f"tensor {name!r}: shape {tuple(got_shape)}, the config needs {shape}"
             )
-        dtypes.add(arr.dtype.newbyteorder("="))
+        dtypes.add(dtype.newbyteorder("="))
     if len(dtypes) != 1 or next(iter(dtypes)) not in checks.FLOAT_DTYPES:
         raise CheckpointError(
             f"tensors must share one float32 or float64 dtype, got "
@@ -689,6 +595,9 @@ __all__ = [
     "FORMAT_NAME",
     "FORMAT_VERSION",
     "MAX_HEADER_BYTES",
+    "MAX_JSON_DEPTH",
+    "MAX_JSON_ITEMS",
+    "MAX_TENSORS",
     "METADATA_FIELDS",
     "OPTIMIZER_STATES",
     "checkpoint_path",

@@ -123,11 +123,17 @@ class Unsupported(CllmError, NotImplementedError):
     hint = "use another backend for this feature"
 
 
+class CllmWarning(UserWarning):
+    """Base of the warnings of the spec (the ``cllm`` command prints each as one
+    line, ``cllm COMMAND: warning: MESSAGE``)."""
+
+
 __all__ = [
     "BackendError",
     "CacheFullError",
     "CheckpointError",
     "CllmError",
+    "CllmWarning",
     "ConfigError",
     "DTypeError",
     "EmptyInputError",

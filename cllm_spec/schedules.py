@@ -25,6 +25,25 @@ and cosine are PyTorch's ``LinearLR`` (end factor ``min_lr / lr``) and
 ``CosineAnnealingLR`` (``T_max = A``, ``eta_min = min_lr``) in closed form,
 clamped at ``A`` instead of cycling.
 
+Continuing a run on a new plan
+------------------------------
+A resumed run may be given a new ``total_steps`` (``--resume ... --set
+train.steps=3000``). Planning the decay over the new length from the start
+would make the rate jump at the resume step (a cosine at 700 of 700 steps is
+at ``min_lr``; at 700 of 3000 it is near the peak). :func:`continue_schedule`
+instead returns the new plan *continued* from ``R = resume_step`` at the rate
+``lr_R = resume_lr`` the old plan had there: for ``s >= R`` the linear or
+cosine decay runs from ``lr_R`` at ``R`` to ``min_lr`` at ``T``::
+
+    a = s - R, A = T - R, peak = max(lr_R, min_lr)
+      linear:   peak - (peak - min_lr) * min(a / A, 1)
+      cosine:   min_lr + (peak - min_lr) * 0.5 * (1 + cos(pi * min(a / A, 1)))
+
+so the rate is continuous at ``R`` and reaches the floor at the new end. Steps
+before ``R`` (already taken under the old plan) keep the base formula. A plan
+equal to the old one keeps the old one's continuation, so resuming with an
+unchanged config stays bit-identical however often it is resumed.
+
 The convention differs from the original C project in two places: its
 ``warmup_lr(step)`` gave ``lr * step / W`` (0 at step 0, so the first update was
 wasted) and its in-optimizer scheduler counted steps from 1. Here the warmup
@@ -45,6 +64,7 @@ step (None or an int >= 1 otherwise); ``gamma`` in (0, 1]; the step ``s`` an int
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -70,6 +90,8 @@ class ScheduleConfig:
     min_lr: float = 0.0  # floor of linear, cosine (and step, when > 0)
     step_size: int | None = None  # required by step: steps between decays
     gamma: float = 0.1  # step decay factor, PyTorch StepLR's default
+    resume_step: int | None = None  # R: a continued plan (see the module docstring)
+    resume_lr: float | None = None  # lr_R, the old plan's rate at R
 
     def __post_init__(self) -> None:
         checks.expect_choice("name", self.name, NAMES)
@@ -86,6 +108,22 @@ class ScheduleConfig:
         if self.step_size is not None:
             checks.expect_int_at_least("step_size", self.step_size, 1)
         checks.expect_in_range("gamma", self.gamma, 0.0, 1.0, lo_open=True)
+        if (self.resume_step is None) != (self.resume_lr is None):
+            raise ConfigError("resume_step, resume_lr: give both or neither")
+        if self.resume_step is not None:
+            if self.name not in ("linear", "cosine"):
+                raise ConfigError(
+                    f"resume_step: only linear and cosine plans are continued, "
+                    f"not {self.name}"
+                )
+            assert self.total_steps is not None
+            checks.expect_int_at_least("resume_step", self.resume_step, warmup)
+            if self.resume_step >= self.total_steps:
+                raise ConfigError(
+                    f"resume_step: must be < total_steps={self.total_steps}, got "
+                    f"{self.resume_step}"
+                )
+            checks.expect_in_range("resume_lr", self.resume_lr, 0.0, math.inf)
 
 
 def constant(step: int, lr: float) -> float:
@@ -155,4 +193,37 @@ def lr_at(step: int, cfg: ScheduleConfig) -> float:
         return step_decay(a, cfg.step_size, cfg.lr, cfg.gamma, cfg.min_lr)
     assert cfg.total_steps is not None  # guaranteed by ScheduleConfig
     decay = linear_decay if cfg.name == "linear" else cosine
+    r = cfg.resume_step
+    if r is not None and s >= r:
+        assert cfg.resume_lr is not None  # guaranteed by ScheduleConfig
+        peak = max(cfg.resume_lr, cfg.min_lr)
+        return decay(s - r, cfg.total_steps - r, peak, cfg.min_lr)
     return decay(a, cfg.total_steps - w, cfg.lr, cfg.min_lr)
+
+
+def continue_schedule(
+    new: ScheduleConfig, old: ScheduleConfig, step: int
+) -> ScheduleConfig:
+    """The plan ``new`` continued from the rate ``old`` has at ``step``.
+
+    ``old`` is the plan a checkpoint was trained under and ``step`` the first
+    step still to take. Returns ``old`` itself when ``new`` is the same plan
+    (continuation aside); ``new`` unchanged when its rate at ``step`` already
+    equals ``old``'s, or when the rate there does not depend on the plan's
+    length (constant and step schedules, or ``step`` inside the warmup);
+    otherwise ``new`` with ``resume_step = step`` and ``resume_lr`` = the old
+    rate (module docstring).
+    """
+    s = checks.expect_int_at_least("step", step, 0)
+    plain = dataclasses.replace(old, resume_step=None, resume_lr=None)
+    if new == plain or new == old:
+        return old
+    if new.name not in ("linear", "cosine") or s < new.warmup_steps:
+        return new
+    assert new.total_steps is not None  # guaranteed by ScheduleConfig
+    if s >= new.total_steps:
+        return new  # nothing left to plan: the run is already at its end
+    rate = lr_at(s, old)
+    if lr_at(s, new) == rate:
+        return new
+    return dataclasses.replace(new, resume_step=s, resume_lr=rate)

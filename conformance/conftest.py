@@ -66,6 +66,19 @@ settings.load_profile(os.environ.get("CLLM_HYPOTHESIS_PROFILE", "ci"))
 _backends_key = pytest.StashKey[list[tuple[str, Any]]]()
 _expectations_key = pytest.StashKey[dict[str, list[dict[str, Any]]]]()
 _rows_key = pytest.StashKey[dict[str, dict[str, Any]]]()
+_LABELS: dict[int, str] = {}
+_HIDE_OWN_FRAMES = [True]  # False with --cllm-full-trace
+
+
+def label(backend: Any) -> str:
+    """The name a backend was selected by (``--backend``, ``$CLLM_BACKEND`` or the
+    registry's default), used in test ids, messages, expectations and reports.
+
+    Never the module's own ``name`` attribute: a backend that re-exports another
+    backend's functions (and its ``name``) is still reported as itself, and its
+    repro commands select it again.
+    """
+    return _LABELS.get(id(backend), str(getattr(backend, "name", "?")))
 
 
 # ------------------------------------------------------------ options ------
@@ -82,6 +95,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         type=int,
         default=int(os.environ.get("CLLM_SEED", "0")),
         help="global seed; each test derives its own from this and its id",
+    )
+    group.addoption(
+        "--cllm-full-trace",
+        action="store_true",
+        help="show full tracebacks, the suite's own frames included (default: a "
+        "failure shows its message and the test line that raised it)",
     )
     group.addoption(
         "--cllm-report",
@@ -104,10 +123,16 @@ def pytest_configure(config: pytest.Config) -> None:
         except BackendError as exc:
             raise pytest.UsageError(f"--backend={name}: {exc}") from exc
     config.stash[_backends_key] = loaded
+    _LABELS.update({id(b): name for name, b in loaded})
     config.stash[_expectations_key] = {
-        b.name: _load_expectations(b.name) for _, b in loaded
+        name: _load_expectations(name) for name, _ in loaded
     }
     config.stash[_rows_key] = {}
+    # Short tracebacks by default: a failure leads with the comparator's
+    # message, not with the suite's own frames (--cllm-full-trace for those).
+    _HIDE_OWN_FRAMES[0] = not config.getoption("--cllm-full-trace")
+    if config.option.tbstyle == "auto" and _HIDE_OWN_FRAMES[0]:
+        config.option.tbstyle = "short"
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -125,13 +150,13 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     names = metafunc.fixturenames
     if "backend" in names and "dtype" in names:
         pairs = [(b, np.dtype(d)) for _, b in backends for d in b.dtypes]
-        ids = [f"{b.name}-{d.name}" for b, d in pairs]
+        ids = [f"{label(b)}-{d.name}" for b, d in pairs]
         metafunc.parametrize(("backend", "dtype"), pairs, ids=ids, scope="session")
     elif "backend" in names:
         metafunc.parametrize(
             "backend",
             [b for _, b in backends],
-            ids=[b.name for _, b in backends],
+            ids=[name for name, _ in backends],
             scope="session",
         )
 
@@ -167,7 +192,7 @@ class Checker:
         self.component = component_of(request.node.nodeid)
         params = getattr(request.node, "callspec", None)
         backend = params.params.get("backend") if params else None
-        self.backend_name = getattr(backend, "name", "?")
+        self.backend_name = "?" if backend is None else label(backend)
 
     def repro(self) -> str:
         return (
@@ -192,6 +217,7 @@ class Checker:
         ``dtype`` is the dtype ``actual`` must have (default: its own); the
         tolerance is looked up for it unless ``tol`` is given.
         """
+        __tracebackhide__ = _HIDE_OWN_FRAMES[0]  # show the test's line, not this
         a, e = np.asarray(actual), np.asarray(expected)
         where = (
             f"{self.component}.{output} [backend={self.backend_name} "
@@ -235,6 +261,7 @@ class Checker:
 
     def exact(self, actual: Any, expected: Any, output: str) -> None:
         """Bitwise equality: ints, determinism, queue order."""
+        __tracebackhide__ = _HIDE_OWN_FRAMES[0]  # show the test's line, not this
         a, e = np.asarray(actual), np.asarray(expected)
         if a.shape != e.shape or a.dtype != e.dtype or a.tobytes() != e.tobytes():
             diff = (
@@ -255,6 +282,7 @@ class Checker:
         output: str,
     ) -> None:
         """Each ``analytic[i]`` equals the finite-difference gradient of args[i]."""
+        __tracebackhide__ = _HIDE_OWN_FRAMES[0]  # show the test's line, not this
         tol = tolerance("gradcheck", output, np.float64)
         for index, grad in analytic.items():
             numeric = numerical_vjp(f, args, index, dy)
@@ -317,10 +345,11 @@ def pytest_collection_modifyitems(
         if backend is None:
             continue
         local = item.nodeid.removeprefix("conformance/")
-        for i, entry in enumerate(expectations.get(backend.name, [])):
+        name = label(backend)
+        for i, entry in enumerate(expectations.get(name, [])):
             if _matches(local, entry["test"]):
-                used.add((backend.name, i))
-                reason = f"{backend.name} expectation: {entry['reason']}"
+                used.add((name, i))
+                reason = f"{name} expectation: {entry['reason']}"
                 if entry.get("kind", "xfail") == "skip":
                     item.add_marker(pytest.mark.skip(reason=reason))
                 else:
@@ -333,6 +362,28 @@ def pytest_collection_modifyitems(
                     f"expectations/{name}.toml: entry {entry['test']!r} matches no "
                     "test; remove it or fix its pattern"
                 )
+
+
+# ------------------------------------------------------------ failures -----
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """A comparator failure is reported as its message and the test line only."""
+    report = yield
+    excinfo = call.excinfo
+    if (
+        report.failed
+        and excinfo is not None
+        and excinfo.errisinstance(pytest.fail.Exception)
+        and "reproduce: " in str(excinfo.value)
+        and not item.config.getoption("--cllm-full-trace")
+    ):
+        where = ""
+        for entry in reversed(excinfo.traceback):
+            if Path(entry.path) == Path(item.path):
+                where = f"\n  at {item.nodeid.split('::')[0]}:{entry.lineno + 1}"
+                break
+        report.longrepr = f"{excinfo.value}{where}"
+    return report
 
 
 # -------------------------------------------------------------- report -----
@@ -364,9 +415,9 @@ _CONFIG: dict[str, pytest.Config] = {}
 def _backend_of(nodeid: str, config: pytest.Config) -> str:
     """The backend a test ran on, read from its parametrization id ``[numpy-...]``."""
     params = nodeid.rsplit("[", 1)[-1] if "[" in nodeid else ""
-    for _, backend in config.stash[_backends_key]:
-        if params == f"{backend.name}]" or params.startswith(f"{backend.name}-"):
-            return str(backend.name)
+    for name, _ in config.stash[_backends_key]:
+        if params == f"{name}]" or params.startswith(f"{name}-"):
+            return name
     return "-"
 
 

@@ -391,6 +391,19 @@ def test_backprop15_average_by_scaling(backend, dtype, check):
     check.close(out, np.full(10, 2.0), "scale", dtype=dtype)
 
 
+@pytest.mark.parametrize("p", SIZES)
+def test_scale_rounds_the_factor_to_the_dtype_first(backend, dtype, rng, check, p):
+    # g * dtype(factor) bit for bit: -0.37 is not exact in binary, and for
+    # float32 multiplying by the float64 factor and rounding the product gives
+    # other bits for some elements (asserted below, so the check can fail).
+    g = normal(rng, (p,), dtype)
+    want = g * np.asarray(-0.37, dtype=dtype)
+    check.exact(backend.grad_scale(g, -0.37), want, "scale")
+    if dtype == np.float32 and p >= 100:
+        unrounded = (g.astype(np.float64) * -0.37).astype(np.float32)
+        assert (unrounded != want).any()
+
+
 def test_scale_zero_and_negative(backend, dtype, check):
     g = arr([1.5, -2.0, 0.0], dtype)
     check.close(backend.grad_scale(g, 0), np.zeros(3), "scale", dtype=dtype)

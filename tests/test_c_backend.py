@@ -13,6 +13,7 @@ The whole module is skipped when the extension is not built.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -133,7 +134,7 @@ WORKLOADS = list(_workloads(np.random.default_rng(0)))
 @pytest.mark.parametrize("kernel", WORKLOADS)
 @pytest.mark.parametrize("simd", ["best", "scalar"])
 def test_bits_do_not_depend_on_the_thread_count(kernel, simd, rng, threads):
-    _lib.set_simd("scalar" if simd == "scalar" else _lib.simd_detected())
+    _lib.set_simd(_lib.simd_detected() if simd == "best" else simd)
     run = _workloads(rng)[kernel]
     results = {}
     for n in (1, 2, 3):
@@ -149,7 +150,7 @@ def test_bits_do_not_depend_on_the_thread_count(kernel, simd, rng, threads):
 # ----------------------------------------------------- scalar and SIMD -----
 @pytest.mark.parametrize("simd", ["scalar", "best"])
 def test_both_paths_match_the_float64_reference(simd, rng, threads):
-    _lib.set_simd("scalar" if simd == "scalar" else _lib.simd_detected())
+    _lib.set_simd(_lib.simd_detected() if simd == "best" else simd)
     x, w, b = _normal(rng, 37, 65), _normal(rng, 33, 65), _normal(rng, 33)
     y, _ = cllm_c.linear_forward(x, w, b)
     want, _ = ref.linear_forward(*(a.astype(np.float64) for a in (x, w, b)))
@@ -341,6 +342,117 @@ def test_gemm_tails_and_transposes_against_numpy(rng):
                     b.T if tb else b
                 ).astype(np.float64)
                 np.testing.assert_allclose(c, want, rtol=1e-4, atol=1e-4)
+
+
+EDGE_SIZES = (1, 3, 7, 15, 16, 17, 31, 33, 63, 65)
+
+
+@pytest.mark.parametrize("simd", ["scalar", "avx2+fma", "best"])
+def test_gemm_every_edge_size_transpose_and_stride(simd, rng):
+    # Sizes around the micro-kernel tiles (12 x 32, 6 x 16) and the 16-wide
+    # packing transposes, in each dimension, read through strides wider than
+    # the matrix: a packer that reads a neighbour row or drops a tail shows.
+    lib = _lib.lib
+    before = _lib.simd_level()
+    _lib.set_simd(_lib.simd_detected() if simd == "best" else simd)
+    try:
+        for i, (m, n, k) in enumerate(itertools.product(EDGE_SIZES, repeat=3)):
+            ta, tb, acc = i % 2, (i // 2) % 2, (i // 4) % 3
+            a = _normal(rng, *((k, m + 3) if ta else (m, k + 5)))
+            b = _normal(rng, *((n, k + 2) if tb else (k, n + 7)))
+            c = _normal(rng, m, n + 1)
+            bias = _normal(rng, n)
+            c0 = c.copy()
+            bias_ptr = _lib.ptr(bias) if acc == 2 else _lib.ffi.NULL
+            status = lib.cllm_sgemm(ta, tb, m, n, k, _lib.ptr(a), a.shape[1],
+                                    _lib.ptr(b), b.shape[1], _lib.ptr(c), n + 1,
+                                    int(acc == 1), bias_ptr)  # fmt: skip
+            assert status == lib.CLLM_OK
+            op_a = (a[:, :m].T if ta else a[:, :k]).astype(np.float64)
+            op_b = (b[:, :k].T if tb else b[:, :n]).astype(np.float64)
+            init = c0[:, :n] if acc == 1 else (bias if acc == 2 else 0.0)
+            where = f"{m=} {n=} {k=} {ta=} {tb=} {acc=}"
+            want = init + op_a @ op_b
+            np.testing.assert_allclose(
+                c[:, :n], want, rtol=1e-4, atol=1e-4, err_msg=where
+            )
+            # the column between rows (ldc = n + 1) is left alone
+            np.testing.assert_array_equal(c[:, n], c0[:, n], err_msg=where)
+    finally:
+        _lib.set_simd(before)
+
+
+def test_gemm_any_blocking_is_correct_and_thread_independent(rng):
+    # The block sizes are a benchmark knob; odd ones (a KC that is no multiple
+    # of 16, an NC of two micro-panels) still give the product, with the same
+    # bits for 1, 2 and 3 threads (100 x 4000 splits C by columns). An NC that
+    # ends inside a micro-panel is refused.
+    lib = _lib.lib
+    m, n, k = 100, 4000, 249
+    a, b = _normal(rng, m, k), _normal(rng, n, k)
+    before = _lib.num_threads()
+    outs = []
+    assert lib.cllm_gemm_set_blocking(100, 96, 36) == lib.CLLM_ERR_ARG
+    assert lib.cllm_gemm_set_blocking(100, 96, 64) == lib.CLLM_OK
+    try:
+        for threads in (1, 2, 3):
+            _lib.set_num_threads(threads)
+            c = _lib.empty((m, n), F32)
+            status = lib.cllm_sgemm(0, 1, m, n, k, _lib.ptr(a), k, _lib.ptr(b), k,
+                                    _lib.ptr(c), n, 0, _lib.ffi.NULL)  # fmt: skip
+            assert status == lib.CLLM_OK
+            outs.append(c)
+    finally:
+        assert lib.cllm_gemm_set_blocking(384, 240, 3072) == lib.CLLM_OK
+        _lib.set_num_threads(before)
+    want = a.astype(np.float64) @ b.T.astype(np.float64)
+    np.testing.assert_allclose(outs[0], want, rtol=1e-4, atol=1e-4)
+    for c in outs[1:]:
+        np.testing.assert_array_equal(c, outs[0])
+
+
+@pytest.mark.parametrize("shape", [(3,), (5, 7), (1000, 3), (2100, 1008)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_outputs_start_on_a_cache_line(shape, dtype):
+    out = _lib.empty(shape, dtype)
+    assert out.shape == shape and out.dtype == dtype
+    assert out.ctypes.data % 64 == 0
+    out[...] = 1  # writable, and all of it is there
+    assert out.sum() == out.size
+
+
+@pytest.mark.parametrize("trans_b", [0, 1])
+def test_gemm_streamed_output_matches_the_cached_path(rng, trans_b):
+    # An output of 4 MB or more, 64-byte aligned and written once (one K slice,
+    # no accumulate), is stored with non-temporal stores by the AVX-512 kernel.
+    # It must hold the same bits as the same product added onto zeros (cached
+    # stores: 0 + s == s), and match float64 with a bias too; M and N leave
+    # partial tiles on both edges.
+    lib = _lib.lib
+    m, n, k = 2101, 1008, 40
+    a = _normal(rng, m, k)
+    b = _normal(rng, *((n, k) if trans_b else (k, n)))
+    bias = _normal(rng, n)
+    op_b = (b.T if trans_b else b).astype(np.float64)
+
+    def gemm(out: np.ndarray, accumulate: int, bias_ptr: Any) -> None:
+        ptrs = _lib.ptr(a), _lib.ptr(b), _lib.ptr(out)
+        status = lib.cllm_sgemm(0, trans_b, m, n, k, ptrs[0], k, ptrs[1], b.shape[1],
+                                ptrs[2], n, accumulate, bias_ptr)  # fmt: skip
+        assert status == lib.CLLM_OK
+
+    streamed = _lib.empty((m, n), F32)  # a big allocation: 64-byte aligned
+    assert streamed.ctypes.data % 64 == 0
+    cached = np.zeros((m, n), F32)
+    gemm(streamed, 0, _lib.ffi.NULL)
+    gemm(cached, 1, _lib.ffi.NULL)
+    np.testing.assert_array_equal(streamed, cached)
+    np.testing.assert_allclose(
+        streamed, a.astype(np.float64) @ op_b, rtol=1e-4, atol=1e-4
+    )
+    gemm(streamed, 0, _lib.ptr(bias))
+    want = bias + a.astype(np.float64) @ op_b
+    np.testing.assert_allclose(streamed, want, rtol=1e-4, atol=1e-4)
 
 
 def test_inconsistent_cache_is_caught_before_c():

@@ -24,6 +24,7 @@ from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 
 from cllm_spec import checkpoint as ck
+from cllm_spec import checkpoint_format as fmt
 from cllm_spec.errors import CheckpointError, ConfigError
 from cllm_spec.model import ModelConfig, init_params, param_shapes
 from cllm_spec.optim import init_adam_state
@@ -199,11 +200,68 @@ def test_round_trip_over_shapes_the_original_broke_on(
     )
 
 
+OLD_FILE = Path(__file__).parent / "data" / "ckpt-format1-adamw.safetensors"
+
+
+def test_a_file_written_before_the_amsgrad_state_was_left_out_still_loads() -> None:
+    # Written by the format-1 writer of the first release from training_state():
+    # it stores max_exp_avg_sq, all zeros. Its bytes pin the checksum too.
+    assert hashlib.sha256(OLD_FILE.read_bytes()).hexdigest() == (
+        "09d5e569e81f81e2334e54d2926e05cf711c0e5d71b64ba0fc9d7f0e69211930"
+    )
+    loaded, meta = ck.load(OLD_FILE)
+    tensors, _ = training_state()
+    assert sum(k.startswith("optim.max_exp_avg_sq.") for k in loaded) == 28
+    for name, arr in tensors.items():
+        assert loaded[name].tobytes() == np.ascontiguousarray(arr).tobytes(), name
+    state = ck.optimizer_state_from_tensors(CFG, "adamw", loaded, 7)
+    assert state.max_exp_avg_sq.dtype == np.float32
+    assert not state.max_exp_avg_sq.any()
+    # Re-saved as loaded (tensors given explicitly): the same bytes.
+    assert ck.encode(loaded, meta) == OLD_FILE.read_bytes()
+
+
+def test_all_zero_amsgrad_state_is_left_out_and_comes_back_as_zeros(
+    tmp_path: Path,
+) -> None:
+    tensors, metadata = training_state()
+    assert not any(k.startswith("optim.max_exp_avg_sq.") for k in tensors)
+    assert {k.split(".")[1] for k in tensors if k.startswith("optim.")} == {
+        "exp_avg",
+        "exp_avg_sq",
+    }
+    path = ck.save(tmp_path / "a.safetensors", tensors=tensors, metadata=metadata)
+    assert path.stat().st_size < 0.8 * OLD_FILE.stat().st_size  # a quarter less
+    loaded, _ = ck.load(path)
+    state = ck.optimizer_state_from_tensors(CFG, "adamw", loaded, 7)
+    want = init_adam_state(ck.params_from_tensors(CFG, loaded)).max_exp_avg_sq
+    assert state.max_exp_avg_sq.tobytes() == want.tobytes()
+
+
+@pytest.mark.parametrize("value", [1e-30, -0.0])
+def test_amsgrad_state_with_any_nonzero_bit_is_stored(value: float) -> None:
+    params = init_params(CFG, np.random.default_rng(0), np.float64)
+    state = init_adam_state(params)
+    state.max_exp_avg_sq[17] = value  # a -0.0 has its sign bit set
+    tensors = ck.optimizer_tensors(CFG, "adamw", state)
+    assert sum(k.startswith("optim.max_exp_avg_sq.") for k in tensors) == 28
+    back = ck.optimizer_state_from_tensors(
+        CFG, "adamw", ck.model_tensors(CFG, params) | tensors, 0
+    )
+    assert back.max_exp_avg_sq.tobytes() == state.max_exp_avg_sq.tobytes()
+
+
+def test_amsgrad_state_is_stored_whole_or_not_at_all(tmp_path: Path) -> None:
+    tensors, _ = training_state()
+    partial = {**tensors, "optim.max_exp_avg_sq.model.wte.weight": np.ones((11, 6))}
+    expect_rejected(tmp_path / "p", forge(partial, {}), "missing")
+
+
 # ------------------------------------------------------------ the layout ----
 def test_a_generic_reader_sees_canonical_names_and_shapes(saved: Path) -> None:
     generic = load_file(saved)
     expected = dict(param_shapes(CFG))
-    for field in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
+    for field in ("exp_avg", "exp_avg_sq"):  # max_exp_avg_sq: all zero, left out
         expected |= {f"optim.{field}.{n}": s for n, s in param_shapes(CFG).items()}
     assert {n: a.shape for n, a in generic.items()} == expected
     assert "model.h.1.attn.qkv.weight" in generic
@@ -287,12 +345,17 @@ def test_huge_header_length_is_rejected_before_parsing(
     saved: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     data = saved.read_bytes()
-    for n in (2**64 - 1, 2**40, len(data) - 7):
+    for n in (2**40, len(data) - 7):
         expect_rejected(
             tmp_path / "h", n.to_bytes(8, "little") + data[8:], "header length"
         )
+    # No file comes near 2**48 bytes: such a length is not a header's.
+    for n in (2**48, 2**64 - 1):
+        expect_rejected(
+            tmp_path / "h", n.to_bytes(8, "little") + data[8:], "not a CLLM checkpoint"
+        )
     # Within the file but above the cap: the cap alone must reject it.
-    monkeypatch.setattr(ck, "MAX_HEADER_BYTES", 64)
+    monkeypatch.setattr(fmt, "MAX_HEADER_BYTES", 64)
     expect_rejected(tmp_path / "h", data, "header length")
 
 
@@ -301,6 +364,7 @@ def test_huge_header_length_is_rejected_before_parsing(
     [
         lambda h: [1, 2],  # not an object
         lambda h: {**h, "model.wte.weight": {**h["model.wte.weight"], "dtype": "BF16"}},
+        lambda h: {**h, "model.wte.weight": {**h["model.wte.weight"], "dtype": []}},
         lambda h: {
             **h,
             "model.wte.weight": {**h["model.wte.weight"], "shape": [-1, 6]},
@@ -324,6 +388,7 @@ def test_huge_header_length_is_rejected_before_parsing(
     ids=[
         "array",
         "dtype",
+        "dtype-list",
         "negative-dim",
         "size",
         "offsets",
@@ -434,7 +499,54 @@ def test_save_refuses_what_load_would_reject(tmp_path: Path) -> None:
         ck.save(target, tensors=tensors, metadata={"metrics": {}})
     with pytest.raises(ConfigError, match="metrics"):
         ck.save(target, tensors=tensors, metadata={**metadata, "metrics": object()})
+    with pytest.raises(CheckpointError, match="metrics"):
+        ck.save(target, tensors=tensors, metadata={**metadata, "metrics": [1, 2]})
+    with pytest.raises(CheckpointError, match="scheduler"):
+        ck.save(target, tensors=tensors, metadata={**metadata, "scheduler": "cos"})
     assert not target.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_save_refuses_a_file_over_the_readers_limits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tensors, metadata = training_state()
+    target = tmp_path / "x.safetensors"
+    ck.load(ck.save(target, tensors=tensors, metadata=metadata))
+    target.unlink()
+    with monkeypatch.context() as patch:
+        patch.setattr(fmt, "MAX_TENSORS", len(tensors) - 1)
+        with pytest.raises(CheckpointError, match="tensors, more than"):
+            ck.save(target, tensors=tensors, metadata=metadata)
+    with monkeypatch.context() as patch:
+        patch.setattr(fmt, "MAX_HEADER_BYTES", 4096)
+        with pytest.raises(CheckpointError, match="header would take"):
+            ck.save(target, tensors=tensors, metadata=metadata)
+    # Every metadata value fits the item limit alone, the whole header does not.
+    header_items = len(tensors) * 7  # ~8 per tensor entry
+    with monkeypatch.context() as patch:
+        patch.setattr(fmt, "MAX_JSON_ITEMS", header_items)
+        with pytest.raises(CheckpointError, match="JSON items"):
+            ck.save(target, tensors=tensors, metadata=metadata)
+    assert list(tmp_path.iterdir()) == []
+
+
+def nested(depth: int) -> Any:
+    value: Any = 1.0
+    for _ in range(depth):
+        value = {"a": value}
+    return value
+
+
+@pytest.mark.parametrize("depth", [33, 985, 100_000])
+def test_save_refuses_deeply_nested_metadata_with_a_clear_error(
+    tmp_path: Path, depth: int
+) -> None:
+    tensors, metadata = training_state()
+    target = tmp_path / "deep.safetensors"
+    for key in ("metrics", "scheduler", "tokenizer", "run"):
+        with pytest.raises(ConfigError, match=f"metadata.{key}: .*nested"):
+            ck.save(target, tensors=tensors, metadata={**metadata, key: nested(depth)})
+    assert list(tmp_path.iterdir()) == []
 
 
 # ------------------------------------------------------- atomic writes ------

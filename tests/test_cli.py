@@ -39,3 +39,23 @@ def test_no_command_prints_help_and_fails():
     result = cllm()
     assert result.returncode == 2
     assert "usage: cllm" in result.stderr
+
+
+def test_spec_warnings_are_one_line_and_others_go_to_python(capsys):
+    import io
+    import warnings
+
+    from cllm_spec.cli import one_line_warnings
+    from cllm_spec.data import CorpusWarning
+
+    seen = []
+    show = one_line_warnings("cllm train", lambda *a: seen.append(a))
+    out = io.StringIO()
+    show(CorpusWarning("corpus file x is not valid UTF-8"), CorpusWarning, "f.py", 3)
+    show("to a file", CorpusWarning, "f.py", 3, out)
+    show(DeprecationWarning("old"), DeprecationWarning, "f.py", 7)
+    err = capsys.readouterr().err
+    assert err == "cllm train: warning: corpus file x is not valid UTF-8\n"
+    assert out.getvalue() == "cllm train: warning: to a file\n"
+    assert len(seen) == 1 and seen[0][1] is DeprecationWarning
+    assert warnings.showwarning is not show  # main() installs it per command only

@@ -345,3 +345,69 @@ def test_plot_errors(tmp_path, capsys):
     write_log(tmp_path / "metrics.jsonl", ['{"step": 1, "tokens": 5}', "oops"])
     code, _, err = run_main(capsys, "plot", str(tmp_path))
     assert_clean_error(code, err, "plot", "no row with a step")
+
+
+# ----------------------------------------------------------- clean edges ---
+def test_eval_reports_progress_per_batch(saved):
+    from cllm_spec.commands.evaluate import evaluate
+
+    ids = np.arange(100) % saved.cfg.vocab_size
+    counts: list[int] = []
+    evaluate(get_backend("numpy"), saved.cfg, saved.params, ids, 8, 3, counts.append)
+    # 99 predictions: 12 windows of 8 in batches of 3, then a tail of 3
+    assert counts == [24, 24, 24, 24, 3]
+
+
+def test_eval_on_a_pipe_prints_no_progress_bar(saved, data_file):
+    code, _, err = cllm("eval", str(saved.path), "--data", str(data_file))
+    assert code == 0, err
+    assert err == ""
+
+
+def test_info_prints_only_the_schedule_fields_that_apply():
+    from cllm_spec.commands.info import schedule_fields
+
+    stored = {
+        "name": "cosine",
+        "lr": 0.01,
+        "warmup_steps": 5,
+        "total_steps": 100,
+        "min_lr": 0.001,
+        "step_size": 100,
+        "gamma": 0.5,
+        "resume_step": None,
+        "resume_lr": None,
+    }
+    assert set(schedule_fields(stored)) == {
+        "name",
+        "lr",
+        "warmup_steps",
+        "total_steps",
+        "min_lr",
+    }
+    step = {**stored, "name": "step"}
+    assert "gamma" in schedule_fields(step) and "total_steps" not in schedule_fields(
+        step
+    )
+    assert set(schedule_fields({**stored, "name": "constant"})) == {
+        "name",
+        "lr",
+        "warmup_steps",
+    }
+    extended = {**stored, "resume_step": 50, "resume_lr": 0.004}
+    assert schedule_fields(extended)["resume_lr"] == 0.004
+    assert schedule_fields(None) is None and schedule_fields([1]) == [1]
+
+
+def test_plot_of_a_checkpoint_names_the_run_directory(saved, tmp_path, capsys):
+    code, _, err = run_main(capsys, "plot", str(saved.path))
+    assert_clean_error(code, err, "plot", "a checkpoint, not a metrics log")
+    assert f"cllm plot {saved.path.parent}" in err
+    renamed = tmp_path / "weights.bin"
+    renamed.write_bytes(saved.path.read_bytes())
+    code, _, err = run_main(capsys, "plot", str(renamed))
+    assert_clean_error(code, err, "plot", "a checkpoint, not a metrics log")
+    binary = tmp_path / "x.jsonl"
+    binary.write_bytes(b"\xff\xfe\xfa not utf-8")
+    code, _, err = run_main(capsys, "plot", str(binary))
+    assert_clean_error(code, err, "plot", "not a text file")

@@ -26,7 +26,7 @@ from cllm_spec.errors import BackendError
 from cllm_spec.generate import generate
 from cllm_spec.model import ModelConfig, init_params, param_views
 from cllm_spec.protocols import SGDState
-from cllm_spec.registry import get_backend
+from cllm_spec.registry import default_backend_name, get_backend
 from cllm_spec.sampling import SamplingConfig
 
 TEXT = (
@@ -270,15 +270,16 @@ def test_the_runs_backend_when_nothing_else_is_given():
     assert backend.name == "numpy" and source == "the checkpoint's run"
 
 
-def test_an_unloadable_run_backend_falls_back_to_numpy_with_a_note(capsys):
+def test_an_unloadable_run_backend_falls_back_to_the_default_with_a_note(capsys):
+    default = default_backend_name()  # c where it was built, else numpy
     backend, source = select_backend(None, {"run": {"backend": "gone_c"}}, "eval")
-    assert backend.name == "numpy" and source == "default"
-    assert "'gone_c' does not load here; using numpy" in capsys.readouterr().err
+    assert backend is get_backend(default) and source == "default"
+    assert f"'gone_c' does not load here; using {default}" in capsys.readouterr().err
 
 
-def test_no_run_record_means_numpy():
+def test_no_run_record_means_the_default():
     backend, source = select_backend(None, {"run": None}, "info")
-    assert backend.name == "numpy" and source == "default"
+    assert backend is get_backend(default_backend_name()) and source == "default"
 
 
 def test_a_recorded_backend_that_does_not_load_falls_back_with_a_note(tmp_path, capsys):
@@ -287,3 +288,27 @@ def test_a_recorded_backend_that_does_not_load_falls_back_with_a_note(tmp_path, 
     assert code == 0
     assert "note: the run's backend 'gone_backend' does not load here" in err
     assert out.endswith("\n")
+
+
+def test_a_recorded_module_path_is_never_imported(tmp_path):
+    """generate, eval and info with a checkpoint whose run names a module: the
+    module does not run (the checkpoint is anyone's to edit)."""
+    plant = tmp_path / "plant"
+    plant.mkdir()
+    marker = tmp_path / "imported"
+    (plant / "planted_backend.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    saved = make_checkpoint(tmp_path, run_backend="planted_backend")
+    env = {
+        "PYTHONPATH": os.pathsep.join([str(plant), os.environ.get("PYTHONPATH", "")])
+    }
+    text = tmp_path / "text.txt"
+    text.write_text(TEXT)
+    for args in (
+        ("generate", str(saved.path), "-n", "3"),
+        ("eval", str(saved.path), "--data", str(text)),
+        ("info", str(saved.path)),
+    ):
+        code, _, err = cllm(*args, env=env)
+        assert code == 0, (args, err)
+        assert "Traceback" not in err
+        assert not marker.exists(), args

@@ -55,9 +55,16 @@ def sets(omit: tuple[str, ...] = (), **fields: object) -> list[str]:
     ]
 
 
-def cllm_train(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def cllm_train(
+    *args: str, timeout: float = 120, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``cllm train ARGS``; ``env`` adds to the environment."""
     return subprocess.run(
-        [*CLLM, "train", *args], capture_output=True, text=True, timeout=timeout
+        [*CLLM, "train", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=None if env is None else {**os.environ, **env},
     )
 
 
@@ -437,6 +444,25 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes(tmp_path, corpus):
     assert [r["step"] for r in rows(run, "train")] == list(range(1, step + 3))
 
 
+def test_sigterm_saves_a_checkpoint_like_ctrl_c_and_exits_143(tmp_path, corpus):
+    """What batch schedulers and docker stop send: no steps are lost."""
+    run = tmp_path / "run"
+    proc = start_long_run(run, corpus)
+    try:
+        wait_for(lambda: has_rows(run))
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, out + err
+    assert "Traceback" not in err
+    assert "interrupted (SIGTERM): saving a checkpoint" in out
+    step = int(re.search(r"interrupted at step (\d+) \(SIGTERM\)", out).group(1))
+    assert ckpt_steps(run) == [step]
+    assert rows(run, "train")[-1]["step"] == step
+    ok(cllm_train("--resume", str(run), "--set", f"train.steps={step + 1}"))
+
+
 def test_kill_during_checkpointing_leaves_loadable_checkpoints(tmp_path, corpus):
     run = tmp_path / "run"
     proc = start_long_run(run, corpus, train__checkpoint_every=1, train__keep_last=3)
@@ -520,7 +546,7 @@ def expect_error(result: subprocess.CompletedProcess[str], pattern: str) -> None
         ("train.batch_size=0", "train.batch_size"),
         ("optim.name=lion", "optim.name"),
         ("train.seq_len=1000", "train.seq_len"),
-        ("schedule.warmup_steps=6", "schedule.warmup_steps"),
+        ("schedule.min_lr=1", "schedule.min_lr"),  # above optim.lr
     ],
 )
 def test_bad_set_value_names_the_field(tmp_path, corpus, override, field):
@@ -576,6 +602,50 @@ def test_missing_corpus(tmp_path):
         *sets(data__corpus=tmp_path / "nope", train__out_dir=tmp_path / "r")
     )
     expect_error(result, "data.corpus: no such file or directory")
+
+
+@pytest.mark.parametrize("special", ["fifo", "/dev/zero", "/dev/urandom"])
+def test_special_corpus_fails_fast(tmp_path, special):
+    # A FIFO blocked the read forever, a device read until memory ran out.
+    path = tmp_path / "pipe.txt" if special == "fifo" else Path(special)
+    if special == "fifo":
+        os.mkfifo(path)
+    result = cllm_train(
+        *sets(data__corpus=path, train__out_dir=tmp_path / "r"), timeout=60
+    )
+    kind = "a FIFO" if special == "fifo" else "a character device"
+    expect_error(result, re.escape(f"corpus: {path} is {kind}"))
+    assert len(result.stderr.strip().splitlines()) == 2  # the error and its hint
+
+
+def test_a_corpus_that_is_not_utf8_warns_in_one_line(tmp_path):
+    text = read_default_corpus()[:3000].encode()
+    corpus = tmp_path / "latin1.txt"
+    corpus.write_bytes(text[:100] + b"caf\xe9 " + text[100:] + b"\xff")
+    result = ok(cllm_train(*sets(data__corpus=corpus, train__out_dir=tmp_path / "r")))
+    warning = (
+        f"cllm train: warning: corpus file {corpus} is not valid UTF-8; 2 byte(s) "
+        "replaced with U+FFFD (the first at byte offset 103)"
+    )
+    assert result.stderr.splitlines() == [warning], result.stderr
+
+
+@pytest.mark.parametrize(
+    "launcher", [{"PMI_SIZE": "2", "PMI_RANK": "1"}, {"OMPI_COMM_WORLD_SIZE": "3"}]
+)
+def test_an_mpi_launch_without_the_mpi_engine_is_refused(tmp_path, corpus, launcher):
+    """What mpiexec sets in each process it starts: with the threads engine,
+    each would train alone into the same run directory."""
+    run = tmp_path / "r"
+    result = cllm_train(*sets(data__corpus=corpus, train__out_dir=run), env=launcher)
+    expect_error(result, r"parallel\.engine: this is one of [23] processes started by")
+    assert "--set parallel.engine=mpi" in result.stderr
+    assert not run.exists()
+    ok(
+        cllm_train(
+            *sets(data__corpus=corpus, train__out_dir=run), env={"PMI_SIZE": "1"}
+        )
+    )
 
 
 def test_existing_run_needs_resume_or_overwrite(tmp_path, corpus):

@@ -231,3 +231,98 @@ def test_numeric_failure_message_says_what_where_and_how_to_reproduce(tmp_path):
     assert "headroom:" in out
     assert "reproduce: pytest 'conformance/test_losses.py::" in out
     assert "--backend=skewb --cllm-seed=0" in out
+
+
+@pytest.fixture
+def reexporting_backend(tmp_path: Path) -> str:
+    """A backend that re-exports numpy, ``name`` included, with a wrong softmax."""
+    (tmp_path / "mybk.py").write_text(
+        textwrap.dedent(
+            """
+            import cllm_numpy as _np
+            from cllm_numpy import *  # noqa: F403
+            from cllm_numpy import build_info, dtypes, name, version  # noqa: F401
+
+
+            def softmax_forward(x):
+                out, cache = _np.softmax_forward(x)
+                return out + 1e-3, cache
+            """
+        )
+    )
+    return "mybk"
+
+
+LOSSES_TESTS = str(REPO / "conformance" / "test_losses.py")
+
+
+def test_backend_is_reported_by_the_name_it_was_selected_by(
+    tmp_path, reexporting_backend
+):
+    result = run_pytest(
+        tmp_path,
+        LOSSES_TESTS,
+        "-k",
+        "softmax_golden_rows",
+        f"--backend={reexporting_backend}",
+    )
+    assert result.returncode == 1, result.stdout
+    assert "[mybk-float32]" in result.stdout and "[numpy-" not in result.stdout
+    assert "backend=mybk" in result.stdout and "--backend=mybk" in result.stdout
+    assert "--backend=numpy" not in result.stdout
+
+
+def test_failures_lead_with_the_message_and_hide_the_suites_frames(
+    tmp_path, reexporting_backend
+):
+    args = [LOSSES_TESTS, "-k", "softmax_golden_rows", "--backend=mybk"]
+    result = run_pytest(tmp_path, *args)
+    failures = result.stdout.split("= FAILURES =", 1)[1].split("short test summary")[0]
+    blocks = re.split(r"_{5,} test_\S+ _{5,}", failures)[1:]
+    assert len(blocks) == 2  # float32 and float64
+    for block in blocks:
+        lines = block.strip().strip("=").strip().splitlines()
+        assert lines[0].startswith("conformance mismatch: losses.")
+        assert "reproduce: pytest" in block
+        assert re.search(r"at conformance/test_losses\.py:\d+", block)
+        assert "conftest.py" not in block and "def close" not in block
+        assert len(lines) < 15
+    full = run_pytest(tmp_path, *args, "--cllm-full-trace")
+    assert "conftest.py" in full.stdout
+
+
+def run_cllm(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "CLLM_BACKEND"}
+    return subprocess.run(
+        [sys.executable, "-m", "cllm_spec.cli", *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_cllm_conformance_runs_the_installed_suite(tmp_path):
+    result = run_cllm(
+        tmp_path, "conformance", "--backend", "numpy", "-k", "metadata", "-q"
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.search(r"^1 passed", result.stdout, re.M)
+    assert not (tmp_path / ".pytest_cache").exists()
+    # pytest's arguments in any order, and the backend's label in the ids
+    result = run_cllm(
+        tmp_path, "conformance", "-k", "metadata", "--backend=numpy", "-v"
+    )
+    assert "test_backend_metadata[numpy] PASSED" in result.stdout
+
+
+def test_cllm_conformance_with_a_missing_backend_is_a_usage_error(tmp_path):
+    result = run_cllm(tmp_path, "conformance", "--backend", "nonexistent")
+    assert result.returncode == 4
+    assert "available backends: " in result.stderr
+
+
+def test_other_commands_still_refuse_unknown_arguments(tmp_path):
+    result = run_cllm(tmp_path, "backends", "--bogus")
+    assert result.returncode == 2 and "unrecognized arguments: --bogus" in result.stderr

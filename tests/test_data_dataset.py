@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import struct
 import threading
 
@@ -13,7 +14,13 @@ from hypothesis.extra import numpy as hnp
 
 from cllm_spec.batching import iter_epoch
 from cllm_spec.data.corpus import read_corpus
-from cllm_spec.data.dataset import read_dataset_bin, train_val_split, write_dataset_bin
+from cllm_spec.data.dataset import (
+    iter_dataset_range,
+    read_dataset_bin,
+    train_val_split,
+    write_dataset_bin,
+    write_dataset_stream,
+)
 from cllm_spec.data.tokenizers import ByteTokenizer, WordTokenizer
 from cllm_spec.errors import (
     ConfigError,
@@ -84,6 +91,36 @@ def test_overwrite_is_atomic_and_leaves_no_temporary_file(tmp_path):
 
 
 # --------------------------------------------------------------------------- read
+
+
+def test_stream_writes_the_file_of_the_whole_array_and_reports_it(tmp_path):
+    ids = np.array([5, 0, 7, 7, 2, 5, 5, 1], dtype=np.int32)
+    write_dataset_bin(tmp_path / "whole.bin", ids)
+    chunks = [ids[:3], ids[3:3], ids[3:]]  # an empty chunk on the way is fine
+    written = write_dataset_stream(tmp_path / "parts.bin", chunks, vocab_size=9)
+    body = (tmp_path / "parts.bin").read_bytes()
+    assert body == (tmp_path / "whole.bin").read_bytes()
+    assert written.n_tokens == 8
+    assert written.sha256 == hashlib.sha256(body[8:]).hexdigest()
+    assert written.counts is not None
+    assert written.counts.tolist() == np.bincount(ids, minlength=9).tolist()
+    parts = list(iter_dataset_range(tmp_path / "parts.bin", 2, 7, chunk_tokens=2))
+    assert [p.tolist() for p in parts] == [[7, 7], [2, 5], [5]]
+
+
+def test_stream_rejects_ids_outside_the_vocabulary_and_leaves_no_file(tmp_path):
+    chunks = iter([np.array([1, 2]), np.array([3, 9])])
+    with pytest.raises(IdRangeError, match=r"\[0, 9\), found 9"):
+        write_dataset_stream(tmp_path / "d.bin", chunks, vocab_size=9)
+    with pytest.raises(EmptyInputError):
+        write_dataset_stream(tmp_path / "d.bin", [np.zeros(0, np.int32)])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_range_outside_the_file_is_a_shape_error(tmp_path):
+    write_dataset_bin(tmp_path / "d.bin", np.arange(4))
+    with pytest.raises(ShapeError, match="outside"):
+        list(iter_dataset_range(tmp_path / "d.bin", 2, 5))
 
 
 def test_read_is_a_read_only_memory_map(tmp_path):

@@ -19,13 +19,37 @@ def test_dotted_module_path_loads_the_same_module():
     assert registry.get_backend("cllm_numpy") is registry.get_backend("numpy")
 
 
+def _loads(name: str) -> bool:
+    try:
+        registry.get_backend(name)
+    except BackendError:
+        return False
+    return True
+
+
 def test_default_comes_from_the_environment(monkeypatch):
     monkeypatch.setenv("CLLM_BACKEND", "  cllm_numpy ")
     assert registry.default_backend_name() == "cllm_numpy"
+    fallback = "c" if _loads("c") else "numpy"
     monkeypatch.setenv("CLLM_BACKEND", "")
-    assert registry.default_backend_name() == "numpy"
+    assert registry.default_backend_name() == fallback
     monkeypatch.delenv("CLLM_BACKEND")
+    assert registry.default_backend_name() == fallback
+
+
+def test_default_prefers_c_and_falls_back_to_numpy(monkeypatch):
+    monkeypatch.delenv("CLLM_BACKEND", raising=False)
+    real = registry.get_backend
+
+    def without_c(name=None):
+        if name == "c":
+            raise BackendError("c is not built here")
+        return real(name)
+
+    monkeypatch.setattr(registry, "get_backend", without_c)
     assert registry.default_backend_name() == "numpy"
+    monkeypatch.setattr(registry, "get_backend", lambda name=None: object())
+    assert registry.default_backend_name() == "c"
 
 
 def test_unknown_backend_names_the_available_ones():
@@ -52,3 +76,18 @@ def test_describe_backends_reports_every_registered_backend():
     assert rows["numpy"]["available"] is True
     assert rows["numpy"]["version"]
     assert "numpy" in rows["numpy"]["build_info"]
+
+
+def test_registered_only_never_imports_a_module(tmp_path, monkeypatch):
+    """A name read from a file must not run code: the module is not imported."""
+    marker = tmp_path / "imported"
+    (tmp_path / "planted_backend.py").write_text(
+        f"open({str(marker)!r}, 'w').close()\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(BackendError, match="'planted_backend' is not a registered"):
+        registry.get_backend("planted_backend", registered_only=True)
+    assert not marker.exists()
+    assert registry.get_backend("numpy", registered_only=True).name == "numpy"
+    with pytest.raises(BackendError, match="'cllm_numpy' is not a registered"):
+        registry.get_backend("cllm_numpy", registered_only=True)

@@ -82,3 +82,26 @@ def test_missing_and_invalid_files(tmp_path):
     wrong_type.write_text('[train]\nsteps = "many"\n')
     with pytest.raises(ConfigError, match="train.steps"):
         load_config(wrong_type)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("parallel.workers=100000", "parallel.workers: expected <= 1,024, got 100,000"),
+        ("parallel.workers=1024", None),
+        ("model.n_embd=1000000", "model.n_embd: expected <= 65,536"),
+        ("train.batch_size=100000000", "train.batch_size: expected <= 1,048,576"),
+        ("train.seed=-1", "train.seed: expected >= 0, got -1"),
+        ("parallel.timeout=1e300", "parallel.timeout: expected a value in"),
+        ("train.time_limit=1e300", "train.time_limit: expected a value in"),
+    ],
+)
+def test_counts_and_sizes_have_upper_bounds(override, message):
+    """A value no run means (from a typo or an edited checkpoint) is an error
+    naming the field, not an allocation of gigabytes."""
+    if message is None:
+        assert load_config(None, [override]).parallel.workers == 1024
+        return
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [override])
+    assert info.value.message.startswith(message)

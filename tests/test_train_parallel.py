@@ -42,11 +42,8 @@ from cllm_spec.registry import get_backend
 from cllm_spec.train.config import load_config
 from cllm_spec.train.prepare import BatchStream
 from cllm_spec.train.state import model_config
-from cllm_spec.train.trainer import (
-    compute_step_gradients,
-    group_step_gradients,
-    train,
-)
+from cllm_spec.train.step import compute_step_gradients, group_step_gradients
+from cllm_spec.train.trainer import train
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -304,6 +301,9 @@ def test_resume_with_another_worker_count_is_bitwise(tmp_path, corpus, reference
             f"train.out_dir={tmp_path / 'second'}",
             "--set",
             "parallel.workers=3",
+            # the first run planned 3 steps; the reference planned them all
+            "--set",
+            "schedule.on_resume=replan",
         )
     )
     assert first.trajectory() + second.trajectory() == reference.trajectory()
@@ -464,6 +464,7 @@ def mpi_tiny(out: Path, corpus: Path, ranks: int, *extra: str, **kw: Any) -> Run
 @pytest.mark.parametrize("ranks", [2, 3])
 def test_mpiexec_equals_one_process(tmp_path, corpus, reference, ranks):
     run = ok(mpi_tiny(tmp_path / "run", corpus, ranks))
+    assert "ended abnormally" not in run.stderr
     assert run.trajectory() == reference.trajectory()
     assert run.rows("eval") == reference.rows("eval")
     assert_same_tensors(run.tensors(), reference.tensors())
@@ -526,12 +527,24 @@ def test_mpi_ctrl_c_saves_on_rank_0_and_every_rank_exits_130(tmp_path, corpus):
     run = finish(proc, out, start)
     assert run.rc == 130, run.stdout + run.stderr
     assert "Traceback" not in run.stderr
+    assert "ended abnormally" not in run.stderr  # rank 0 told its watcher
     step = int(re.search(r"interrupted at step (\d+)", run.stdout).group(1))
     assert run.stdout.count("interrupted at step") == 1
     assert [s for s, _ in checkpoint.list_checkpoints(out)] == [step]
     assert run.rows("train")[-1]["step"] == step
     ok(cllm_train(out, "--resume", str(out), "--set", f"train.steps={step + 1}"))
     assert [r["step"] for r in run.rows("train")][-2:] == [step, step + 1]
+
+
+@needs_mpi
+def test_mpiexec_without_the_mpi_engine_is_refused(tmp_path, corpus):
+    run = run_tiny(tmp_path / "run", corpus, ranks=2)
+    assert run.rc == 2, run.stdout + run.stderr
+    assert "Traceback" not in run.stderr
+    line = "cllm train: error: parallel.engine: this is one of 2 processes started"
+    assert run.stderr.count(line) == 2  # every process says why it stopped
+    assert "hint: add --set parallel.engine=mpi" in run.stderr
+    assert not run.out.exists()
 
 
 @needs_mpi
@@ -584,3 +597,7 @@ def test_a_failing_rank_ends_the_job(tmp_path, corpus, faulty, mode, needles):
         assert needle in run.stderr, run.stderr
     assert [r["step"] for r in run.rows("train")] == [1]
     assert checkpoint.list_checkpoints(run.out) == []
+    # mpiexec killed rank 0 without a word: its watcher says what happened, once.
+    lost = "cllm train: error: the MPI job of 2 ranks ended abnormally"
+    assert run.stderr.count(lost) == 1, run.stderr
+    assert "hint: no checkpoint was written yet" in run.stderr

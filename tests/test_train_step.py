@@ -11,12 +11,19 @@ import pytest
 from cllm_spec.errors import ConfigError
 from cllm_spec.model import ModelConfig, backward, forward, init_params
 from cllm_spec.optim import init_adam_state, init_sgd_state
+from cllm_spec.parallel import N_GROUPS, split_rows
 from cllm_spec.registry import get_backend
 from cllm_spec.schedules import ScheduleConfig, lr_at
+from cllm_spec.tolerances import tolerance
 from cllm_spec.train.config import load_config
 from cllm_spec.train.prepare import BatchStream
 from cllm_spec.train.state import frozen_field_changes, schedule_config
-from cllm_spec.train.trainer import DivergedError, apply_update, compute_step_gradients
+from cllm_spec.train.step import (
+    DivergedError,
+    apply_update,
+    compute_step_gradients,
+    group_step_gradients,
+)
 
 BACKEND = get_backend("numpy")
 CFG = ModelConfig(vocab_size=11, n_embd=8, n_layer=1, n_head=2, block_size=8)
@@ -159,3 +166,28 @@ def test_frozen_fields_on_resume():
     assert frozen_field_changes(old, new) == [("model.n_embd", 128, 64)]
     same = load_config(None, ["train.backend=numpy", "train.dtype=float64"])
     assert frozen_field_changes(old, same) == []
+
+
+def test_group_split_of_a_padded_batch_equals_the_whole_batch_gradient():
+    """Padding spread unevenly over the 12 groups (one group all padding): the
+    group-split step weights each group by its real tokens, so it equals the
+    gradient of the whole batch's masked mean."""
+    b, t = 14, 8  # groups 0-1 hold two rows, groups 2-11 one row each
+    (batch,) = BatchStream(tokens(), b, t, seed=5).take(1)
+    keep = np.array([t, 3, 8, 1, 5, 2, 7, 0, 4, 6, 8, 2, 1, 3])  # real tokens per row
+    mask = (np.arange(t)[None, :] < keep[:, None]).astype(batch.mask.dtype)
+    padded = batch._replace(mask=mask)
+    counts = [int(m.sum()) for m in split_rows(mask, N_GROUPS)]
+    assert counts == [11, 9, 5, 2, 7, 0, 4, 6, 8, 2, 1, 3]  # uneven, one empty
+    p = params()
+    loss_g, grad_g = group_step_gradients(BACKEND, CFG, p, [padded])
+    loss_w, grad_w = compute_step_gradients(BACKEND, CFG, p, [padded])
+    tol = tolerance("train", "grad", np.float64)
+    assert loss_g == pytest.approx(loss_w, rel=tol.rtol)
+    np.testing.assert_allclose(grad_g, grad_w, rtol=tol.rtol, atol=tol.atol)
+    # The weights matter: the plain mean of the group means is another number.
+    parts = [g for g in split_rows(padded, N_GROUPS) if g is not None and g.mask.any()]
+    unweighted = np.mean(
+        [compute_step_gradients(BACKEND, CFG, p, [g])[0] for g in parts]
+    )
+    assert abs(unweighted - loss_w) > 1e3 * tol.rtol * abs(loss_w)

@@ -4,4 +4,4 @@ A module's ``register`` adds its subparser and sets ``func`` to a function that
 takes the parsed arguments and returns the exit status.
 """
 
-COMMAND_MODULES = ("train", "generate", "evaluate", "info", "plot")
+COMMAND_MODULES = ("train", "generate", "evaluate", "info", "plot", "conformance")

@@ -31,11 +31,13 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm  # type: ignore[import-untyped]
 
 from cllm_spec import checks
 from cllm_spec.commands.info import (
@@ -118,8 +120,13 @@ def evaluate(
     ids: np.ndarray,
     seq_len: int,
     batch_size: int,
+    progress: Callable[[int], object] | None = None,
 ) -> EvalResult:
-    """Score ``params`` on ``ids`` (module docstring); one forward per batch."""
+    """Score ``params`` on ``ids`` (module docstring); one forward per batch.
+
+    ``progress``, when given, is called after each batch with the number of
+    predictions it scored (they add up to N - 1).
+    """
     ids, seq_len, batch_size = validate_evaluate(cfg, ids, seq_len, batch_size)
     k = min(TOP_K, cfg.vocab_size)
     loss_sum = 0.0
@@ -137,6 +144,8 @@ def evaluate(
         top_hits += round(top_k_accuracy(flat, y_flat, k) * n)
         preds.append(np.argmax(flat, axis=-1))
         targets.append(y_flat)
+        if progress is not None:
+            progress(n)
     total = ids.size - 1
     mean_loss = loss_sum / total
     precision, recall, f1 = macro_precision_recall_f1(
@@ -162,7 +171,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
     backend, _ = select_backend(args.backend, ckpt.metadata, "eval")
     ids = tokenizer.encode(read_corpus(args.data))
     seq_len = ckpt.cfg.block_size if args.seq_len is None else args.seq_len
-    result = evaluate(backend, ckpt.cfg, ckpt.params, ids, seq_len, args.batch_size)
+    # on stderr, only on a terminal and only for runs longer than a second
+    with tqdm(
+        total=max(len(ids) - 1, 0),
+        unit="tok",
+        desc="cllm eval",
+        file=sys.stderr,
+        disable=None,
+        delay=1.0,
+        leave=False,
+    ) as bar:
+        result = evaluate(
+            backend, ckpt.cfg, ckpt.params, ids, seq_len, args.batch_size, bar.update
+        )
     report = {
         "checkpoint": str(ckpt.path),
         "step": ckpt.step,

@@ -26,7 +26,7 @@ from cllm_spec import checkpoint
 from cllm_spec.data.tokenizers import Tokenizer, tokenizer_from_dict
 from cllm_spec.errors import BackendError, CheckpointError, CllmError
 from cllm_spec.model import ModelConfig, param_count
-from cllm_spec.registry import DEFAULT_BACKEND, ENV_VAR, get_backend
+from cllm_spec.registry import ENV_VAR, default_backend_name, get_backend
 
 EXIT_ERROR = 2
 Command = Callable[[argparse.Namespace], int]
@@ -158,10 +158,11 @@ def select_backend(
     """The backend and where its name came from.
 
     Order: ``--backend``, else ``$CLLM_BACKEND``, else the backend the run
-    recorded (``metadata["run"]["backend"]``) if it loads here, else numpy. A
-    name given explicitly (flag or environment) that does not load is an error;
-    a recorded one that does not load only prints a note, since the weights
-    are backend-independent.
+    recorded (``metadata["run"]["backend"]``) if it is registered and loads
+    here, else numpy. A name given explicitly (flag or environment) that does
+    not load is an error; a recorded one that does not only prints a note,
+    since the weights are backend-independent. A recorded name is never
+    imported as a module path (the checkpoint is untrusted input).
     """
     if flag:
         return get_backend(flag), "--backend"
@@ -171,14 +172,14 @@ def select_backend(
     recorded = recorded_backend(metadata)
     if recorded is not None:
         try:
-            return get_backend(recorded), "the checkpoint's run"
+            return get_backend(recorded, registered_only=True), "the checkpoint's run"
         except BackendError:
             print(
                 f"cllm {command}: note: the run's backend {recorded!r} does not "
-                f"load here; using {DEFAULT_BACKEND}",
+                f"load here; using {default_backend_name()}",
                 file=sys.stderr,
             )
-    return get_backend(DEFAULT_BACKEND), "default"
+    return get_backend(default_backend_name()), "default"
 
 
 # ------------------------------------------------------------ the command -------
@@ -252,6 +253,30 @@ def _format_value(value: Any) -> str:
     return str(value)
 
 
+#: The fields of each schedule that change its rates (cllm_spec.schedules).
+_SCHEDULE_FIELDS = {
+    "constant": ("lr", "warmup_steps"),
+    "linear": ("lr", "warmup_steps", "total_steps", "min_lr"),
+    "cosine": ("lr", "warmup_steps", "total_steps", "min_lr"),
+    "step": ("lr", "warmup_steps", "step_size", "gamma", "min_lr"),
+}
+
+
+def schedule_fields(scheduler: Any) -> Any:
+    """The stored schedule with only the fields its ``name`` uses (and a
+    continuation, when the run was extended on resume); anything else as is."""
+    if not isinstance(scheduler, Mapping):
+        return scheduler
+    used = _SCHEDULE_FIELDS.get(scheduler.get("name"))  # type: ignore[arg-type]
+    if used is None:
+        return scheduler
+    shown = {"name": scheduler["name"]}
+    shown |= {k: scheduler[k] for k in used if k in scheduler}
+    if scheduler.get("resume_step") is not None:
+        shown |= {k: scheduler.get(k) for k in ("resume_step", "resume_lr")}
+    return shown
+
+
 def format_description(info: Mapping[str, Any]) -> str:
     """The human-readable table of :func:`describe`'s result."""
     cfg = info["model_config"]
@@ -271,7 +296,7 @@ def format_description(info: Mapping[str, Any]) -> str:
         ),
         ("backend", info["backend"] or "not recorded"),
         ("optimizer", "-" if opt is None else f"{opt['name']} (step {opt['step']})"),
-        ("scheduler", _format_value(info["scheduler"])),
+        ("scheduler", _format_value(schedule_fields(info["scheduler"]))),
         ("metrics", _format_value(info["metrics"])),
     ]
     return "\n".join(f"{key:<11} {value}" for key, value in rows)

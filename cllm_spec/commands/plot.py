@@ -100,7 +100,21 @@ def read_metrics(path: Path) -> Curves:
             f"{path}: no such file (expected a run directory holding "
             f"{METRICS_FILE}, or that file)"
         )
-    curves = parse_metrics(path.read_text(encoding="utf-8").splitlines())
+    with path.open("rb") as fh:
+        head = fh.read(8)
+    if path.suffix == ".safetensors" or b"\x00" in head:  # a length, not text
+        raise EmptyInputError(
+            f"{path}: a checkpoint, not a metrics log",
+            hint=f"plot the run directory that holds it: cllm plot {path.parent}",
+        )
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise EmptyInputError(
+            f"{path}: not a text file (not UTF-8 at byte {exc.start})",
+            hint=f"name a run directory or its {METRICS_FILE}",
+        ) from exc
+    curves = parse_metrics(text.splitlines())
     if not any(curves.has(key) for key in PLOT_KEYS):
         raise EmptyInputError(
             f"{path}: no row with a step and a finite {', '.join(PLOT_KEYS)}",

@@ -17,6 +17,15 @@ the same directory and renamed into place, so a crash never leaves a half-writte
 ``ShapeError``; ``N == 0``, ``EmptyInputError``; an id outside u32,
 ``IdRangeError``.
 
+``write_dataset_stream(path, chunks, vocab_size=None) -> WrittenDataset`` writes
+the same file from an iterable of id arrays, one at a time (memory: one chunk),
+with the same checks per chunk; with ``vocab_size`` an id ``>= vocab_size`` is an
+``IdRangeError``. It returns what it saw on the way, so nobody has to read the
+file back: ``n_tokens``, ``sha256`` (of the ids as little-endian u32, the file's
+body) and, with ``vocab_size``, ``counts: (V,) int64`` (how often each id occurs).
+``iter_dataset_range(path, start, stop)`` reads ids ``[start, stop)`` of a
+``dataset.bin`` in chunks with plain reads (no mapping, so memory stays bounded).
+
 ``read_dataset_bin(path, vocab_size=None) -> ids: (N,) uint32`` maps the file
 read-only with ``np.memmap``: nothing is loaded until it is used, so corpora
 larger than memory work. The file is treated as untrusted. Its size is checked
@@ -31,8 +40,10 @@ against the header before anything is mapped:
 - with ``vocab_size``: an id ``>= vocab_size``: ``IdRangeError`` (this scans the
   file once).
 
-A missing file is a ``FileNotFoundError``. (``CheckpointError`` is kept for
-checkpoint files; these errors carry a hint about ``dataset.bin`` instead.)
+A missing file is a ``FileNotFoundError``; a path that is not a regular file (a
+FIFO, a device) a ``ConfigError``, before anything is read. (``CheckpointError``
+is kept for checkpoint files; these errors carry a hint about ``dataset.bin``
+instead.)
 
 Train/validation split
 ======================
@@ -60,10 +71,14 @@ on a corpus under four characters.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import struct
 import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -75,6 +90,7 @@ from cllm_spec.errors import (
     IdRangeError,
     ShapeError,
 )
+from cllm_spec.files import open_regular
 
 HEADER = struct.Struct("<Q")  # u64 token count, little-endian
 ID_DTYPE = np.dtype("<u4")
@@ -84,6 +100,7 @@ DATASET_HINT = (
     "rebuild it from the corpus"
 )
 SPLIT_HINT = "use a larger corpus, a shorter seq_len or a different val_fraction"
+CHUNK_TOKENS = 1 << 20  # ids read at a time by iter_dataset_range
 
 
 def _expect_id_array(name: str, ids: object) -> np.ndarray:
@@ -102,22 +119,97 @@ def write_dataset_bin(path: str | os.PathLike[str], ids: np.ndarray) -> None:
     ids = _expect_id_array("ids", ids)
     if ids.size == 0:
         raise EmptyInputError("ids: a dataset needs at least one token")
-    lo, hi = int(ids.min()), int(ids.max())
-    if lo < 0 or hi >= U32_LIMIT:
-        bad = lo if lo < 0 else hi
-        raise IdRangeError(f"ids: dataset.bin stores u32 ids, found {bad}")
+    write_dataset_stream(path, [ids])
+
+
+@dataclass(frozen=True)
+class WrittenDataset:
+    """What :func:`write_dataset_stream` wrote."""
+
+    n_tokens: int
+    sha256: str  # of the ids as little-endian u32 bytes
+    counts: np.ndarray | None  # (V,) int64 occurrences of each id, with vocab_size
+
+
+def write_dataset_stream(
+    path: str | os.PathLike[str],
+    chunks: Iterable[np.ndarray],
+    *,
+    vocab_size: int | None = None,
+) -> WrittenDataset:
+    """Write the ids of ``chunks`` in order as ``dataset.bin``, atomically."""
+    limit = U32_LIMIT if vocab_size is None else vocab_size
+    if vocab_size is not None:
+        expect_positive_int("vocab_size", vocab_size)
+    counts = None if vocab_size is None else np.zeros(vocab_size, dtype=np.int64)
+    digest = hashlib.sha256()
+    n = 0
     target = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=target.name, suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(HEADER.pack(ids.size))
-            fh.write(ids.astype(ID_DTYPE, copy=False).tobytes())
+            fh.write(HEADER.pack(0))  # the count is known at the end
+            for chunk in chunks:
+                body = _u32_chunk(chunk, limit)
+                fh.write(body.data)
+                digest.update(body.data)
+                n += body.size
+                if counts is not None:
+                    counts += np.bincount(body, minlength=limit)
+            if n == 0:
+                raise EmptyInputError("ids: a dataset needs at least one token")
+            fh.seek(0)
+            fh.write(HEADER.pack(n))
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return WrittenDataset(n, digest.hexdigest(), counts)
+
+
+def _u32_chunk(chunk: np.ndarray, limit: int) -> np.ndarray:
+    """``chunk`` as contiguous little-endian u32, every id in ``[0, limit)``."""
+    ids = _expect_id_array("ids", chunk)
+    if ids.size == 0:
+        return np.zeros(0, dtype=ID_DTYPE)
+    lo, hi = int(ids.min()), int(ids.max())
+    if lo < 0 or hi >= limit:
+        bad = lo if lo < 0 else hi
+        where = (
+            "dataset.bin stores u32 ids"
+            if limit == U32_LIMIT
+            else (f"ids must lie in [0, {limit})")
+        )
+        raise IdRangeError(f"ids: {where}, found {bad}")
+    return np.ascontiguousarray(ids, dtype=ID_DTYPE)
+
+
+def iter_dataset_range(
+    path: str | os.PathLike[str],
+    start: int,
+    stop: int,
+    chunk_tokens: int = CHUNK_TOKENS,
+) -> Iterator[np.ndarray]:
+    """Ids ``[start, stop)`` of a ``dataset.bin``, in ``(<= chunk_tokens,) uint32``
+    arrays read with plain reads (the file is not mapped)."""
+    chunk_tokens = expect_positive_int("chunk_tokens", chunk_tokens)
+    handle, size = open_regular(path, "dataset.bin", ConfigError)
+    with handle:
+        count = (size - HEADER.size) // ID_DTYPE.itemsize
+        if not 0 <= start <= stop <= count:
+            raise ShapeError(
+                f"{path}: ids [{start}, {stop}) are outside the file's {count} ids",
+                hint=DATASET_HINT,
+            )
+        handle.seek(HEADER.size + start * ID_DTYPE.itemsize)
+        for pos in range(start, stop, chunk_tokens):
+            want = min(chunk_tokens, stop - pos)
+            data = handle.read(want * ID_DTYPE.itemsize)
+            if len(data) != want * ID_DTYPE.itemsize:
+                raise ShapeError(f"{path}: truncated while reading", hint=DATASET_HINT)
+            yield np.frombuffer(data, dtype=ID_DTYPE)
 
 
 def read_dataset_bin(
@@ -125,14 +217,25 @@ def read_dataset_bin(
 ) -> np.ndarray:
     """Map ``dataset.bin`` read-only as ``(N,) uint32``; sizes are checked first."""
     file = Path(path)
-    size = file.stat().st_size
-    if size < HEADER.size:
-        raise ShapeError(
-            f"{file}: truncated: {size} bytes, the header alone needs {HEADER.size}",
-            hint=DATASET_HINT,
+    handle, size = open_regular(file, "dataset.bin", ConfigError)
+    with handle:
+        if size < HEADER.size:
+            raise ShapeError(
+                f"{file}: truncated: {size} bytes, the header alone needs "
+                f"{HEADER.size}",
+                hint=DATASET_HINT,
+            )
+        (count,) = HEADER.unpack(handle.read(HEADER.size))
+        # Mapped through the checked descriptor: the path is not opened again.
+        ids = _map_ids(handle, file, size, count)
+    if vocab_size is not None:
+        expect_ids(
+            "dataset.bin ids", ids, expect_positive_int("vocab_size", vocab_size)
         )
-    with file.open("rb") as fh:
-        (count,) = HEADER.unpack(fh.read(HEADER.size))
+    return ids
+
+
+def _map_ids(handle: BinaryIO, file: Path, size: int, count: int) -> np.ndarray:
     body = size - HEADER.size
     if body % ID_DTYPE.itemsize or count != body // ID_DTYPE.itemsize:
         raise ShapeError(
@@ -142,12 +245,9 @@ def read_dataset_bin(
         )
     if count == 0:
         raise EmptyInputError(f"{file}: the dataset has no tokens", hint=DATASET_HINT)
-    ids = np.memmap(file, dtype=ID_DTYPE, mode="r", offset=HEADER.size, shape=(count,))
-    if vocab_size is not None:
-        expect_ids(
-            "dataset.bin ids", ids, expect_positive_int("vocab_size", vocab_size)
-        )
-    return ids
+    return np.memmap(
+        handle, dtype=ID_DTYPE, mode="r", offset=HEADER.size, shape=(count,)
+    )
 
 
 def train_val_split(

@@ -8,6 +8,12 @@ Every tokenizer turns text into ids and back::
     kind: str                                    "word", "byte" or "bpe"
     to_dict() -> dict / from_dict(d)             JSON-ready, exact round trip
 
+A corpus too large to hold whole is trained on and encoded in pieces:
+``make_tokenizer_from_pieces(kind, pieces)`` (and each class's
+``train_from_pieces``) gives exactly the tokenizer of the concatenated text, and
+:func:`cllm_spec.data.pieces.encode_pieces` exactly its ids, wherever the pieces
+end (they are regrouped at cuts where the tokens cannot change).
+
 Special ids
 ===========
 
@@ -92,15 +98,17 @@ equals ``d`` exactly. A dict of the wrong kind, version or shape is a
 from __future__ import annotations
 
 import importlib
+import itertools
 import os
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
 from cllm_spec.checks import expect_choice, expect_ids, expect_positive_int
+from cllm_spec.data.pieces import regroup
 from cllm_spec.errors import (
     ConfigError,
     DTypeError,
@@ -108,6 +116,7 @@ from cllm_spec.errors import (
     ShapeError,
     Unsupported,
 )
+from cllm_spec.files import open_regular
 
 PAD_ID = 0
 UNK_ID = 1
@@ -211,29 +220,18 @@ class WordTokenizer:
         cls, text: str, max_vocab: int | None = None, min_count: int = 1
     ) -> WordTokenizer:
         """Vocabulary of ``text``: specials, then words by count desc, token asc."""
-        words = _expect_text(text).lower().split()
-        if max_vocab is not None:
-            max_vocab = expect_positive_int("max_vocab", max_vocab)
-            if max_vocab <= NUM_SPECIAL:
-                raise ConfigError(
-                    f"max_vocab: expected > {NUM_SPECIAL} (the specials plus at "
-                    f"least one word), got {max_vocab}"
-                )
-        min_count = expect_positive_int("min_count", min_count)
-        if not words:
-            raise EmptyInputError(
-                "word tokenizer: the text has no words to build a vocabulary from",
-                hint="train on a non-empty corpus (see read_corpus)",
-            )
-        counts = Counter(w for w in words if w not in SPECIAL_TOKENS)
-        ranked = sorted(
-            ((w, c) for w, c in counts.items() if c >= min_count),
-            key=lambda wc: (-wc[1], wc[0]),
-        )
-        if max_vocab is not None:
-            ranked = ranked[: max_vocab - NUM_SPECIAL]
-        tokens = [*SPECIAL_TOKENS, *(w for w, _ in ranked)]
-        return cls(tokens, [0] * NUM_SPECIAL + [c for _, c in ranked])
+        return cls.train_from_pieces([_expect_text(text)], max_vocab, min_count)
+
+    @classmethod
+    def train_from_pieces(
+        cls, pieces: Iterable[str], max_vocab: int | None = None, min_count: int = 1
+    ) -> WordTokenizer:
+        """:meth:`train` on the concatenation of ``pieces`` (cut anywhere), which
+        are counted one at a time, so the text is never held whole."""
+        counter = WordCounter(max_vocab, min_count)
+        for text in regroup(cls.kind, pieces):
+            counter.add(text)
+        return counter.tokenizer()[0]
 
     @property
     def vocab_size(self) -> int:
@@ -255,10 +253,10 @@ class WordTokenizer:
 
     def encode(self, text: str) -> np.ndarray:
         words = _expect_text(text).lower().split()
-        get = self._index.get
-        return np.fromiter(
-            (get(w, UNK_ID) for w in words), dtype=np.int32, count=len(words)
-        )
+        # map() with a second iterable calls get(w, UNK_ID) without a Python
+        # frame per word: the hot loop of data preparation.
+        ids = map(self._index.get, words, itertools.repeat(UNK_ID))
+        return np.fromiter(ids, dtype=np.int32, count=len(words))
 
     def decode(self, ids: np.ndarray | Sequence[int]) -> str:
         arr = _decode_ids(ids, self.vocab_size)
@@ -289,6 +287,79 @@ class WordTokenizer:
 
     def __repr__(self) -> str:
         return f"WordTokenizer(vocab_size={self.vocab_size})"
+
+
+class _FirstSeen(dict[str, int]):
+    """word -> its number in order of first appearance: 0, 1, 2, ..."""
+
+    def __missing__(self, word: str) -> int:
+        number = self[word] = len(self)
+        return number
+
+
+class WordCounter:
+    """The word tokenizer's training, one piece of text at a time.
+
+    ``add(text) -> numbers: (n,) uint32`` counts the words of ``text`` (pieces
+    must end at safe cuts, see :func:`cllm_spec.data.pieces.regroup`) and
+    returns each word's number, in order of first appearance over all pieces.
+    ``tokenizer() -> (tok, remap: (W,) uint32)`` is :meth:`WordTokenizer.train`
+    of all the text added, and ``remap[number]`` the id of that word in it
+    (``<unk>`` for words cut from the vocabulary), so
+    ``remap[add(text)] == tok.encode(text)``: a corpus is counted and encoded in
+    one pass over its text, the numbers kept until the vocabulary is known.
+    The options are checked at construction, before any text is read.
+    """
+
+    def __init__(self, max_vocab: int | None = None, min_count: int = 1) -> None:
+        if max_vocab is not None:
+            max_vocab = expect_positive_int("max_vocab", max_vocab)
+            if max_vocab <= NUM_SPECIAL:
+                raise ConfigError(
+                    f"max_vocab: expected > {NUM_SPECIAL} (the specials plus at "
+                    f"least one word), got {max_vocab}"
+                )
+        self._max_vocab = max_vocab
+        self._min_count = expect_positive_int("min_count", min_count)
+        self._numbers = _FirstSeen()
+        self._counts = np.zeros(0, dtype=np.int64)  # (W,) by number
+
+    def add(self, text: str) -> np.ndarray:
+        words = _expect_text(text).lower().split()
+        # __getitem__ runs in C; __missing__ (Python) only for a new word.
+        numbers = map(self._numbers.__getitem__, words)
+        ids = np.fromiter(numbers, dtype=np.uint32, count=len(words))
+        seen = np.bincount(ids)
+        if seen.size > self._counts.size:
+            grown = np.zeros(len(self._numbers), dtype=np.int64)
+            grown[: self._counts.size] = self._counts
+            self._counts = grown
+        self._counts[: seen.size] += seen
+        return ids
+
+    def tokenizer(self) -> tuple[WordTokenizer, np.ndarray]:
+        if not self._numbers:
+            raise EmptyInputError(
+                "word tokenizer: the text has no words to build a vocabulary from",
+                hint="train on a non-empty corpus (see read_corpus)",
+            )
+        words = list(self._numbers)  # in number order: dicts keep insertion order
+        ranked = sorted(
+            (
+                (w, c)
+                for w, c in zip(words, self._counts.tolist(), strict=True)
+                if c >= self._min_count and w not in SPECIAL_TOKENS
+            ),
+            key=lambda wc: (-wc[1], wc[0]),
+        )
+        if self._max_vocab is not None:
+            ranked = ranked[: self._max_vocab - NUM_SPECIAL]
+        tokens = [*SPECIAL_TOKENS, *(w for w, _ in ranked)]
+        tok = WordTokenizer(tokens, [0] * NUM_SPECIAL + [c for _, c in ranked])
+        remap = np.fromiter(
+            map(tok.token_to_id, words), dtype=np.uint32, count=len(words)
+        )
+        return tok, remap
 
 
 def _word_vocab_problem(tokens: list[Any], counts: list[Any]) -> str | None:
@@ -335,7 +406,9 @@ def write_vocab(path: str | os.PathLike[str], tokenizer: WordTokenizer) -> None:
 
 def read_vocab(path: str | os.PathLike[str]) -> WordTokenizer:
     """Read ``vocab.txt`` (ours or the seed's); errors name the line number."""
-    raw = Path(path).read_bytes()
+    handle, _ = open_regular(path, "vocab.txt", ConfigError)  # no FIFO, no device
+    with handle:
+        raw = handle.read()
     try:
         content = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -420,7 +493,9 @@ class ByteTokenizer:
 
     def encode(self, text: str) -> np.ndarray:
         data = _expect_text(text).encode("utf-8")
-        return np.frombuffer(data, dtype=np.uint8).astype(np.int32) + self.OFFSET
+        ids = np.frombuffer(data, dtype=np.uint8).astype(np.int32)
+        ids += self.OFFSET  # in place: one (N,) int32 array, not two
+        return ids
 
     def decode(self, ids: np.ndarray | Sequence[int]) -> str:
         arr = _decode_ids(ids, self.vocab_size)
@@ -500,18 +575,20 @@ class BpeTokenizer:
         cls, text: str, vocab_size: int = 1024, min_frequency: int = 2
     ) -> BpeTokenizer:
         """Learn merges on ``text`` until ``vocab_size`` ids (specials included)."""
-        text = _expect_text(text)
+        return cls.train_from_pieces([_expect_text(text)], vocab_size, min_frequency)
+
+    @classmethod
+    def train_from_pieces(
+        cls, pieces: Iterable[str], vocab_size: int = 1024, min_frequency: int = 2
+    ) -> BpeTokenizer:
+        """:meth:`train` on the concatenation of ``pieces`` (cut anywhere); the
+        library counts its pre-tokens one regrouped piece at a time."""
         vocab_size = expect_positive_int("vocab_size", vocab_size)
         min_frequency = expect_positive_int("min_frequency", min_frequency)
         if vocab_size < cls.MIN_VOCAB:
             raise ConfigError(
                 f"vocab_size: expected >= {cls.MIN_VOCAB} (5 specials + 256 bytes), "
                 f"got {vocab_size}"
-            )
-        if not text.strip():
-            raise EmptyInputError(
-                "bpe tokenizer: the text is empty",
-                hint="train on a non-empty corpus (see read_corpus)",
             )
         lib = _import_tokenizers()
         tok = lib.Tokenizer(lib.models.BPE())
@@ -524,7 +601,13 @@ class BpeTokenizer:
             initial_alphabet=lib.pre_tokenizers.ByteLevel.alphabet(),
             show_progress=False,
         )
-        tok.train_from_iterator([text], trainer)
+        seen = _TextSeen(regroup(cls.kind, pieces))
+        tok.train_from_iterator(seen, trainer)
+        if not seen.any_text:
+            raise EmptyInputError(
+                "bpe tokenizer: the text is empty",
+                hint="train on a non-empty corpus (see read_corpus)",
+            )
         return cls(tok.to_str())
 
     @property
@@ -563,6 +646,23 @@ class BpeTokenizer:
         return f"BpeTokenizer(vocab_size={self.vocab_size})"
 
 
+class _TextSeen:
+    """Passes str pieces on and notes whether any had a non-whitespace character."""
+
+    def __init__(self, pieces: Iterator[str]) -> None:
+        self._pieces = pieces
+        self.any_text = False
+
+    def __iter__(self) -> Iterator[str]:
+        return self
+
+    def __next__(self) -> str:
+        text = _expect_text(next(self._pieces))
+        if not self.any_text and text and not text.isspace():
+            self.any_text = True
+        return text
+
+
 # --------------------------------------------------------------------------- factory
 
 _TRAIN_OPTIONS = {
@@ -578,6 +678,24 @@ def make_tokenizer(kind: str, text: str, **opts: Any) -> Tokenizer:
     Options: word ``max_vocab``, ``min_count``; bpe ``vocab_size``,
     ``min_frequency``; byte none. An unknown kind or option is a ``ConfigError``.
     """
+    _expect_kind_and_options(kind, opts)
+    return make_tokenizer_from_pieces(kind, [_expect_text(text)], **opts)
+
+
+def make_tokenizer_from_pieces(
+    kind: str, pieces: Iterable[str], **opts: Any
+) -> Tokenizer:
+    """:func:`make_tokenizer` on the concatenation of ``pieces`` (cut anywhere),
+    read one piece at a time (``byte`` reads none)."""
+    _expect_kind_and_options(kind, opts)
+    if kind == "word":
+        return WordTokenizer.train_from_pieces(pieces, **opts)
+    if kind == "bpe":
+        return BpeTokenizer.train_from_pieces(pieces, **opts)
+    return ByteTokenizer()
+
+
+def _expect_kind_and_options(kind: str, opts: dict[str, Any]) -> None:
     kind = expect_choice("kind", kind, TOKENIZER_KINDS)
     unknown = sorted(set(opts) - set(_TRAIN_OPTIONS[kind]))
     if unknown:
@@ -585,12 +703,6 @@ def make_tokenizer(kind: str, text: str, **opts: Any) -> Tokenizer:
             f"tokenizer {kind}: unknown option(s) {unknown}; "
             f"accepted: {list(_TRAIN_OPTIONS[kind])}"
         )
-    _expect_text(text)
-    if kind == "word":
-        return WordTokenizer.train(text, **opts)
-    if kind == "bpe":
-        return BpeTokenizer.train(text, **opts)
-    return ByteTokenizer()
 
 
 def tokenizer_from_dict(d: object) -> Tokenizer:

@@ -5,6 +5,11 @@ Values are validated when the config is built; an error names the field
 (``train.batch_size: expected >= 1, got 0``). Unknown sections or keys are errors
 too, so a typo never silently falls back to a default.
 
+Every count and size has an upper bound as well (:data:`LIMITS`), far above any
+run this project trains, so that a value from an edited checkpoint or a typo
+(``parallel.workers = 100000``) is an error naming the field instead of an
+allocation of gigabytes or a traceback.
+
     [model]     n_embd, n_layer, n_head, n_hidden, block_size, activation, ...
     [data]      corpus, tokenizer, vocab_size, val_fraction
     [optim]     name, lr, betas, eps, weight_decay, momentum, ...
@@ -16,6 +21,7 @@ too, so a typo never silently falls back to a default.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import tomllib
 import typing
 from collections.abc import Sequence
@@ -23,8 +29,66 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cllm_spec.checks import expect_choice, expect_in_range, expect_positive_int
+from cllm_spec.checks import expect_choice, expect_in_range, expect_int_scalar
 from cllm_spec.errors import ConfigError
+from cllm_spec.files import open_regular
+
+#: The hint of every config error: where each field's range and meaning is written.
+FIELD_HINT = (
+    "`cllm train --print-config` lists every field with its range and meaning "
+    "(cllm_spec/train/config_docs.py)"
+)
+
+#: ``(lowest, highest)`` of every int field: the highest is far above any run
+#: of this model size (the model sizes allow ~10^11 parameters, counts of steps
+#: ~10^12), so the bounds only stop values no run means.
+LIMITS: dict[str, tuple[int, int]] = {
+    "model.n_embd": (1, 65_536),
+    "model.n_layer": (1, 1_024),
+    "model.n_head": (1, 1_024),
+    "model.n_hidden": (0, 262_144),
+    "model.block_size": (1, 1_048_576),
+    "data.vocab_size": (1, 16_777_216),
+    "schedule.warmup_steps": (0, 10**12),
+    "schedule.step_size": (1, 10**12),
+    "train.batch_size": (1, 1_048_576),
+    "train.seq_len": (1, 1_048_576),
+    "train.steps": (1, 10**12),
+    "train.grad_accum": (1, 1_048_576),
+    "train.seed": (0, 2**63 - 1),
+    "train.eval_every": (0, 10**12),
+    "train.eval_batches": (1, 10**9),
+    "train.checkpoint_every": (0, 10**12),
+    "train.keep_last": (1, 10**6),
+    "train.sample_every": (0, 10**12),
+    "train.sample_tokens": (0, 1_048_576),
+    "train.blas_threads": (0, 1_024),
+    "parallel.workers": (1, 1_024),
+    "parallel.check_every": (0, 10**12),
+}
+#: seconds: ``parallel.timeout`` at most a year (a wait longer than that is a
+#: hang), ``train.time_limit`` at most ten years
+MAX_TIMEOUT = 365 * 86_400.0
+MAX_TIME_LIMIT = 10 * 365 * 86_400.0
+
+
+def expect_count(name: str, value: object) -> int:
+    """``value`` is an int within ``LIMITS[name]``."""
+    lo, hi = LIMITS[name]
+    v = expect_int_scalar(name, value)
+    if v < lo:
+        raise ConfigError(f"{name}: expected >= {lo}, got {v}")
+    if v > hi:
+        raise ConfigError(f"{name}: expected <= {hi:,}, got {v:,}")
+    return v
+
+
+def _expect_counts(section: str, obj: object) -> None:
+    """Every field of ``obj`` named in LIMITS (as ``section.field``) is in range."""
+    for field_ in dataclasses.fields(obj):  # type: ignore[arg-type]
+        name = f"{section}.{field_.name}"
+        if name in LIMITS:
+            expect_count(name, getattr(obj, field_.name))
 
 
 @dataclass(frozen=True)
@@ -42,10 +106,7 @@ class ModelSection:
     init: str = "gpt2"  # gpt2 | lattice
 
     def validate(self) -> None:
-        for name in ("n_embd", "n_layer", "n_head", "block_size"):
-            expect_positive_int(f"model.{name}", getattr(self, name))
-        if self.n_hidden < 0:
-            raise ConfigError(f"model.n_hidden: expected >= 0, got {self.n_hidden}")
+        _expect_counts("model", self)
         if self.n_embd % self.n_head:
             raise ConfigError(
                 f"model.n_head: must divide model.n_embd={self.n_embd}, "
@@ -68,7 +129,7 @@ class DataSection:
 
     def validate(self) -> None:
         expect_choice("data.tokenizer", self.tokenizer, ("word", "byte", "bpe"))
-        expect_positive_int("data.vocab_size", self.vocab_size)
+        _expect_counts("data", self)
         expect_in_range("data.val_fraction", self.val_fraction, 0.0, 0.5, lo_open=True)
 
 
@@ -85,6 +146,11 @@ class OptimSection:
     alpha: float = 0.99  # rmsprop
     centered: bool = False  # rmsprop
     lr_decay: float = 0.0  # adagrad
+    # which parameters weight_decay applies to: all | matrices (2-D tensors:
+    # linear weights and embeddings, as nanoGPT) | linear (linear weights only).
+    # "all" by default, the optimizers' own rule, which the default run's
+    # figures in the README were measured with.
+    decay: str = "all"
 
     def validate(self) -> None:
         expect_choice(
@@ -101,6 +167,7 @@ class OptimSection:
         expect_in_range("optim.dampening", self.dampening, 0.0, 1.0)
         expect_in_range("optim.alpha", self.alpha, 0.0, 1.0)
         expect_in_range("optim.lr_decay", self.lr_decay, 0.0, 1e3)
+        expect_choice("optim.decay", self.decay, ("all", "matrices", "linear"))
         if self.nesterov and (self.momentum <= 0.0 or self.dampening != 0.0):
             raise ConfigError(
                 "optim.nesterov: needs optim.momentum > 0 and optim.dampening = 0, "
@@ -115,17 +182,17 @@ class ScheduleSection:
     min_lr: float = 5e-4  # floor reached at train.steps (linear, cosine)
     step_size: int = 100  # step decay: multiply by gamma every step_size steps
     gamma: float = 0.5
+    # what --resume with another train.steps does: continue (the rate goes on
+    # from where it was, reaching min_lr at the new end) | replan (from step 0)
+    on_resume: str = "continue"
 
     def validate(self) -> None:
         expect_choice(
             "schedule.name", self.name, ("constant", "linear", "cosine", "step")
         )
-        if self.warmup_steps < 0:
-            raise ConfigError(
-                f"schedule.warmup_steps: expected >= 0, got {self.warmup_steps}"
-            )
+        expect_choice("schedule.on_resume", self.on_resume, ("continue", "replan"))
+        _expect_counts("schedule", self)
         expect_in_range("schedule.min_lr", self.min_lr, 0.0, float("inf"), hi_open=True)
-        expect_positive_int("schedule.step_size", self.step_size)
         expect_in_range("schedule.gamma", self.gamma, 0.0, 1.0, lo_open=True)
 
 
@@ -163,24 +230,11 @@ class TrainSection:
 
     def validate(self) -> None:
         expect_choice("train.dtype", self.dtype, ("float32", "float64"))
-        for name in ("batch_size", "seq_len", "steps", "grad_accum", "keep_last"):
-            expect_positive_int(f"train.{name}", getattr(self, name))
-        for name in ("eval_every", "checkpoint_every", "sample_every", "sample_tokens"):
-            if getattr(self, name) < 0:
-                raise ConfigError(
-                    f"train.{name}: expected >= 0, got {getattr(self, name)}"
-                )
-        expect_positive_int("train.eval_batches", self.eval_batches)
-        if self.blas_threads < 0:
-            raise ConfigError(
-                f"train.blas_threads: expected >= 0, got {self.blas_threads}"
-            )
+        _expect_counts("train", self)
         expect_in_range(
             "train.clip_norm", self.clip_norm, 0.0, float("inf"), hi_open=True
         )
-        expect_in_range(
-            "train.time_limit", self.time_limit, 0.0, float("inf"), hi_open=True
-        )
+        expect_in_range("train.time_limit", self.time_limit, 0.0, MAX_TIME_LIMIT)
         if not self.out_dir:
             raise ConfigError("train.out_dir: expected a directory path, got ''")
 
@@ -197,19 +251,10 @@ class ParallelSection:
     timeout: float = 600.0
 
     def validate(self) -> None:
-        expect_positive_int("parallel.workers", self.workers)
+        _expect_counts("parallel", self)
         expect_choice("parallel.engine", self.engine, ("threads", "mpi"))
-        if self.check_every < 0:
-            raise ConfigError(
-                f"parallel.check_every: expected >= 0, got {self.check_every}"
-            )
         expect_in_range(
-            "parallel.timeout",
-            self.timeout,
-            0.0,
-            float("inf"),
-            lo_open=True,
-            hi_open=True,
+            "parallel.timeout", self.timeout, 0.0, MAX_TIMEOUT, lo_open=True
         )
         if self.engine == "mpi" and self.workers != 1:
             raise ConfigError(
@@ -288,14 +333,35 @@ def _coerce(where: str, value: Any, annotation: Any) -> Any:
     raise ConfigError(f"{where}: expected {name}, got {value!r}")
 
 
+def _nearest(word: str, choices: Sequence[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``choices``, or ``""``."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def from_dict(data: dict[str, Any]) -> RunConfig:
-    """Build a validated config from nested ``{section: {key: value}}``."""
+    """Build a validated config from nested ``{section: {key: value}}``.
+
+    Every ConfigError carries :data:`FIELD_HINT`, and an unknown section or key
+    names the nearest valid one.
+    """
+    try:
+        return _from_dict(data)
+    except ConfigError as exc:
+        if exc.hint_text != ConfigError.hint:
+            raise
+        raise ConfigError(exc.message, hint=FIELD_HINT) from exc
+
+
+def _from_dict(data: dict[str, Any]) -> RunConfig:
     sections = _section_types()
     kwargs: dict[str, Any] = {}
     for section_name, values in data.items():
         if section_name not in sections:
             raise ConfigError(
-                f"{section_name}: unknown section; expected one of {sorted(sections)}"
+                f"{section_name}: unknown section"
+                f"{_nearest(section_name, sorted(sections))}; expected one of "
+                f"{sorted(sections)}"
             )
         if not isinstance(values, dict):
             raise ConfigError(f"{section_name}: expected a table of keys")
@@ -307,7 +373,8 @@ def from_dict(data: dict[str, Any]) -> RunConfig:
             where = f"{section_name}.{key}"
             if key not in known:
                 raise ConfigError(
-                    f"{where}: unknown key; expected one of {sorted(known)}"
+                    f"{where}: unknown key{_nearest(key, sorted(known))}; expected "
+                    f"one of {sorted(known)}"
                 )
             converted[key] = _coerce(where, value, hints[key])
         kwargs[section_name] = cls(**converted)
@@ -326,6 +393,27 @@ def parse_overrides(pairs: list[str]) -> dict[str, dict[str, Any]]:
     return nested
 
 
+def clamp_warmup(cfg: RunConfig) -> tuple[RunConfig, str | None]:
+    """``(cfg, notice)``: a warmup that does not fit the run, shortened to fit.
+
+    The linear and cosine schedules decay over the steps after the warmup, so
+    they need ``schedule.warmup_steps < train.steps``. A shorter run than the
+    warmup (``--set train.steps=20`` with the default 20 warmup steps) gets
+    ``train.steps // 10`` warmup steps instead, and the notice says so; any
+    other config is returned unchanged with ``None``.
+    """
+    s, steps = cfg.schedule, cfg.train.steps
+    if s.name not in ("linear", "cosine") or s.warmup_steps < steps:
+        return cfg, None
+    fitted = steps // 10
+    notice = (
+        f"schedule.warmup_steps={s.warmup_steps} does not fit in "
+        f"train.steps={steps}; warming up for {fitted} steps instead"
+    )
+    schedule = dataclasses.replace(s, warmup_steps=fitted)
+    return dataclasses.replace(cfg, schedule=schedule), notice
+
+
 def load_config(
     path: str | Path | None = None,
     overrides: Sequence[str] = (),
@@ -333,23 +421,67 @@ def load_config(
 ) -> RunConfig:
     """Defaults, then ``base`` (a resumed run's config), then the TOML file at
     ``path``, then ``--set`` overrides."""
-    data: dict[str, dict[str, Any]] = {
-        section: dict(values) for section, values in (base or {}).items()
-    }
+    return from_dict(merge_settings(base or {}, read_settings(path, overrides)))
+
+
+def read_settings(
+    path: str | Path | None = None, overrides: Sequence[str] = ()
+) -> dict[str, Any]:
+    """What the user set: the TOML file at ``path``, then ``--set`` overrides,
+    as nested ``{section: {key: value}}`` (not yet validated)."""
+    data: dict[str, Any] = {}
     if path is not None:
-        try:
-            with Path(path).open("rb") as fh:
-                from_file = tomllib.load(fh)
-        except FileNotFoundError as exc:
-            raise ConfigError(f"--config {path}: no such file") from exc
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"--config {path}: not valid TOML: {exc}") from exc
+        from_file = _read_toml(Path(path))
         _merge(data, from_file)
     _merge(data, parse_overrides(list(overrides)))
-    return from_dict(data)
+    return data
 
 
-def _merge(data: dict[str, dict[str, Any]], update: dict[str, Any]) -> None:
+#: A run config is a few kilobytes; anything far larger is not one.
+MAX_CONFIG_BYTES = 1 << 20
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    """The TOML document at ``path``; a ConfigError for anything that is not a
+    readable UTF-8 TOML file (a directory, a FIFO, a binary file, ...)."""
+    try:
+        handle, size = open_regular(path, "--config", ConfigError)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"--config {path}: no such file") from exc
+    except OSError as exc:
+        raise ConfigError(f"--config {path}: cannot read it: {exc.strerror}") from exc
+    with handle:
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError(
+                f"--config {path}: {size} bytes is not a run config (at most "
+                f"{MAX_CONFIG_BYTES})",
+                hint="name a TOML file such as configs/default.toml",
+            )
+        raw = handle.read(MAX_CONFIG_BYTES + 1)
+    try:
+        return tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"--config {path}: not a text file (not UTF-8 at byte {exc.start})",
+            hint="name a TOML file such as configs/default.toml",
+        ) from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(
+            f"--config {path}: not valid TOML: {exc}",
+            hint="name a TOML file such as configs/default.toml",
+        ) from exc
+
+
+def merge_settings(
+    base: dict[str, dict[str, Any]], settings: dict[str, Any]
+) -> dict[str, Any]:
+    """``settings`` over a copy of ``base``, section by section."""
+    data: dict[str, Any] = {section: dict(values) for section, values in base.items()}
+    _merge(data, settings)
+    return data
+
+
+def _merge(data: dict[str, Any], update: dict[str, Any]) -> None:
     for section, values in update.items():
         if not isinstance(values, dict):
             data[section] = values  # from_dict reports the section that is no table

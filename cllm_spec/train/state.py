@@ -45,14 +45,14 @@ import cllm_spec
 from cllm_spec import checkpoint
 from cllm_spec.data import Tokenizer, tokenizer_from_dict
 from cllm_spec.errors import CheckpointError, ConfigError
-from cllm_spec.model import ModelConfig
+from cllm_spec.model import ModelConfig, param_layout
 from cllm_spec.optim import (
     init_adagrad_state,
     init_adam_state,
     init_rmsprop_state,
     init_sgd_state,
 )
-from cllm_spec.schedules import ScheduleConfig
+from cllm_spec.schedules import ScheduleConfig, continue_schedule, lr_at
 from cllm_spec.train.config import OptimSection, RunConfig
 
 _INIT_STATE: dict[str, Callable[[np.ndarray], Any]] = {
@@ -70,10 +70,13 @@ _HYPERPARAMETERS = {
     "adagrad": ("lr_decay", "weight_decay", "eps"),
 }
 # Fields that fix the model, the data or the batch order: a resumed run that
-# changed one would not continue the same run.
+# changed one would not continue the same run. data.corpus is not one: the same
+# text may have moved, and the tokens' fingerprint decides (train/resume.py).
 FROZEN_ON_RESUME = (
     "model",
-    "data",
+    "data.tokenizer",
+    "data.vocab_size",
+    "data.val_fraction",
     "optim.name",
     "train.seed",
     "train.batch_size",
@@ -136,6 +139,42 @@ def init_optimizer_state(name: str, params: np.ndarray) -> Any:
     return _INIT_STATE[name](params)
 
 
+#: optim.decay: which parameters weight decay applies to (see decay_mask)
+DECAY_RULES = ("all", "matrices", "linear")
+_LINEAR_WEIGHTS = (
+    "attn.qkv.weight",
+    "attn.proj.weight",
+    "mlp.fc.weight",
+    "mlp.proj.weight",
+    "model.lm_head.weight",
+)
+_EMBEDDINGS = ("model.wte.weight", "model.wpe.weight")
+
+
+def decay_mask(mcfg: ModelConfig, rule: str) -> np.ndarray | None:
+    """``(P,)`` bool: True where weight decay applies; None for ``"all"``.
+
+    - ``"all"``: every parameter (the optimizer's own rule, torch.optim with one
+      parameter group);
+    - ``"matrices"``: every 2-D tensor, i.e. the linear weights and both
+      embeddings; biases and LayerNorm weights are not decayed (nanoGPT's two
+      parameter groups);
+    - ``"linear"``: the linear weights only; the embeddings are not decayed
+      either. A tied LM head is the token embedding, so it follows the
+      embedding.
+    """
+    if rule not in DECAY_RULES:
+        raise ConfigError(f"optim.decay: expected one of {DECAY_RULES}, got {rule!r}")
+    if rule == "all":
+        return None
+    suffixes = _LINEAR_WEIGHTS + (_EMBEDDINGS if rule == "matrices" else ())
+    layout = param_layout(mcfg)
+    mask = np.zeros(layout.size, dtype=bool)
+    for name in layout.names:
+        mask[layout.slice(name)] = name.endswith(suffixes)
+    return mask
+
+
 def optimizer_step(
     backend: Any,
     name: str,
@@ -144,11 +183,41 @@ def optimizer_step(
     state: Any,
     lr: float,
     hyperparameters: Mapping[str, Any],
+    decay_mask: np.ndarray | None = None,
 ) -> tuple[np.ndarray, Any]:
-    """``backend.<name>_step(params, grads, state, lr=lr, **hyperparameters)``."""
+    """``backend.<name>_step(params, grads, state, lr=lr, **hyperparameters)``,
+    with weight decay only where ``decay_mask`` is True (None: everywhere).
+
+    With a mask, the step is taken twice, with and without decay, and each
+    element of the params and of every per-parameter state array is taken from
+    the first where the mask is True and from the second elsewhere: exactly
+    torch.optim with two parameter groups (``weight_decay`` and 0), since every
+    optimizer here updates each element independently. (Twice the optimizer's
+    arithmetic, which is memory-bound and small next to a step of the model.)
+    """
     step = getattr(backend, f"{name}_step")
-    new_params, new_state = step(params, grads, state, lr=lr, **hyperparameters)
-    return new_params, new_state
+    decayed: tuple[np.ndarray, Any] = step(
+        params, grads, state, lr=lr, **hyperparameters
+    )
+    if decay_mask is None or not hyperparameters.get("weight_decay"):
+        return decayed
+    plain = step(
+        params, grads, state, lr=lr, **{**hyperparameters, "weight_decay": 0.0}
+    )
+    return _select(decay_mask, decayed, plain)
+
+
+def _select(
+    mask: np.ndarray, a: tuple[np.ndarray, Any], b: tuple[np.ndarray, Any]
+) -> tuple[np.ndarray, Any]:
+    """``a`` where ``mask``, else ``b``, for the params and each (P,) state field."""
+    params = np.where(mask, a[0], b[0])
+    fields = {
+        field: np.where(mask, x, y)
+        for field, x, y in zip(a[1]._fields, a[1], b[1], strict=True)
+        if isinstance(x, np.ndarray) and x.shape == mask.shape
+    }
+    return params, a[1]._replace(**fields)
 
 
 def frozen_field_changes(
@@ -190,6 +259,9 @@ class RunSnapshot(NamedTuple):
     cursor: dict[str, Any]  # data_cursor metadata
     rng: np.random.Generator  # sampling generator
     metrics: dict[str, Any]
+    # the plan the run follows (a continued one after a resume with a new
+    # length); None: the plain plan of the config
+    schedule: ScheduleConfig | None = None
 
 
 def save_run(path: Path, snap: RunSnapshot) -> Path:
@@ -211,7 +283,7 @@ def save_run(path: Path, snap: RunSnapshot) -> Path:
             "hyperparameters": {**hyper, "lr": last_train.get("lr")},
             "step": step,
         },
-        "scheduler": dataclasses.asdict(schedule_config(cfg)),
+        "scheduler": dataclasses.asdict(snap.schedule or schedule_config(cfg)),
         "data_cursor": snap.cursor,
         "rng_state": checkpoint.rng_state(snap.rng),
         "metrics": snap.metrics,
@@ -288,7 +360,52 @@ def snapshot_from(
         cursor=dict(meta["data_cursor"]),
         rng=checkpoint.rng_from_state(meta["rng_state"]),
         metrics=dict(meta["metrics"] or {}),
+        schedule=stored_schedule(path, meta),
     )
+
+
+def stored_schedule(path: Path, meta: Mapping[str, Any]) -> ScheduleConfig | None:
+    """The plan a checkpoint's run followed (None if it recorded none)."""
+    stored = meta.get("scheduler")
+    if stored is None:
+        return None
+    try:
+        return ScheduleConfig(**stored)
+    except (ConfigError, TypeError) as exc:
+        raise CheckpointError(
+            f"{path}: scheduler: {exc}",
+            hint="the metadata was edited or damaged; use another checkpoint",
+        ) from exc
+
+
+def resumed_schedule(
+    cfg: RunConfig, old: ScheduleConfig | None, step: int
+) -> tuple[ScheduleConfig, str | None]:
+    """``(plan, notice)`` of a run resumed at ``step`` from a run planned ``old``.
+
+    ``schedule.on_resume = "continue"`` (the default) keeps the rate continuous
+    (:func:`cllm_spec.schedules.continue_schedule`); ``"replan"`` plans the
+    config's schedule from step 0, so the rate may jump. ``notice`` says what
+    changed, and is None when the plan is the old one.
+    """
+    new = schedule_config(cfg)
+    if old is None:
+        return new, None
+    if cfg.schedule.on_resume == "replan":
+        plan = new
+    else:
+        plan = continue_schedule(new, old, step)
+    if plan == old:
+        return plan, None
+    before, after = lr_at(step, old), lr_at(step, plan)
+    end = plan.total_steps if plan.total_steps is not None else cfg.train.steps
+    if after == before:
+        how = f"the rate continues from {before:.4g} at step {step}"
+        if plan.name in ("linear", "cosine"):
+            how += f" and reaches min_lr {plan.min_lr:g} at step {end}"
+    else:
+        how = f"the rate jumps from {before:.4g} to {after:.4g} at step {step}"
+    return plan, f"schedule ({cfg.schedule.on_resume}): {how}"
 
 
 __all__ = [
@@ -296,7 +413,11 @@ __all__ = [
     "RunSnapshot",
     "frozen_field_changes",
     "init_optimizer_state",
+    "DECAY_RULES",
+    "decay_mask",
     "read_checkpoint",
+    "resumed_schedule",
+    "stored_schedule",
     "model_config",
     "optimizer_hyperparameters",
     "optimizer_step",

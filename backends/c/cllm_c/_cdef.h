@@ -45,7 +45,7 @@ int cllm_sgemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
                const float *a, int64_t lda, const float *b, int64_t ldb,
                float *c, int64_t ldc, int accumulate, const float *bias);
 /* tuning knobs for benchmarks: the AVX-512 kernel on/off, and the block sizes
- * (KC in [16, 4096], MC a multiple of 48, NC in [32, 65536]) */
+ * (KC in [16, 4096], MC a multiple of 48, NC a multiple of 32 in [32, 65536]) */
 void cllm_gemm_avx512(int on);
 int cllm_gemm_set_blocking(int64_t kc, int64_t mc, int64_t nc);
 

@@ -29,9 +29,11 @@ try:
     from cllm_c._ffi import ffi, lib
 except ImportError as exc:  # not built: say how, instead of a bare import error
     raise BackendError(
-        f"the C extension cllm_c._ffi is not built ({exc})",
-        hint="pip install -e . with gcc available, or "
-        "cd backends/c && python cllm_c/_build.py",
+        "the C extension cllm_c._ffi is not built (no working C compiler when "
+        f"cllm was installed?): {exc}",
+        hint="install a C compiler (e.g. apt-get install gcc) and reinstall cllm "
+        "(pip install --force-reinstall --no-deps ., or pip install -e . in a "
+        "clone); the numpy backend works without it",
     ) from exc
 
 F32 = np.dtype(np.float32)
@@ -104,10 +106,12 @@ def ptr(x: np.ndarray | None) -> Any:
 
 #: Outputs at least this large come from cllm_big_alloc (huge pages).
 BIG_BYTES = 8 << 20
+#: Every output starts on a cache line.
+ALIGN = 64
 
 
 def empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-    """An uninitialized array, like ``np.empty``.
+    """An uninitialized array, like ``np.empty``, starting on a 64-byte boundary.
 
     Large ones are mapped by C on transparent huge pages (see ``cllm_big_alloc``
     in csrc/cpu.c): first touch then costs 1/512 of the page faults, which is a
@@ -117,7 +121,11 @@ def empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     dt = np.dtype(dtype)
     nbytes = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
     if nbytes < BIG_BYTES:
-        return np.empty(shape, dtype=dt)
+        # 64-byte aligned like the big ones (NumPy aligns to 16): the GEMM's
+        # zmm stores of C rows then never split a cache line
+        raw = np.empty(nbytes + ALIGN, dtype=np.uint8)
+        skip = -raw.ctypes.data % ALIGN
+        return raw[skip : skip + nbytes].view(dt).reshape(shape)
     raw = lib.cllm_big_alloc(nbytes)
     if raw == ffi.NULL:
         raise MemoryError(f"cannot map {nbytes} bytes")
