@@ -18,10 +18,12 @@ Figures (``--what``)
 train
     tokens/s of a training step: forward + backward + clip (1.0) + AdamW.
     Ours is ``cllm_spec.model.forward`` and ``backward`` on the whole batch,
-    then ``cllm_spec.train.trainer.apply_update`` (the backend's
-    ``clip_grad_norm`` and ``adamw_step``, as ``cllm train`` calls them):
-    the "model-API rate". PyTorch's is ``loss.backward()``,
-    ``clip_grad_norm_`` and ``AdamW(fused=True)``. Bound: the FMA peak, with
+    then ``cllm_spec.train.step.apply_update`` (the backend's
+    ``clip_grad_norm`` and ``adamw_step``, with the weight-decay mask of
+    ``optim.decay``, as ``cllm train`` calls them): the "model-API rate".
+    PyTorch's is ``loss.backward()``, ``clip_grad_norm_`` and
+    ``AdamW(fused=True)`` (the decayed tensors in one parameter group, the
+    others in a group without decay). Bound: the FMA peak, with
 
         FLOP/token = 6 * N_mm + 12 * L * C * T,
         N_mm       = L * (4 C^2 + 2 C F) + V * C   (matrix weights, LM head incl.)

@@ -4,7 +4,7 @@ Everything here goes through the project's public API, so that a faster
 ``cllm_spec.model``, ``cllm_spec.generate`` or backend shows up in the figures:
 
 * training: ``model.forward`` and ``model.backward`` on the whole batch, then
-  ``train.trainer.apply_update`` (the backend's ``clip_grad_norm`` and
+  ``train.step.apply_update`` (the backend's ``clip_grad_norm`` and
   ``adamw_step``, called as ``cllm train`` calls them);
 * decoding: ``generate.generate`` with greedy sampling (``cllm generate``'s path).
 """
@@ -19,13 +19,24 @@ import numpy as np
 
 from cllm_spec.data.tokenizers import ByteTokenizer
 from cllm_spec.generate import generate
-from cllm_spec.model import ModelConfig, backward, forward, init_params, param_count
+from cllm_spec.model import (
+    ModelConfig,
+    backward,
+    forward,
+    init_params,
+    param_count,
+    param_layout,
+)
 from cllm_spec.registry import get_backend
 from cllm_spec.sampling import SamplingConfig
 from cllm_spec.tolerances import tolerance
 from cllm_spec.train.config import RunConfig, from_dict
-from cllm_spec.train.state import init_optimizer_state, optimizer_hyperparameters
-from cllm_spec.train.trainer import apply_update
+from cllm_spec.train.state import (
+    decay_mask,
+    init_optimizer_state,
+    optimizer_hyperparameters,
+)
+from cllm_spec.train.step import apply_update
 
 DECODE_PROMPT = 16
 DECODE_NEW = 128
@@ -163,6 +174,7 @@ class OurTrainer:
         self.params = flat.copy()
         self.ids, self.targets = ids, targets
         self.state = init_optimizer_state(RUN.optim.name, self.params)
+        self.decay_mask = decay_mask(cfg, RUN.optim.decay)  # None: decay all
 
     @staticmethod
     def hyperparameters() -> dict[str, Any]:
@@ -176,7 +188,13 @@ class OurTrainer:
         )
         grads = backward(self.backend, self.cfg, self.params, cache)
         self.params, self.state, _ = apply_update(
-            self.backend, RUN, self.params, grads, self.state, RUN.optim.lr
+            self.backend,
+            RUN,
+            self.params,
+            grads,
+            self.state,
+            RUN.optim.lr,
+            self.decay_mask,
         )
         assert loss is not None
         return loss
@@ -222,8 +240,19 @@ def make_trainer(name: str, bench: Bench, flat: np.ndarray) -> Any:
         ids,
         targets,
         OurTrainer.hyperparameters(),
+        decayed_names(bench.model),
         compiled=name == "torch.compile",
     )
+
+
+def decayed_names(cfg: ModelConfig, rule: str = RUN.optim.decay) -> set[str]:
+    """The canonical tensors that ``optim.decay = rule`` decays (every rule
+    decays whole tensors)."""
+    layout = param_layout(cfg)
+    mask = decay_mask(cfg, rule)
+    if mask is None:
+        return set(layout.names)
+    return {n for n in layout.names if mask[layout.slice(n)].all()}
 
 
 def make_decoder(name: str, cfg: ModelConfig, flat: np.ndarray) -> Any:

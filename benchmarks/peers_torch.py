@@ -168,6 +168,7 @@ class TorchTrainer:
         ids: np.ndarray,
         targets: np.ndarray,
         hyper: dict[str, Any],
+        decayed: set[str],
         *,
         compiled: bool,
     ) -> None:
@@ -176,8 +177,16 @@ class TorchTrainer:
         self.step_fn: Any = torch.compile(self.model) if compiled else self.model
         self.ids = torch.from_numpy(ids.astype(np.int64))
         self.targets = torch.from_numpy(targets.astype(np.int64))
+        params = dict(self.model.named_parameters())
+        groups = [  # cllm train's optim.decay as two parameter groups
+            {"params": [p for n, p in params.items() if "model." + n in decayed]},
+            {
+                "params": [p for n, p in params.items() if "model." + n not in decayed],
+                "weight_decay": 0.0,
+            },
+        ]
         self.opt = torch.optim.AdamW(
-            self.model.parameters(),
+            [g for g in groups if g["params"]],
             lr=hyper["lr"],
             betas=hyper["betas"],
             eps=hyper["eps"],

@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from cllm_spec.errors import BackendError
@@ -154,3 +155,21 @@ def test_write_results_refuses_a_file_without_markers(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="no .* block"):
         peers_report.write_results(doc, "| t |")
     assert doc.read_text() == "# Results\n"
+
+
+def test_torch_decay_groups_are_the_trainers_mask() -> None:
+    """The PyTorch side's two AdamW groups decay exactly where ``cllm train``
+    does, for every ``optim.decay`` rule."""
+    from cllm_spec.model import param_layout
+    from cllm_spec.train.state import DECAY_RULES, decay_mask
+
+    cfg = peers_models.CONFIGS["small"].model
+    layout = param_layout(cfg)
+    for rule in DECAY_RULES:
+        names = peers_models.decayed_names(cfg, rule)
+        mask = decay_mask(cfg, rule)
+        expected = np.ones(layout.size, bool) if mask is None else mask
+        rebuilt = np.zeros(layout.size, bool)
+        for name in names:
+            rebuilt[layout.slice(name)] = True
+        assert (rebuilt == expected).all(), rule
