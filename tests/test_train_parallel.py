@@ -502,6 +502,9 @@ def test_mpi_resume_is_bitwise(tmp_path, corpus, reference):
             f"train.steps={STEPS}",
             "--set",
             "parallel.check_every=2",
+            # the first run planned 3 steps; the reference planned them all
+            "--set",
+            "schedule.on_resume=replan",
             ranks=2,
         )
     )
