@@ -194,7 +194,9 @@ def test_a_directory_streams_as_it_reads_whole(tmp_path):
 # ------------------------------------------------------------------ special files
 
 
-def run_isolated(code: str, *args: str) -> subprocess.CompletedProcess[str]:
+def run_isolated(
+    code: str, *args: str, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     """``code`` in a fresh interpreter with a time and address-space limit, so a
     read that blocks (a FIFO) or never ends (/dev/zero) fails the test instead
     of hanging it or eating the machine's memory."""
@@ -206,7 +208,7 @@ def run_isolated(code: str, *args: str) -> subprocess.CompletedProcess[str]:
         [sys.executable, "-c", code, *args],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=timeout,
         preexec_fn=limit,
     )
 

@@ -8,9 +8,7 @@ import importlib.util
 import json
 import math
 import os
-import resource
 import subprocess
-import sys
 import warnings
 
 import numpy as np
@@ -27,6 +25,7 @@ from cllm_spec.train.prepare import (
     prepare_data,
     unigram_entropy,
 )
+from tests.test_data_corpus import run_isolated
 
 TEXT = "the cat sat on the mat. the dog sat on the log.\n" * 40
 
@@ -328,17 +327,7 @@ def test_ranks_that_do_not_write_get_the_same_data(tmp_path, kind):
 
 def run_limited(code: str, *args: str) -> subprocess.CompletedProcess[str]:
     """``code`` in a fresh interpreter that cannot hang the test or eat memory."""
-
-    def limit() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
-
-    return subprocess.run(
-        [sys.executable, "-c", code, *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        preexec_fn=limit,
-    )
+    return run_isolated(code, *args, timeout=120)
 
 
 PEAK_GROWTH = """
