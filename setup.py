@@ -25,7 +25,20 @@ class OptionalBuildExt(build_ext):
             # setuptools skips an optional extension that fails to build, with
             # a warning, instead of aborting the whole install
             ext.optional = not required
+        # One build/ directory serves every flavour of this tree (plain,
+        # sanitized, no compiler); its timestamps cannot tell them apart, so a
+        # build never counts another's objects as up to date.
+        self.force = True
         super().build_extensions()
+
+    def build_extension(self, ext):
+        # Remove the previous build's library first: if this compile fails,
+        # the package must ship without an extension, not with a stale one
+        # (a sanitized build, say, that cannot even load here).
+        target = self.get_ext_fullpath(ext.name)
+        if os.path.exists(target):
+            os.remove(target)
+        super().build_extension(ext)
 
 
 # cffi's hook subclasses whatever build_ext is registered when it runs, so the
