@@ -299,6 +299,20 @@ def expect_room(cache: KVCache, t_new: int) -> None:
         )
 
 
+def validate_kv_cache_for(
+    kv_cache: Any, dtype: np.dtype[Any], bnh_hs: tuple[int, int, int], t_new: int
+) -> None:
+    """``kv_cache`` is a KVCache of writeable (B, NH, T_max, HS) buffers in
+    ``dtype``, for ``bnh_hs = (B, NH, HS)``, with room for ``t_new`` more positions."""
+    _validate_kv_buffers(kv_cache)
+    _expect_writeable_buffers(kv_cache, "kv_cache")
+    if kv_cache.k.dtype != dtype:
+        raise DTypeError(f"kv_cache.k: expected {dtype}, got {kv_cache.k.dtype}")
+    b, nh, hs = bnh_hs
+    checks.expect_shape("kv_cache.k", kv_cache.k, (b, nh, None, hs))
+    expect_room(kv_cache, t_new)
+
+
 def validate_mha(
     x: Any,
     w_qkv: Any,
@@ -328,11 +342,7 @@ def validate_mha(
     if b_proj is not None:
         checks.expect_shape("b_proj", b_proj, (c,))
     if kv_cache is not None:
-        _validate_kv_buffers(kv_cache)
-        _expect_writeable_buffers(kv_cache, "kv_cache")
-        checks.expect_same_dtype(("x", "kv_cache.k"), (x, kv_cache.k))
-        checks.expect_shape("kv_cache.k", kv_cache.k, (b, nh, None, c // nh))
-        expect_room(kv_cache, t)
+        validate_kv_cache_for(kv_cache, x.dtype, (b, nh, c // nh), t)
     for name, arr in named:
         checks.expect_finite(name, arr)
 

@@ -51,6 +51,21 @@ forward, :mod:`cllm_spec.model`):
    T_max, each token therefore costs a forward over T_max positions, the same
    work as nanoGPT's uncached crop ``idx[:, -block_size:]``.
 
+Each forward of the decoder computes the LM head for the last position only
+(``forward(..., logits="last")``): a prefill of T tokens samples from one row,
+so it multiplies the V x C head by one row, not by T. The params are checked
+once per decoder, not once per token (``checked_params``).
+
+Batches
+=======
+
+``generate_batch`` decodes B prompts of one length together (B samples of one
+prompt, for example): every decoding step is one forward over B rows, so each
+weight is read once for all of them. Row b stops at its own ``eos_id``; each
+step draws B doubles (``sample`` on ``(B, V)``), so with B = 1 it is
+``generate`` exactly, and with greedy sampling row b is ``generate`` of
+prompt b (up to the rounding of a batched forward).
+
 Errors (checked before the model runs)
 ======================================
 - ConfigError: ``cfg`` not a ModelConfig; ``max_new_tokens`` not an int >= 0;
@@ -58,32 +73,43 @@ Errors (checked before the model runs)
   ``numpy.random.Generator``; ``eos_id`` not None or an int (bools refused);
 - DTypeError: ``params`` not float32/float64; ``prompt_ids`` not an int32/int64
   ndarray;
-- ShapeError: ``params`` not (P,); ``prompt_ids`` not rank 1;
+- ShapeError: ``params`` not (P,); ``prompt_ids`` not rank 1 (``generate``)
+  or 2 (``generate_batch``); ``Decoder.feed`` ids not (T,) or (B, T), T >= 1;
 - IdRangeError: a prompt id or ``eos_id`` outside [0, V);
-- EmptyInputError: an empty prompt when V <= 2 (no ``<bos>``);
+- EmptyInputError: an empty prompt when V <= 2 (no ``<bos>``); B = 0 prompts;
 - NonFiniteError: NaN or inf in ``params``;
 - Unsupported: ``params.dtype`` not among ``backend.dtypes``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
 from cllm_spec import checks
 from cllm_spec.data.tokenizers import BOS_ID
-from cllm_spec.errors import ConfigError, EmptyInputError, IdRangeError
-from cllm_spec.model import ModelConfig, forward, init_kv_caches, validate_params
+from cllm_spec.errors import ConfigError, EmptyInputError, IdRangeError, ShapeError
+from cllm_spec.model import (
+    ModelConfig,
+    checked_params,
+    forward,
+    init_kv_caches,
+    validate_params,
+)
 from cllm_spec.protocols import KVCache
 from cllm_spec.sampling import SamplingConfig, sample, validate_top_k
 
 
 # ------------------------------------------------------------------ validation ---
-def validate_prompt(cfg: ModelConfig, prompt_ids: object) -> np.ndarray:
-    """``prompt_ids: (T,) int32|int64`` with ids in [0, V); T = 0 allowed."""
+def validate_prompt(cfg: ModelConfig, prompt_ids: object, rank: int = 1) -> np.ndarray:
+    """``prompt_ids: (T,) int32|int64`` (``(B, T)`` for rank 2, B >= 1) with ids
+    in [0, V); T = 0 allowed."""
     ids = checks.expect_int("prompt_ids", prompt_ids)
-    checks.expect_rank("prompt_ids", ids, 1)
+    checks.expect_rank("prompt_ids", ids, rank)
+    if rank == 2 and ids.shape[0] == 0:
+        raise EmptyInputError("prompt_ids: no prompt (B = 0)")
     checks.expect_ids("prompt_ids", ids, cfg.vocab_size)
     if ids.size == 0 and cfg.vocab_size <= BOS_ID:
         raise EmptyInputError(
@@ -115,12 +141,14 @@ def validate_generate(
     sampling: object,
     rng: object,
     eos_id: object,
+    rank: int = 1,
 ) -> tuple[np.ndarray, int, int | None]:
-    """The checks of :func:`generate`; returns (prompt, max_new_tokens, eos_id)."""
+    """The checks of :func:`generate` (``rank=2``: of :func:`generate_batch`);
+    returns (prompt as int64, max_new_tokens, eos_id)."""
     if not isinstance(cfg, ModelConfig):
         raise ConfigError(f"cfg: expected a ModelConfig, got {type(cfg).__name__}")
     validate_params(backend, cfg, params)
-    ids = validate_prompt(cfg, prompt_ids)
+    ids = validate_prompt(cfg, prompt_ids, rank).astype(np.int64, copy=False)
     n = checks.expect_nonnegative_int("max_new_tokens", max_new_tokens)
     if not isinstance(sampling, SamplingConfig):
         raise ConfigError(
@@ -137,53 +165,99 @@ def validate_generate(
 
 # ------------------------------------------------------------------- decoding ---
 class Decoder:
-    """The KV-cached context of one sequence (batch 1) being decoded.
+    """The KV-cached contexts of ``batch`` sequences decoded in step.
 
-    ``feed(ids)`` appends tokens to the context and returns the logits ``(V,)``
-    of the token that follows, computed from the last ``min(n, T_max)`` tokens
-    (module docstring, "KV caches"). The caches belong to the decoder: the
-    backend appends into their preallocated buffers.
+    ``feed(ids)`` appends ``ids: (T,)`` (batch 1) or ``(B, T)`` to the
+    contexts and returns the logits of the token that follows each, ``(V,)``
+    or ``(B, V)``, computed from the last ``min(n, T_max)`` tokens (module
+    docstring, "KV caches"). Every sequence holds the same number of tokens
+    (B samples of one prompt, or prompts of one length). The caches belong to
+    the decoder: the backend appends into their preallocated buffers.
+
+    The params are validated once, here, as the CheckedParams of
+    :func:`~cllm_spec.model.checked_params`: each step runs the model's
+    forward on them with ``logits="last"`` (the LM head for the sampled
+    position only), so a step costs the model's arithmetic and no O(P) scan
+    of the weights.
     """
 
-    def __init__(self, backend: Any, cfg: ModelConfig, params: np.ndarray) -> None:
+    def __init__(
+        self, backend: Any, cfg: ModelConfig, params: np.ndarray, batch: int = 1
+    ) -> None:
         self.backend = backend
         self.cfg = cfg
-        self.params = params
+        self.params = checked_params(backend, cfg, params)
+        self.batch = checks.expect_positive_int("batch", batch)
         self._caches: tuple[KVCache, ...] = init_kv_caches(
-            backend, cfg, 1, params.dtype
+            backend, cfg, self.batch, self.params.flat.dtype
         )
-        self._context = np.zeros(0, dtype=np.int64)  # the tokens in the caches
+        # the tokens in the caches, oldest first: (B, T_max), n of them valid
+        self._tokens = np.zeros((self.batch, cfg.block_size), dtype=np.int64)
+        self._n = 0
 
     @property
     def context(self) -> np.ndarray:
-        """The tokens the caches hold, oldest first: (n,) int64, n <= T_max."""
-        return self._context.copy()
+        """The tokens the caches hold, oldest first: (n,) int64 for batch 1,
+        else (B, n); n <= T_max."""
+        held = self._tokens[:, : self._n].copy()
+        return held[0] if self.batch == 1 else held
 
     def feed(self, ids: np.ndarray) -> np.ndarray:
-        """Append ``ids: (T,) int`` (T >= 1); the next-token logits (V,)."""
-        ids = np.asarray(ids, dtype=np.int64)
-        cached = self._context.size
-        if cached + ids.size <= self.cfg.block_size:
-            return self._run(ids, cached)
-        # the window slides: every position changes, so refill from scratch
-        window = np.concatenate([self._context, ids])[-self.cfg.block_size :]
-        self._caches = tuple(self.backend.kv_cache_reset(kv) for kv in self._caches)
-        self._context = np.zeros(0, dtype=np.int64)
-        return self._run(window, 0)
+        """Append ``ids: (T,) or (B, T) int`` (T >= 1); the next-token logits
+        ``(V,)`` or ``(B, V)``."""
+        rows = np.asarray(ids, dtype=np.int64)
+        single = rows.ndim == 1
+        rows = rows.reshape(1, -1) if single else rows
+        if rows.ndim != 2 or rows.shape[0] != self.batch or rows.shape[1] == 0:
+            raise ShapeError(
+                f"ids: expected (T,) or ({self.batch}, T) with T >= 1, "
+                f"got {np.shape(ids)}"
+            )
+        n, t, t_max = self._n, rows.shape[1], self.cfg.block_size
+        if n + t <= t_max:
+            logits = self._run(rows, n)
+        else:
+            # the window slides: every position changes, so refill from scratch
+            window = np.concatenate([self._tokens[:, :n], rows], axis=1)[:, -t_max:]
+            self._caches = tuple(self.backend.kv_cache_reset(kv) for kv in self._caches)
+            self._n = 0
+            logits = self._run(window, 0)
+        return logits[0] if single else logits
 
-    def _run(self, ids: np.ndarray, offset: int) -> np.ndarray:
+    def reorder(self, rows: np.ndarray) -> None:
+        """Make sequence i the former sequence ``rows[i]`` (its cached keys and
+        values and its tokens), for ``rows: (B,)`` ints in [0, B).
+
+        Beam search keeps the best continuations, which may share a parent or
+        drop one; this copies each layer's cache rows once per call.
+        """
+        index = np.asarray(rows, dtype=np.int64)
+        if index.shape != (self.batch,) or index.min() < 0 or index.max() >= self.batch:
+            raise ShapeError(
+                f"rows: expected ({self.batch},) ints in [0, {self.batch}), "
+                f"got {np.shape(rows)}"
+            )
+        for kv in self._caches:
+            kv.k[...] = kv.k[index]  # (B, NH, T_max, HS): fancy indexing copies
+            kv.v[...] = kv.v[index]
+        self._tokens[...] = self._tokens[index]
+
+    def _run(self, rows: np.ndarray, offset: int) -> np.ndarray:
         logits, _, cache = forward(
             self.backend,
             self.cfg,
             self.params,
-            ids[None, :],  # (1, T)
+            rows,  # (B, T)
             kv_caches=self._caches,
             pos_offset=offset,
-        )  # (1, T, V)
+            logits="last",
+        )  # (B, 1, V)
         assert cache.kv_caches is not None  # forward ran with caches
         self._caches = cache.kv_caches
-        self._context = np.concatenate([self._context, ids])
-        last: np.ndarray = logits[0, -1]  # (V,)
+        t = rows.shape[1]
+        self._tokens[:, offset : offset + t] = rows
+        self._n = offset + t
+        last: np.ndarray = logits[:, 0]  # (B, V), a view: no copy of the vocabulary
         return last
 
 
@@ -201,30 +275,123 @@ def generate(
     prompt, n, eos = validate_generate(
         backend, model_cfg, params, prompt_ids, max_new_tokens, sampling, rng, eos_id
     )
-    out = np.zeros(n, dtype=np.int64)
+    return _generate(
+        backend, model_cfg, params, prompt[None, :], n, sampling, rng, eos
+    )[0]
+
+
+def generate_batch(
+    backend: Any,
+    model_cfg: ModelConfig,
+    params: np.ndarray,
+    prompt_ids: np.ndarray,
+    max_new_tokens: int,
+    sampling: SamplingConfig,
+    rng: np.random.Generator,
+    eos_id: int | None,
+) -> list[np.ndarray]:
+    """:func:`generate` for B prompts of one length ``prompt_ids: (B, T)`` at once.
+
+    Returns B arrays of new ids (each ``(N_b,) int64``, N_b <= max_new_tokens).
+    The B sequences share every forward (one decoding step computes B rows, so
+    each weight is read once for all of them). Sampling draws one double per
+    row per step (``sample`` on ``(B, V)``) until every row has stopped; a row
+    stops at its first ``eos_id``, which it does not return, and the others go
+    on. With greedy sampling row b equals ``generate`` of prompt b; with B = 1,
+    ``generate_batch(p[None])[0]`` equals ``generate(p)`` for every sampling
+    and seed. Errors as :func:`generate`, with ``prompt_ids`` of rank 2.
+    """
+    prompts, n, eos = validate_generate(
+        backend, model_cfg, params, prompt_ids, max_new_tokens, sampling, rng, eos_id,
+        rank=2,
+    )  # fmt: skip
+    return _generate(backend, model_cfg, params, prompts, n, sampling, rng, eos)
+
+
+def _generate(
+    backend: Any,
+    cfg: ModelConfig,
+    params: np.ndarray,
+    prompts: np.ndarray,
+    n: int,
+    sampling: SamplingConfig,
+    rng: np.random.Generator,
+    eos: int | None,
+) -> list[np.ndarray]:
+    """The decoding loop of validated ``prompts: (B, T)``: the kept tokens."""
+    kept: list[list[int]] = [[] for _ in range(prompts.shape[0])]
+    for toks, live in _steps(backend, cfg, params, prompts, n, sampling, rng, eos):
+        for row in np.flatnonzero(live):
+            kept[row].append(int(toks[row]))
+    return [np.asarray(row, dtype=np.int64) for row in kept]
+
+
+def generate_stream(
+    backend: Any,
+    model_cfg: ModelConfig,
+    params: np.ndarray,
+    prompt_ids: np.ndarray,
+    max_new_tokens: int,
+    sampling: SamplingConfig,
+    rng: np.random.Generator,
+    eos_id: int | None,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """:func:`generate_batch` one step at a time, for printing as it goes.
+
+    Yields ``(tokens, live)`` per decoding step, both ``(B,)``: row b's new
+    token is ``tokens[b]`` where ``live[b]``; a row that has stopped (at its
+    ``eos_id``) is not live again. The live tokens, in order, are exactly what
+    :func:`generate_batch` returns for the same arguments and generator.
+    Validation happens before the first step (so errors raise at the first
+    ``next``); closing the iterator early stops the decoding there.
+    """
+    prompts, n, eos = validate_generate(
+        backend, model_cfg, params, prompt_ids, max_new_tokens, sampling, rng, eos_id,
+        rank=2,
+    )  # fmt: skip
+    yield from _steps(backend, model_cfg, params, prompts, n, sampling, rng, eos)
+
+
+def _steps(
+    backend: Any,
+    cfg: ModelConfig,
+    params: np.ndarray,
+    prompts: np.ndarray,
+    n: int,
+    sampling: SamplingConfig,
+    rng: np.random.Generator,
+    eos: int | None,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """``(tokens (B,), live (B,))`` per step of validated ``prompts: (B, T)``.
+
+    Nothing is preallocated for the n steps: n bounds the loop, not memory.
+    """
     if n == 0:
-        return out
-    if prompt.size == 0:
-        prompt = np.array([BOS_ID], dtype=np.int64)
-    decoder = Decoder(backend, model_cfg, params)
+        return
+    b = prompts.shape[0]
+    if prompts.shape[1] == 0:
+        prompts = np.full((b, 1), BOS_ID, dtype=np.int64)
+    decoder = Decoder(backend, cfg, params, batch=b)
     # only the last T_max tokens can be seen; cropping first spares the copy
-    logits = decoder.feed(prompt[-model_cfg.block_size :])
-    count = 0
-    while True:
-        tok = int(sample(logits, sampling, rng))
-        if tok == eos:
-            break
-        out[count] = tok
-        count += 1
-        if count == n:
-            break
-        logits = decoder.feed(np.array([tok], dtype=np.int64))
-    return out[:count]
+    logits = decoder.feed(prompts[:, -cfg.block_size :])  # (B, V)
+    live = np.ones(b, dtype=bool)  # rows that have not sampled eos
+    for step in range(n):
+        toks = sample(logits, sampling, rng)  # (B,)
+        if eos is not None:
+            live &= toks != eos
+        if not live.any():
+            return
+        yield toks, live.copy()
+        if step + 1 == n:
+            return
+        logits = decoder.feed(toks[:, None])
 
 
 __all__ = [
     "Decoder",
     "generate",
+    "generate_batch",
+    "generate_stream",
     "validate_eos_id",
     "validate_generate",
     "validate_prompt",

@@ -201,6 +201,7 @@ class ParamLayout:
             raise EmptyInputError("ParamLayout: expected at least one parameter")
         self._shapes: dict[str, Shape] = {}
         self._offsets: dict[str, int] = {}
+        self._slices: dict[str, slice] = {}
         offset = 0
         for item in items:
             if not isinstance(item, tuple) or len(item) != 2:
@@ -213,8 +214,16 @@ class ParamLayout:
             dims = _as_shape(name, shape)
             self._shapes[name] = dims
             self._offsets[name] = offset
+            self._slices[name] = slice(offset, offset + math.prod(dims))
             offset += math.prod(dims)
         self._size = offset
+        # (name, start, stop, shape) once: views() runs on every model forward
+        self._spans = [
+            (n, o, o + math.prod(d), d)
+            for (n, d), o in zip(
+                self._shapes.items(), self._offsets.values(), strict=True
+            )
+        ]
 
     @property
     def size(self) -> int:
@@ -238,8 +247,7 @@ class ParamLayout:
         return math.prod(self[name])
 
     def slice(self, name: str) -> slice:
-        start = self._offsets[name]
-        return slice(start, start + self.numel(name))
+        return self._slices[name]
 
     def __getitem__(self, name: str) -> Shape:
         return self._shapes[name]
@@ -276,11 +284,9 @@ class ParamLayout:
     def views(self, flat: np.ndarray) -> dict[str, np.ndarray]:
         """One view per parameter, in layout order, sharing ``flat``'s memory."""
         arr = self.validate_flat(flat)
-        out = {}
-        for name, shape in self._shapes.items():  # per parameter tensor, not element
-            # A slice of a C-contiguous buffer is contiguous: reshape is a view.
-            out[name] = arr[self.slice(name)].reshape(shape)
-        return out
+        # per parameter tensor, not element; a slice of a C-contiguous buffer
+        # is contiguous, so reshape is a view
+        return {n: arr[a:b].reshape(s) for n, a, b, s in self._spans}
 
     def zeros(self, dtype: Any = np.float32) -> np.ndarray:
         """A new zero (P,) buffer in ``dtype`` (float32 or float64)."""

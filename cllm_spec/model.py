@@ -31,6 +31,10 @@ whose target is not ``IGNORE_INDEX`` (-100, PyTorch's ``ignore_index``)::
 A padding mask is applied by the caller with :func:`mask_targets` (targets set to
 -100 where ``mask == 0``), so there is exactly one convention inside the model.
 A batch whose every target is ignored has the loss 0/0 = NaN (PyTorch's value).
+``forward(..., loss_reduction="sum")`` returns the sum instead (0 for such a
+batch), and :func:`backward` then gives the gradient of that sum: the
+trainer's groups need the sum, and this skips a pass that multiplies the mean's
+gradient back by ``count``.
 
 Canonical parameter names
 =========================
@@ -112,25 +116,71 @@ appended caches are ``cache.kv_caches``. Feeding a sequence in chunks gives the
 logits of one full forward. The backward of a forward that attended to cached
 positions is ``Unsupported`` (training never uses the cache).
 
+``logits="last"`` computes the final LayerNorm and the LM head for the last
+position only and returns logits ``(B, 1, V)`` equal (up to rounding) to
+``forward(...)[0][:, -1:]``: generation samples from the last position alone,
+and the LM head is the largest matrix of the model (V x C), so a prefill of T
+tokens would otherwise multiply it by T rows to keep one. Training and
+evaluation use ``"all"`` (the default); ``"last"`` with targets is a
+ConfigError (the loss needs every position).
+
+Checked params
+==============
+
+A caller that runs many forwards (and backwards) over one params buffer passes
+the :class:`CheckedParams` of :func:`checked_params`: the O(P) scan for NaN and
+inf then runs once, not once per call (the trainer checks once per step for
+its 12 groups, the decoder of :mod:`cllm_spec.generate` once per generation,
+not once per token). The other checks are cheap and stay.
+
+Model kernels (an optional backend capability)
+==============================================
+
+:func:`forward` validates the whole call at its boundary (params, ids,
+targets, every KV cache's buffers and room) and :func:`backward` its cache;
+every other array a kernel then sees is one the model built, with shapes that
+follow from the config. A backend may expose ``model_kernels``: an object with
+the kernels above under the same names and arguments, which compute exactly
+what the public ones do but skip the spec's per-kernel validation, and whose
+backward functions take ``out=``, the views of the flat gradient buffer to
+write the parameter gradients into, returning only the input gradient;
+``embedding_backward(dx, cache, out=(dwte, dwpe))`` adds its scatter into them
+instead; ``empty(shape, dtype)`` allocates the flat gradient buffer (the
+backend may recycle memory); ``residual_layernorm_forward(x, r, weight, bias,
+eps)`` returns ``(x + r, layernorm(x + r), cache)``, writing the sum over ``x``,
+and ``layernorm_backward(..., add_to=dx)`` adds its input gradient into ``dx``
+and returns it: the residual adds fused into the norms that follow them.
+:func:`forward` and :func:`backward` then use it, add residuals in place
+(the residual stream is the model's own array, never cached by a kernel) and
+never copy a gradient; a decoding step's kernels take their fast paths there
+too (the C backend attends over the KV cache in place and multiplies a few
+rows by streaming each weight once). A backend without it runs the plain
+composition. Both must compute the same function: the conformance suite checks
+the model of every backend against the float64 oracle.
+
 Errors (checked before any kernel runs)
 =======================================
 - ConfigError: a ModelConfig field out of range (the message names the field),
   ``cfg`` not a ModelConfig, ``pos_offset`` not an int >= 0, ``kv_caches`` not
-  a sequence of L KVCaches, ``backward`` of a forward that had no targets;
+  a sequence of L KVCaches, ``logits`` not "all" or "last", ``logits="last"``
+  with targets, ``backward`` of a forward that had no targets;
 - DTypeError: ``params`` not a float32/float64 ndarray, ``ids`` or ``targets``
-  not int32/int64, ``backward`` with params of another dtype than the forward;
+  not int32/int64, KV cache buffers not in the params' dtype, ``backward``
+  with params of another dtype than the forward;
 - ShapeError: ``params`` not (P,), ``ids`` not (B, T), ``targets`` not ids'
   shape, ``pos_offset + T > T_max``, a KV cache whose length is not
-  ``pos_offset``;
+  ``pos_offset`` or whose buffers are not (B, NH, T_max, HS);
 - EmptyInputError: B = 0 or T = 0;
 - IdRangeError: an id outside [0, V), a target outside [0, V) that is not -100;
-- NonFiniteError: NaN or inf in ``params``;
+- NonFiniteError: NaN or inf in ``params`` (not scanned again when they come
+  as the CheckedParams of :func:`checked_params`);
 - Unsupported: ``params.dtype`` not among ``backend.dtypes``; ``backward`` of a
   forward that attended to positions cached by earlier calls.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
@@ -139,6 +189,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from cllm_spec import checks
+from cllm_spec.attention import validate_kv_cache_for
 from cllm_spec.errors import ConfigError, DTypeError, ShapeError, Unsupported
 from cllm_spec.gradients import ParamLayout
 from cllm_spec.protocols import (
@@ -156,6 +207,7 @@ INITS = ("gpt2", "lattice")
 LN_EPS = 1e-5
 IGNORE_INDEX = -100
 INIT_STD = 0.02
+LOGITS = ("all", "last")  # the positions forward computes logits for
 
 #: The original project's frequency table; the lattice embedding uses its first 12.
 DIMENSIONAL_FREQUENCIES = (3, 7, 31, 12, 19, 5, 11, 13, 17, 23, 29, 37)
@@ -270,8 +322,10 @@ def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+@functools.lru_cache(maxsize=64)
 def param_layout(cfg: ModelConfig) -> ParamLayout:
-    """The flat-buffer layout of ``cfg``'s parameters."""
+    """The flat-buffer layout of ``cfg``'s parameters (one object per config:
+    a layout is immutable, and every forward and backward asks for it)."""
     return ParamLayout(param_shapes(cfg))
 
 
@@ -398,15 +452,42 @@ def init_kv_caches(
 
 
 # ---------------------------------------------------------------- forward -----
+class CheckedParams(NamedTuple):
+    """A params buffer that :func:`checked_params` found finite, for one config.
+
+    :func:`forward` and :func:`backward` accept it in place of the array and
+    skip the scan for NaN and inf (the other checks are cheap and stay), so a
+    caller that runs many forwards on one buffer pays for the scan once: the
+    trainer checks once per step for the step's 12 groups. The holder must not
+    change the buffer while it passes this on.
+    """
+
+    flat: np.ndarray  # (P,)
+    cfg: ModelConfig
+
+
+def checked_params(backend: Any, cfg: ModelConfig, params: object) -> CheckedParams:
+    """``params`` validated in full (see :func:`validate_params`), marked so."""
+    return CheckedParams(validate_params(backend, cfg, params), cfg)
+
+
 def validate_params(backend: Any, cfg: ModelConfig, params: object) -> np.ndarray:
-    """``params`` is the finite (P,) buffer of ``cfg`` in a dtype of ``backend``."""
+    """``params`` is the finite (P,) buffer of ``cfg`` in a dtype of ``backend``;
+    returns the buffer. A :class:`CheckedParams` of ``cfg`` skips the finite scan.
+    """
     if not isinstance(cfg, ModelConfig):
         raise ConfigError(f"cfg: expected a ModelConfig, got {type(cfg).__name__}")
+    known_finite = isinstance(params, CheckedParams)
+    if isinstance(params, CheckedParams):
+        if params.cfg != cfg:
+            raise ConfigError("params: checked for another model config")
+        params = params.flat
     flat = checks.expect_float("params", params)
-    checks.expect_shape("params", flat, (param_count(cfg),))
+    checks.expect_shape("params", flat, (param_layout(cfg).size,))  # cached per cfg
     if flat.dtype not in tuple(np.dtype(d) for d in backend.dtypes):
         raise Unsupported(f"backend {backend.name!r} does not compute in {flat.dtype}")
-    checks.expect_finite("params", flat)
+    if not known_finite:
+        checks.expect_finite("params", flat)
     return flat
 
 
@@ -418,10 +499,20 @@ def validate_forward(
     targets: object,
     kv_caches: object,
     pos_offset: object,
-) -> None:
-    """The checks of :func:`forward` (see "Errors" in the module docstring)."""
+    logits: object = "all",
+    loss_reduction: object = "mean",
+) -> np.ndarray:
+    """The checks of :func:`forward` (see "Errors" in the module docstring);
+    returns the params buffer."""
     offset = checks.expect_nonnegative_int("pos_offset", pos_offset)
-    validate_params(backend, cfg, params)
+    checks.expect_choice("logits", logits, LOGITS)
+    checks.expect_choice("loss_reduction", loss_reduction, ("mean", "sum"))
+    if logits == "last" and targets is not None:
+        raise ConfigError(
+            'logits="last" computes no loss: the loss needs every position',
+            hint='pass logits="all" with targets',
+        )
+    flat = validate_params(backend, cfg, params)
     tokens = checks.expect_int("ids", ids)
     checks.expect_rank("ids", tokens, 2)
     checks.expect_nonempty("ids", tokens)
@@ -437,10 +528,17 @@ def validate_forward(
         checks.expect_shape("targets", y, tokens.shape)
         checks.expect_ids("targets", y, cfg.vocab_size, ignore_index=IGNORE_INDEX)
     if kv_caches is not None:
-        _validate_kv_caches(cfg, kv_caches, offset)
+        _validate_kv_caches(cfg, kv_caches, offset, tokens.shape, flat.dtype)
+    return flat
 
 
-def _validate_kv_caches(cfg: ModelConfig, kv_caches: object, offset: int) -> None:
+def _validate_kv_caches(
+    cfg: ModelConfig,
+    kv_caches: object,
+    offset: int,
+    ids_shape: tuple[int, ...],
+    dtype: np.dtype[Any],
+) -> None:
     if not isinstance(kv_caches, Sequence) or len(kv_caches) != cfg.n_layer:
         raise ConfigError(
             f"kv_caches: expected a sequence of n_layer={cfg.n_layer} KVCaches"
@@ -455,28 +553,62 @@ def _validate_kv_caches(cfg: ModelConfig, kv_caches: object, offset: int) -> Non
                 f"kv_caches[{i}] holds {kv.length} positions but pos_offset={offset}",
                 hint="pass pos_offset equal to the number of tokens already cached",
             )
+        # the model kernels skip their own checks: those of the buffers happen
+        # here, once per decoding step, so the common case is one expression
+        # and the spec's validator (which names what is wrong) runs otherwise
+        b, t = ids_shape
+        if not _kv_fits(kv, dtype, (b, cfg.n_head, cfg.head_size), t):
+            validate_kv_cache_for(kv, dtype, (b, cfg.n_head, cfg.head_size), t)
+
+
+def _kv_fits(
+    kv: KVCache, dtype: np.dtype[Any], bnh_hs: tuple[int, ...], t: int
+) -> bool:
+    """Whether ``kv`` plainly passes ``validate_kv_cache_for`` (a fast path)."""
+    k, v = kv.k, kv.v
+    return (
+        type(k) is np.ndarray
+        and type(v) is np.ndarray
+        and type(kv.length) is int
+        and k.dtype == dtype
+        and v.dtype == dtype
+        and k.ndim == 4
+        and k.shape == v.shape
+        and (k.shape[0], k.shape[1], k.shape[3]) == bnh_hs
+        and 0 <= kv.length <= k.shape[2] - t
+    )
 
 
 def forward(
     backend: Any,
     cfg: ModelConfig,
-    params: np.ndarray,
+    params: np.ndarray | CheckedParams,
     ids: np.ndarray,
     targets: np.ndarray | None = None,
     *,
     kv_caches: Sequence[KVCache] | None = None,
     pos_offset: int = 0,
+    logits: str = "all",
+    loss_reduction: str = "mean",
 ) -> tuple[np.ndarray, float | None, ModelCache]:
     """Logits ``(B, T, V)``, the mean loss (None without targets) and the cache.
 
     ``params: (P,)`` float32|float64 (the dtype of the logits and of every
-    cached array), ``ids: (B, T)`` int, ``targets: (B, T)`` int with -100 for
-    ignored positions. The loss is returned as a Python float holding exactly
-    the value the loss kernel computed in the params' dtype.
+    cached array), or the :class:`CheckedParams` of such a buffer; ``ids:
+    (B, T)`` int, ``targets: (B, T)`` int with -100 for ignored positions. The
+    loss is returned as a Python float holding exactly the value the loss
+    kernel computed in the params' dtype. ``logits="last"`` returns
+    ``(B, 1, V)``, the last position's (module docstring, "KV caches and
+    generation"); ``loss_reduction="sum"`` returns the summed loss instead of
+    the mean, and :func:`backward` its gradient (module docstring, "Loss").
     """
-    validate_forward(backend, cfg, params, ids, targets, kv_caches, pos_offset)
-    w = param_views(cfg, params)
-    x, emb_cache = backend.embedding_forward(
+    flat = validate_forward(
+        backend, cfg, params, ids, targets, kv_caches, pos_offset, logits,
+        loss_reduction,
+    )  # fmt: skip
+    k, direct = _kernels(backend)  # every argument is checked now
+    w = param_views(cfg, flat)
+    x, emb_cache = k.embedding_forward(
         ids, w["model.wte.weight"], w["model.wpe.weight"], pos_offset
     )  # (B, T, C)
     blocks = []
@@ -484,10 +616,10 @@ def forward(
     for i in range(cfg.n_layer):
         p = f"model.h.{i}."
         kv = None if kv_caches is None else kv_caches[i]
-        h, ln_1 = backend.layernorm_forward(
+        h, ln_1 = k.layernorm_forward(
             x, w[p + "ln_1.weight"], w[p + "ln_1.bias"], LN_EPS
         )
-        a, attn, kv = backend.mha_forward(
+        a, attn, kv = k.mha_forward(
             h,
             w[p + "attn.qkv.weight"],
             w[p + "attn.qkv.bias"],
@@ -496,11 +628,10 @@ def forward(
             n_head=cfg.n_head,
             kv_cache=kv,
         )
-        x = x + a  # residual stream (B, T, C)
-        h, ln_2 = backend.layernorm_forward(
-            x, w[p + "ln_2.weight"], w[p + "ln_2.bias"], LN_EPS
-        )
-        m, mlp = backend.ffn_forward(
+        x, h, ln_2 = _residual_norm(
+            k, direct, x, a, w[p + "ln_2.weight"], w[p + "ln_2.bias"]
+        )  # x + a: the residual stream (B, T, C), and LN_2 of it
+        m, mlp = k.ffn_forward(
             h,
             w[p + "mlp.fc.weight"],
             w[p + "mlp.fc.bias"],
@@ -508,22 +639,24 @@ def forward(
             w[p + "mlp.proj.bias"],
             activation=cfg.activation,
         )
-        x = x + m  # (B, T, C)
+        x = _add(x, m, direct)  # (B, T, C)
         blocks.append(BlockCache(ln_1, attn, ln_2, mlp))
         new_caches.append(kv)
-    h, ln_f = backend.layernorm_forward(
+    if logits == "last":
+        x = x[:, -1:]  # (B, 1, C): the only position generation samples from
+    h, ln_f = k.layernorm_forward(
         x, w["model.ln_f.weight"], w["model.ln_f.bias"], LN_EPS
     )
-    logits, head = backend.linear_forward(h, _head_weight(cfg, w), None)  # (B, T, V)
+    out, head = k.linear_forward(h, _head_weight(cfg, w), None)  # (B, T, V)
     loss = None
     loss_cache = None
     if targets is not None:
-        b, t, v = logits.shape
-        value, loss_cache = backend.cross_entropy_forward(
-            logits.reshape(b * t, v),  # (B*T, V)
+        b, t, v = out.shape
+        value, loss_cache = k.cross_entropy_forward(
+            out.reshape(b * t, v),  # (B*T, V)
             targets.reshape(b * t),
             ignore_index=IGNORE_INDEX,
-            reduction="mean",
+            reduction=loss_reduction,
         )
         loss = float(value)
     cache = ModelCache(
@@ -533,20 +666,58 @@ def forward(
         head,
         loss_cache,
         None if kv_caches is None else tuple(new_caches),
-        logits.dtype,
+        out.dtype,
     )
-    return logits, loss, cache
+    return out, loss, cache
 
 
 def _head_weight(cfg: ModelConfig, w: Mapping[str, np.ndarray]) -> np.ndarray:
-    return w["model.wte.weight" if cfg.tie_embeddings else "model.lm_head.weight"]
+    return w[_head_name(cfg)]
+
+
+def _head_name(cfg: ModelConfig) -> str:
+    return "model.wte.weight" if cfg.tie_embeddings else "model.lm_head.weight"
+
+
+def _kernels(backend: Any) -> tuple[Any, bool]:
+    """The backend's model kernels and True, or the backend itself and False."""
+    fast = getattr(backend, "model_kernels", None)
+    return (backend, False) if fast is None else (fast, True)
+
+
+def _residual_norm(
+    k: Any,
+    fused: bool,
+    x: np.ndarray,
+    r: np.ndarray,
+    weight: np.ndarray,
+    bias: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, LayerNormCache]:
+    """``(x + r, layernorm(x + r), cache)``: one kernel with model kernels."""
+    if fused:
+        out: tuple[np.ndarray, np.ndarray, LayerNormCache]
+        out = k.residual_layernorm_forward(x, r, weight, bias, LN_EPS)
+        return out
+    total = x + r
+    h, cache = k.layernorm_forward(total, weight, bias, LN_EPS)
+    return total, h, cache
+
+
+def _add(x: np.ndarray, y: np.ndarray, in_place: bool) -> np.ndarray:
+    """``x + y``; into ``x`` when it is the model's own array (model kernels)."""
+    if in_place:
+        np.add(x, y, out=x)
+        return x
+    total: np.ndarray = x + y
+    return total
 
 
 # --------------------------------------------------------------- backward -----
 def validate_backward(
     backend: Any, cfg: ModelConfig, params: object, cache: object
-) -> None:
-    """The checks of :func:`backward`: a cache of a forward with targets."""
+) -> np.ndarray:
+    """The checks of :func:`backward`: a cache of a forward with targets;
+    returns the params buffer."""
     flat = validate_params(backend, cfg, params)
     if not isinstance(cache, ModelCache):
         raise ConfigError(f"cache: expected a ModelCache, got {type(cache).__name__}")
@@ -563,6 +734,15 @@ def validate_backward(
         raise DTypeError(
             f"params are {flat.dtype} but the forward ran in {cache.dtype}"
         )
+    attn = cache.blocks[0].attn.attn  # every block attended to the same positions
+    if attn.k.shape[2] != attn.q.shape[2]:
+        raise Unsupported(
+            f"backward after a KV-cache forward that attended to "
+            f"{attn.k.shape[2] - attn.q.shape[2]} earlier cached positions: "
+            "training never uses the KV cache",
+            hint="run the training forward without kv_caches",
+        )
+    return flat
 
 
 _LN_NAMES = ("weight", "bias")
@@ -590,7 +770,10 @@ def _store(
 
 
 def backward(
-    backend: Any, cfg: ModelConfig, params: np.ndarray, cache: ModelCache
+    backend: Any,
+    cfg: ModelConfig,
+    params: np.ndarray | CheckedParams,
+    cache: ModelCache,
 ) -> np.ndarray:
     """d loss / d params as a new flat (P,) buffer in the params' layout and dtype.
 
@@ -598,35 +781,69 @@ def backward(
     passes its upstream gradient to both branches, and the tied embedding sums
     the gradients of its two uses (lookup and LM head).
     """
-    validate_backward(backend, cfg, params, cache)
+    validate_backward(backend, cfg, params, cache)  # backward reads no weights
     loss_cache = cache.loss
     assert loss_cache is not None  # checked by validate_backward
+    k, direct = _kernels(backend)
     b, t = cache.embedding.ids.shape
     dloss = np.ones((), dtype=cache.dtype)
-    dlogits = backend.cross_entropy_backward(dloss, loss_cache)  # (B*T, V)
+    dlogits = k.cross_entropy_backward(dloss, loss_cache)  # (B*T, V)
     dlogits = dlogits.reshape(b, t, -1)  # (B, T, V)
 
     layout = param_layout(cfg)
-    grads = layout.zeros(cache.dtype)
+    grads = (
+        k.empty((layout.size,), cache.dtype) if direct else layout.zeros(cache.dtype)
+    )
     g = layout.views(grads)
-    dh, dhead, _ = backend.linear_backward(dlogits, cache.lm_head)
-    dx = _store(g, "model.ln_f.", _LN_NAMES, backend.layernorm_backward(dh, cache.ln_f))
+
+    def param_grads(
+        fn: Any, prefix: str, names: Sequence[str], dy: np.ndarray, kcache: Any
+    ) -> np.ndarray:
+        """Run a kernel backward; its parameter gradients land in ``g``."""
+        if direct:
+            out = tuple(g[prefix + name] for name in names)
+            result: np.ndarray = fn(dy, kcache, out=out)
+            return result
+        return _store(g, prefix, names, fn(dy, kcache))
+
+    def plus_norm_grad(
+        prefix: str, dh: np.ndarray, ln: LayerNormCache, dx: np.ndarray
+    ) -> np.ndarray:
+        """``dx`` + the layer norm's input gradient (added into dx when direct)."""
+        if direct:
+            out = (g[prefix + "weight"], g[prefix + "bias"])
+            result: np.ndarray = k.layernorm_backward(dh, ln, out=out, add_to=dx)
+            return result
+        dln = _store(g, prefix, _LN_NAMES, backend.layernorm_backward(dh, ln))
+        total: np.ndarray = dx + dln
+        return total
+
+    head = _head_name(cfg)
+    if direct:
+        dh = k.linear_backward(dlogits, cache.lm_head, out=(g[head],))
+    else:
+        dh, dhead, _ = backend.linear_backward(dlogits, cache.lm_head)
+    dx = param_grads(k.layernorm_backward, "model.ln_f.", _LN_NAMES, dh, cache.ln_f)
     for i in reversed(range(cfg.n_layer)):
         p = f"model.h.{i}."
         blk = cache.blocks[i]
-        dh = _store(g, p, _MLP_NAMES, backend.ffn_backward(dx, blk.mlp))
-        dx = dx + _store(
-            g, p + "ln_2.", _LN_NAMES, backend.layernorm_backward(dh, blk.ln_2)
-        )
-        dh = _store(g, p, _ATTN_NAMES, backend.mha_backward(dx, blk.attn))
-        dx = dx + _store(
-            g, p + "ln_1.", _LN_NAMES, backend.layernorm_backward(dh, blk.ln_1)
-        )
-    dwte, g["model.wpe.weight"][...] = backend.embedding_backward(dx, cache.embedding)
+        dh = param_grads(k.ffn_backward, p, _MLP_NAMES, dx, blk.mlp)
+        dx = plus_norm_grad(p + "ln_2.", dh, blk.ln_2, dx)
+        dh = param_grads(k.mha_backward, p, _ATTN_NAMES, dx, blk.attn)
+        dx = plus_norm_grad(p + "ln_1.", dh, blk.ln_1, dx)
+    wte, wpe = g["model.wte.weight"], g["model.wpe.weight"]
+    if direct:
+        # the scatter adds onto the LM head's gradient when the two are tied
+        wpe[...] = 0
+        if not cfg.tie_embeddings:
+            wte[...] = 0
+        k.embedding_backward(dx, cache.embedding, out=(wte, wpe))
+        return grads
+    dwte, wpe[...] = backend.embedding_backward(dx, cache.embedding)
     if cfg.tie_embeddings:
-        g["model.wte.weight"][...] = dwte + dhead  # lookup + LM head
+        wte[...] = dwte + dhead  # lookup + LM head
     else:
-        g["model.wte.weight"][...] = dwte
+        wte[...] = dwte
         g["model.lm_head.weight"][...] = dhead
     return grads
 
@@ -636,12 +853,15 @@ __all__ = [
     "DIMENSIONAL_FREQUENCIES",
     "IGNORE_INDEX",
     "INITS",
+    "LOGITS",
     "INIT_STD",
     "LN_EPS",
     "BlockCache",
+    "CheckedParams",
     "ModelCache",
     "ModelConfig",
     "backward",
+    "checked_params",
     "forward",
     "init_kv_caches",
     "init_params",

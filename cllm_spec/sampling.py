@@ -56,6 +56,13 @@ double per row is drawn whatever V, T, k and p are, so a seed gives one fixed
 sequence of ids for a fixed distribution, and tokens of probability 0
 (filtered out) are never returned.
 
+Memory: a decoding step samples from V logits per row, so ``sample`` copies
+them at most once: greedy reads the logits in place (validation included: one
+max reduction per row, with no temporary of the vocabulary's size unless
+something is wrong); otherwise one float64 copy is made and tempered,
+filtered, exponentiated and summed in place (top-k and top-p add their own
+selection arrays: a partition or a sort of the kept logits).
+
 Deviations
 ----------
 - ``top_k > V`` is a ConfigError; Hugging Face clamps it to V. A top-k larger
@@ -139,6 +146,10 @@ def validate_logits(logits: object) -> np.ndarray:
     x = checks.expect_float("logits", logits)
     checks.expect_rank("logits", x, (1, 2))
     checks.expect_nonempty("logits", x)
+    # one pass, no temporary of the vocabulary's size: a row's max is NaN if
+    # the row has a NaN, +inf if it has +inf, -inf if it has no finite entry
+    if np.isfinite(x.max(axis=-1)).all():
+        return x
     nan = int(np.count_nonzero(np.isnan(x)))
     if nan:
         raise NonFiniteError(f"logits: {nan} NaN value(s)")
@@ -257,13 +268,20 @@ def filter_logits(
 def _weights(
     rows: np.ndarray, temperature: float, top_k: int | None, top_p: float | None
 ) -> np.ndarray:
-    """Unnormalised float64 probabilities ``exp(f - max f)`` of ``rows: (B, V)``."""
-    x = rows.astype(np.float64)
+    """Unnormalised float64 probabilities ``exp(f - max f)`` of ``rows: (B, V)``.
+
+    The float64 copy of ``rows`` is the only array of the vocabulary's size
+    made here without filters; every later step works in place on it.
+    """
+    w = rows.astype(np.float64)  # (B, V); the upcast is exact
     # subtracting the max first keeps (x - m) / T <= 0, so a tiny T cannot
     # overflow to +inf; the max token gets exactly exp(0) = 1
-    scaled = (x - x.max(axis=-1, keepdims=True)) / temperature  # (B, V)
-    keep = _keep(scaled, top_k, top_p)
-    return np.where(keep, np.exp(scaled), 0.0)  # (B, V)
+    w -= w.max(axis=-1, keepdims=True)
+    w /= temperature
+    if top_k is not None or (top_p is not None and top_p < 1.0):
+        w[~_keep(w, top_k, top_p)] = -np.inf  # filtered tokens weigh exp(-inf) = 0
+    np.exp(w, out=w)
+    return w
 
 
 def probabilities(
@@ -278,9 +296,9 @@ def probabilities(
     exactly 0 outside the kept set. Computed in float64, then cast.
     """
     x, t, k, p = validate_probabilities(logits, temperature, top_k, top_p)
-    w = _weights(x.reshape(-1, x.shape[-1]), t, k, p)  # (B, V)
-    probs: np.ndarray = w / w.sum(axis=-1, keepdims=True)  # sum >= 1: max weighs 1
-    return probs.astype(x.dtype).reshape(x.shape)
+    probs = _weights(x.reshape(-1, x.shape[-1]), t, k, p)  # (B, V)
+    probs /= probs.sum(axis=-1, keepdims=True)  # sum >= 1: the max weighs 1
+    return probs.astype(x.dtype, copy=False).reshape(x.shape)
 
 
 # -------------------------------------------------------------------- sampling ---
@@ -299,11 +317,11 @@ def sample(
         return best.astype(np.int64).reshape(x.shape[:-1])
     w = _weights(rows, cfg.temperature, cfg.top_k, cfg.top_p)  # (B, V)
     u = gen.random(rows.shape[0])  # (B,) row b uses the b-th double
-    cdf = np.cumsum(w, axis=-1)  # (B, V)
-    target = u[:, None] * cdf[:, -1:]  # (B, 1) in [0, total)
-    ids: np.ndarray = np.count_nonzero(cdf <= target, axis=-1)  # first cdf_v > target
     # u * total can round up to total; never step past the last kept token
     last_kept = rows.shape[-1] - 1 - np.argmax(w[:, ::-1] > 0.0, axis=-1)
+    cdf = np.cumsum(w, axis=-1, out=w)  # (B, V), in place of the weights
+    target = u[:, None] * cdf[:, -1:]  # (B, 1) in [0, total)
+    ids: np.ndarray = np.count_nonzero(cdf <= target, axis=-1)  # first cdf_v > target
     ids = np.minimum(ids, last_kept)
     return ids.astype(np.int64).reshape(x.shape[:-1])
 

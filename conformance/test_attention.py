@@ -670,6 +670,28 @@ def test_bug12_kv_decoding_equals_the_full_forward(
     )
 
 
+@pytest.mark.parametrize("hs", [1, 7, 8, 9, 17, 33])
+def test_kv_decoding_of_a_batch_equals_the_full_forward_over_head_sizes(
+    backend, dtype, oracle, rng, check, hs
+):
+    # decoding steps attend over a nonempty cache (a backend may do that in
+    # place, straight from the QKV projection): three sequences, head sizes
+    # around every SIMD width, a chunk of 2 and single tokens after a prefill
+    n_head, chunks = 2, (3, 1, 2, 1, 1)
+    t, c = sum(chunks), 2 * hs
+    x = normal(rng, (3, t, c), dtype)
+    params = mha_params(rng, c, dtype)
+    want, _, _ = oracle.mha_forward(*up(x, *params), n_head=n_head)
+    cache = backend.kv_cache_new(3, n_head, t + 1, hs, dtype)
+    got, cache = decode(backend, x, params, n_head, chunks, cache)
+    check.close(got, want, output="kv_decoding", dtype=dtype)
+    x64, w64, b64 = up(x, params[0], params[1])
+    v_full = (x64 @ w64[2 * c :].T + b64[2 * c :]).reshape(3, t, n_head, hs)
+    check.close(
+        cache.v[:, :, :t], v_full.transpose(0, 2, 1, 3), output="kv_cache", dtype=dtype
+    )
+
+
 def test_seed05_with_cache_second_call_equals_full_forward(
     backend, dtype, oracle, rng, check
 ):

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from cllm_spec.errors import (
+    CacheFullError,
     ConfigError,
     DTypeError,
     EmptyInputError,
@@ -27,8 +28,10 @@ from cllm_spec.errors import (
 )
 from cllm_spec.model import (
     IGNORE_INDEX,
+    CheckedParams,
     ModelConfig,
     backward,
+    checked_params,
     forward,
     init_kv_caches,
     init_params,
@@ -368,6 +371,51 @@ def test_greedy_decoding_with_kv_cache_follows_the_full_forward(
         seq = np.concatenate([seq, nxt[:, None]], axis=1)
 
 
+@pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
+def test_last_position_logits_equal_the_full_forwards_last(
+    backend: Any, dtype: np.dtype, rng: np.random.Generator, check: Any, tied: bool
+) -> None:
+    # logits="last" heads only the position generation samples from; a slice
+    # of any other position (the first, or the one before last) fails here
+    cfg = ModelConfig(**{**TINY, "tie_embeddings": tied})
+    params = perturbed_params(cfg, rng).astype(dtype)
+    ids = rng.integers(0, cfg.vocab_size, (3, 5))
+    full, _, _ = forward(backend, cfg, params, ids)
+    last, loss, cache = forward(backend, cfg, params, ids, logits="last")
+    assert last.shape == (3, 1, cfg.vocab_size) and loss is None
+    check.close(last, full[:, -1:], output="logits", dtype=dtype)
+    # the same through KV caches: a prefill chunk, then decoding steps of B = 3
+    caches = init_kv_caches(backend, cfg, 3, dtype)
+    start = 0
+    for size in (3, 1, 1):
+        got, _, cache = forward(
+            backend,
+            cfg,
+            params,
+            ids[:, start : start + size],
+            kv_caches=caches,
+            pos_offset=start,
+            logits="last",
+        )
+        start += size
+        assert cache.kv_caches is not None
+        caches = cache.kv_caches
+        check.close(got, full[:, start - 1 : start], output="kv_cache", dtype=dtype)
+
+
+def test_checked_params_skip_only_the_finiteness_scan(
+    backend: Any, rng: np.random.Generator, check: Any
+) -> None:
+    cfg = ModelConfig(**TINY)
+    params = perturbed_params(cfg, rng).astype(np.float32)
+    ids = rng.integers(0, cfg.vocab_size, (2, 4))
+    want = forward(backend, cfg, params, ids)[0]
+    got = forward(backend, cfg, checked_params(backend, cfg, params), ids)[0]
+    check.close(got, want.astype(np.float64), output="logits", dtype=np.float32)
+    with pytest.raises(ShapeError):  # the cheap checks still run
+        forward(backend, cfg, CheckedParams(params[:-1], cfg), ids)
+
+
 def test_logits_at_a_position_ignore_later_tokens(
     backend: Any, dtype: np.dtype, rng: np.random.Generator, check: Any
 ) -> None:
@@ -473,6 +521,24 @@ def _bad_call(case: str, backend: Any) -> None:
         kw["pos_offset"] = 1
     elif case == "cfg-type":
         cfg = TINY  # type: ignore[assignment]
+    elif case == "logits-choice":
+        args["targets"], kw["logits"] = None, "first"
+    elif case == "logits-last-with-targets":
+        kw["logits"] = "last"
+    elif case == "cache-heads":
+        kw["kv_caches"] = tuple(
+            backend.kv_cache_new(2, 1, cfg.block_size, cfg.n_embd, np.float32)
+            for _ in range(cfg.n_layer)
+        )
+    elif case == "cache-dtype":
+        kw["kv_caches"] = init_kv_caches(backend, cfg, 2, np.float64)
+    elif case == "cache-batch":
+        kw["kv_caches"] = init_kv_caches(backend, cfg, 3, np.float32)
+    elif case == "cache-no-room":
+        kw["kv_caches"] = tuple(
+            backend.kv_cache_new(2, cfg.n_head, 2, cfg.head_size, np.float32)
+            for _ in range(cfg.n_layer)
+        )
     forward(backend, cfg, params, args["ids"], args["targets"], **kw)
 
 
@@ -496,6 +562,13 @@ BAD_CASES = {
     "cache-count": ConfigError,
     "cache-length": ShapeError,
     "cfg-type": ConfigError,
+    "logits-choice": ConfigError,
+    "logits-last-with-targets": ConfigError,
+    # the model checks every cache's buffers itself: its kernels may not
+    "cache-heads": ShapeError,
+    "cache-dtype": DTypeError,
+    "cache-batch": ShapeError,
+    "cache-no-room": CacheFullError,
 }
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 import subprocess
 import sys
@@ -102,10 +103,26 @@ def _workloads(rng: np.random.Generator) -> dict[str, Callable[[], Any]]:
     # N > M: the GEMM splits columns and shares the packed A (the other cases
     # above split rows and share the packed B)
     x_wide, w_wide = _normal(rng, 40, 96), _normal(rng, 2000, 96, scale=0.1)
+    # a few rows (decoding) take the matrix-vector path; 3000 x 97 weights
+    # split over threads, and 97 leaves a K tail for every SIMD width
+    x_few, w_few = _normal(rng, 5, 97), _normal(rng, 3000, 97, scale=0.1)
+    b_few = _normal(rng, 3000)
+    # one decoding step of 8 sequences over 200 cached positions (8 heads)
+    x_dec = _normal(rng, 8, 1, 256)
+    w_qkv, w_o = _normal(rng, 768, 256, scale=0.05), _normal(rng, 256, 256, scale=0.05)
+    kv = cllm_c.kv_cache_new(8, 8, 201, 32, np.float32)
+    kv.k[...], kv.v[...] = _normal(rng, 8, 8, 201, 32), _normal(rng, 8, 8, 201, 32)
+    kv = kv._replace(length=200)
     return {
         "linear_forward": lambda: cllm_c.linear_forward(x, w, b)[0],
         "linear_forward_float64": lambda: cllm_c.linear_forward(x64, w64, None)[0],
         "linear_forward_wide": lambda: cllm_c.linear_forward(x_wide, w_wide, None)[0],
+        "linear_few_rows": lambda: cllm_c.linear_forward(x_few, w_few, b_few)[0],
+        "mha_decode": lambda: (
+            cllm_c.mha_forward(x_dec, w_qkv, None, w_o, None, n_head=8, kv_cache=kv)[0],
+            kv.k.copy(),
+            kv.v.copy(),
+        ),
         "linear_backward": lambda: cllm_c.linear_backward(dy, lin),
         "gelu_forward": lambda: cllm_c.activation_forward(h, "gelu")[0],
         "gelu_backward": lambda: cllm_c.activation_backward(h, gelu),
@@ -165,6 +182,64 @@ def test_both_paths_match_the_float64_reference(simd, rng, threads):
     got, _ = cllm_c.log_softmax_forward(z)
     want, _ = ref.log_softmax_forward(z.astype(np.float64))
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("simd", ["scalar", "avx2+fma", "avx512"])
+def test_few_row_linear_on_every_simd_level(simd, rng, threads):
+    """The matrix-vector path of each level (the suite runs only the best and
+    scalar ones), at every M it takes and K, N around every vector width."""
+    if _lib.set_simd(simd) != simd:
+        pytest.skip(f"this CPU has no {simd}")
+    for m in (1, 2, 3, 4, 5, 8, 9, 15, 16, 17):
+        for k in (1, 7, 8, 9, 15, 16, 17, 33, 65):
+            for n in (1, 3, 4, 5, 17):
+                x, w, b = _normal(rng, m, k), _normal(rng, n, k), _normal(rng, n)
+                y, _ = cllm_c.linear_forward(x, w, b)
+                want, _ = ref.linear_forward(*(a.astype(np.float64) for a in (x, w, b)))
+                np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5)
+
+
+def test_model_kernels_forward_computes_what_the_checked_kernels_do(rng):
+    """``cllm_c.model_kernels`` (what model.forward runs after validating once)
+    is the checked kernels minus their checks: the same bits, decoding included."""
+    x = _normal(rng, 2, 3, 16)
+    w_qkv, b_qkv = _normal(rng, 48, 16, scale=0.2), _normal(rng, 48)
+    w_o, b_o = _normal(rng, 16, 16, scale=0.2), _normal(rng, 16)
+    w_fc, b_fc = _normal(rng, 40, 16, scale=0.2), _normal(rng, 40)
+    w_pr, b_pr = _normal(rng, 16, 40, scale=0.2), _normal(rng, 16)
+    ids = rng.integers(0, 50, (2, 3))
+    wte, wpe = _normal(rng, 50, 16), _normal(rng, 9, 16)
+    u = cllm_c.model_kernels
+
+    def mha(fn, cache):  # a prefill of 3, then a decoding step of 1
+        y1, _, cache = fn(x, w_qkv, b_qkv, w_o, b_o, n_head=4, kv_cache=cache)
+        y2, _, cache = fn(x[:, :1], w_qkv, b_qkv, w_o, b_o, n_head=4, kv_cache=cache)
+        return y1, y2, cache.k.copy(), cache.v.copy()
+
+    pairs = [
+        (u.linear_forward(x, w_qkv, b_qkv), cllm_c.linear_forward(x, w_qkv, b_qkv)),
+        (
+            u.layernorm_forward(x, w_o[0], b_o, 1e-5),
+            cllm_c.layernorm_forward(x, w_o[0], b_o),
+        ),
+        (
+            u.ffn_forward(x, w_fc, b_fc, w_pr, b_pr, activation="gelu"),
+            cllm_c.ffn_forward(x, w_fc, b_fc, w_pr, b_pr, activation="gelu"),
+        ),
+        (
+            u.embedding_forward(ids, wte, wpe, 2),
+            cllm_c.embedding_forward(ids, wte, wpe, 2),
+        ),
+        (
+            mha(u.mha_forward, cllm_c.kv_cache_new(2, 4, 5, 4, np.float32)),
+            mha(cllm_c.mha_forward, cllm_c.kv_cache_new(2, 4, 5, 4, np.float32)),
+        ),
+    ]
+    for fast, checked in pairs:
+        got, want = _flatten(fast), _flatten(checked)
+        assert len(got) == len(want) > 0
+        for a, b in zip(got, want, strict=True):
+            assert a.tobytes() == b.tobytes()
 
 
 def test_the_simd_path_is_the_best_the_cpu_has():
@@ -505,3 +580,130 @@ def test_inconsistent_cache_is_caught_before_c():
     mixed = LinearCache(np.ones((2, 3), F32), np.ones((4, 3), np.float64), False)
     with pytest.raises(DTypeError):
         cllm_c.linear_backward(np.ones((2, 4), F32), mixed)
+
+
+# ---------------------------------------------- model kernels, recycling ----
+def _model_case(rng: np.random.Generator, tied: bool) -> tuple[Any, ...]:
+    from cllm_spec.model import ModelConfig, init_params
+
+    cfg = ModelConfig(
+        vocab_size=37, n_embd=32, n_layer=2, n_head=4, block_size=16,
+        activation="gelu", tie_embeddings=tied,
+    )  # fmt: skip
+    params = init_params(cfg, rng, F32)
+    ids = rng.integers(0, 37, (3, 16))
+    targets = rng.integers(0, 37, (3, 16))
+    targets[0, :4] = -100
+    return cfg, params, ids, targets
+
+
+def _plain(backend: Any) -> Any:
+    """The backend without its model kernels: the model's plain composition."""
+    from types import SimpleNamespace
+
+    names = [n for n in dir(backend) if not n.startswith("_") and n != "model_kernels"]
+    return SimpleNamespace(**{n: getattr(backend, n) for n in names})
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_model_kernels_compute_the_plain_composition(rng, tied):
+    """Same kernels, so the same bits, except the tied wte gradient, whose two
+    terms (LM head, lookup) are added in the other order."""
+    from cllm_spec.model import backward, forward, param_views
+
+    cfg, params, ids, targets = _model_case(rng, tied)
+    runs = []
+    for backend in (cllm_c, _plain(cllm_c)):
+        logits, loss, cache = forward(backend, cfg, params, ids, targets)
+        runs.append(
+            (logits, loss, param_views(cfg, backward(backend, cfg, params, cache)))
+        )
+    (fast_logits, fast_loss, fast), (logits, loss, plain) = runs
+    np.testing.assert_array_equal(fast_logits, logits)
+    assert fast_loss == loss
+    for name, grad in plain.items():
+        if tied and name == "model.wte.weight":
+            np.testing.assert_allclose(fast[name], grad, rtol=1e-6, atol=1e-8)
+        else:
+            np.testing.assert_array_equal(fast[name], grad, err_msg=name)
+
+
+def test_model_step_bits_do_not_depend_on_the_thread_count(rng, threads):
+    from cllm_spec.model import backward, forward
+
+    cfg, params, ids, targets = _model_case(rng, True)
+    results = []
+    for n in (1, 2, 3):
+        _lib.set_num_threads(n)
+        logits, loss, cache = forward(cllm_c, cfg, params, ids, targets)
+        results.append((logits, loss, backward(cllm_c, cfg, params, cache)))
+    for logits, loss, grads in results[1:]:
+        np.testing.assert_array_equal(logits, results[0][0])
+        assert loss == results[0][1]
+        np.testing.assert_array_equal(grads, results[0][2])
+
+
+def test_recycled_output_buffers_return_only_when_every_view_is_gone():
+    shape = (_lib.RECYCLE_MIN_BYTES // 4 + 7,)
+    first = _lib.empty(shape, np.dtype(F32))
+    first[:] = 1.0
+    address = first.ctypes.data
+    view = first[3:]
+    del first
+    second = _lib.empty(shape, np.dtype(F32))  # the view still holds the buffer
+    assert second.ctypes.data != address
+    second[:] = 2.0
+    np.testing.assert_array_equal(view, 1.0)
+    del view
+    third = _lib.empty(shape, np.dtype(F32))
+    assert third.ctypes.data == address
+    assert third.flags.writeable and third.flags.c_contiguous
+    assert third.shape == shape
+
+
+@pytest.mark.parametrize("scale", [1e-40, 1e-20, 1.0, 1e20, 2e37])
+def test_float32_norm_in_one_pass_has_the_scaled_norms_bits(rng, scale):
+    from cllm_c import gradients
+
+    g = (scale * rng.standard_normal(100_003)).astype(F32)
+    g[7] = np.float32(scale) * 1e-3
+    amax = float(np.abs(g).max())
+    assert math.isfinite(amax) and amax > 0.0
+    assert gradients._f32_l2_norm(g) == gradients._l2_norm(g, amax)
+    for bad in (np.nan, np.inf):
+        h = g.copy()
+        h[5] = bad
+        got = gradients._f32_l2_norm(h)
+        assert math.isnan(got) if bad != bad else got == math.inf
+    assert gradients._f32_l2_norm(np.zeros(33, F32)) == 0.0
+
+
+@pytest.mark.parametrize("c", [1, 7, 17, 33, 65])
+@pytest.mark.parametrize("simd", ["scalar", "best"])
+def test_fused_residual_layernorm_is_the_add_then_the_norm(rng, c, simd, threads):
+    """Same bits as ``x + r`` followed by the plain kernels, both directions."""
+    from cllm_c import ffn
+
+    _lib.set_simd(_lib.simd_detected() if simd == "best" else "scalar")
+    x, r = _normal(rng, 3, 5, c), _normal(rng, 3, 5, c)
+    w, b = _normal(rng, c), _normal(rng, c)
+    want_x = x + r
+    want_y, want_cache = ffn._layernorm(want_x, w, b, 1e-5)
+    stream = x.copy()
+    y, cache = ffn._residual_layernorm(stream, r, w, b, 1e-5)
+    np.testing.assert_array_equal(stream, want_x)  # the sum, written over x
+    np.testing.assert_array_equal(y, want_y)
+    np.testing.assert_array_equal(cache.x_hat, want_cache.x_hat)
+    np.testing.assert_array_equal(cache.rstd, want_cache.rstd)
+    dy, dres = _normal(rng, 3, 5, c), _normal(rng, 3, 5, c)
+    dx, dw, db = ffn._layernorm_backward(dy, want_cache)
+    acc = dres.copy()
+    got, got_dw, got_db = ffn._layernorm_backward(dy, cache, add_to=acc)
+    assert got is acc
+    np.testing.assert_array_equal(acc, dres + dx)
+    np.testing.assert_array_equal(got_dw, dw)
+    np.testing.assert_array_equal(got_db, db)
+    x64, r64, w64, b64 = (a.astype(np.float64) for a in (x, r, w, b))
+    want64, _ = ffn._layernorm(x64 + r64, w64, b64, 1e-5)
+    y64, _ = ffn._residual_layernorm(x64, r64, w64, b64, 1e-5)
+    np.testing.assert_array_equal(y64, want64)

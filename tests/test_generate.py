@@ -20,7 +20,7 @@ from cllm_spec.errors import (
     NonFiniteError,
     ShapeError,
 )
-from cllm_spec.generate import Decoder, generate
+from cllm_spec.generate import Decoder, generate, generate_batch
 from cllm_spec.model import (
     ModelConfig,
     forward,
@@ -156,6 +156,106 @@ def test_one_draw_per_token_and_none_when_greedy(backend):
     rng = np.random.default_rng(11)
     generate(backend, CFG, params, ids(4, 5), 12, GREEDY, rng, None)
     assert rng.random() == np.random.default_rng(11).random()
+
+
+# ------------------------------------------------------------------ batches -----
+# The C backend runs decoding on its own path (few-row linear, attention over
+# the cache in place, fused blocks), so the batch tests run on both backends.
+BACKENDS = ["numpy", "c"]
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_batch_rows_follow_the_full_forward_of_their_prompts(name):
+    be = get_backend(name)
+    params = random_params(CFG, np.float32)
+    prompts = np.array([[5, 6, 7], [1, 2, 3], [30, 9, 9]], dtype=np.int64)
+    n = 2 * CFG.block_size  # prefill, decoding steps and the sliding window
+    rows = generate_batch(be, CFG, params, prompts, n, GREEDY, _rng(), None)
+    assert [r.shape for r in rows] == [(n,)] * 3
+    for prompt, row in zip(prompts, rows, strict=True):
+        seq = prompt.tolist()
+        for step, tok in enumerate(row.tolist()):
+            logits = full_forward_logits(be, CFG, params, seq)
+            # float32 rounding may only swap near-ties of the argmax
+            assert logits[tok] >= logits.max() - 1e-4, f"{name} step {step}"
+            seq.append(tok)
+    assert len({tuple(r) for r in rows}) == 3, "rows must differ: the test is weak"
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_batch_decoder_logits_equal_full_forward(name):
+    be = get_backend(name)
+    params = random_params(CFG, np.float32)
+    seqs = np.random.default_rng(2).integers(0, CFG.vocab_size, (2, 14))
+    decoder = Decoder(be, CFG, params, batch=2)
+    got = decoder.feed(seqs[:, :4])
+    for end in range(4, seqs.shape[1] + 1):
+        assert got.shape == (2, CFG.vocab_size) and got.dtype == np.float32
+        for b in range(2):
+            want = full_forward_logits(be, CFG, params, seqs[b, :end].tolist())
+            np.testing.assert_allclose(got[b], want, rtol=0, atol=1e-4)
+        assert decoder.context.tolist() == seqs[:, :end][:, -CFG.block_size :].tolist()
+        if end < seqs.shape[1]:
+            got = decoder.feed(seqs[:, end : end + 1])
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_batch_of_one_is_generate_for_any_sampling(name):
+    be = get_backend(name)
+    params = random_params(CFG, np.float32, seed=3)
+    cfg = SamplingConfig(temperature=0.9, top_k=20, top_p=0.95)
+    prompt = ids(7, 8, 9)
+    one = generate(be, CFG, params, prompt, 20, cfg, np.random.default_rng(5), None)
+    [row] = generate_batch(
+        be, CFG, params, prompt[None], 20, cfg, np.random.default_rng(5), None
+    )
+    assert row.tolist() == one.tolist()
+
+
+def test_batch_draws_one_double_per_row_per_step_and_stops_rows_at_eos(backend):
+    params = random_params(CFG)
+    prompts = np.array([[4, 5], [6, 7]], dtype=np.int64)
+    free = generate_batch(backend, CFG, params, prompts, 10, GREEDY, _rng(), None)
+    # an eos first produced by row 1 at step >= 2 and never by row 0
+    step = next(
+        i
+        for i, t in enumerate(free[1].tolist())
+        if i >= 2 and t not in free[1][:i] and t not in free[0]
+    )
+    eos = int(free[1][step])
+    got = generate_batch(backend, CFG, params, prompts, 10, GREEDY, _rng(), eos)
+    assert got[0].tolist() == free[0].tolist()  # the other row goes on
+    assert got[1].tolist() == free[1][:step].tolist()
+    rng = np.random.default_rng(11)
+    generate_batch(backend, CFG, params, prompts, 6, SAMPLED, rng, None)
+    expected = np.random.default_rng(11)
+    expected.random(2 * 6)
+    assert rng.random() == expected.random()
+
+
+@pytest.mark.parametrize(
+    "prompts, error",
+    [
+        (ids(1, 2), ShapeError),  # rank 1: generate's prompt
+        (np.zeros((0, 3), dtype=np.int64), EmptyInputError),
+        (np.array([[1, 2], [3, 37]]), IdRangeError),
+    ],
+    ids=["rank", "no-rows", "id-range"],
+)
+def test_batch_bad_prompts_raise_typed_errors(backend, prompts, error):
+    with pytest.raises(error):
+        generate_batch(
+            backend, CFG, random_params(CFG), prompts, 3, GREEDY, _rng(), None
+        )
+
+
+def test_decoder_feed_checks_the_batch(backend):
+    decoder = Decoder(backend, CFG, random_params(CFG), batch=2)
+    for bad in (ids(1, 2), np.zeros((3, 1), dtype=np.int64), np.zeros((2, 0))):
+        with pytest.raises(ShapeError):
+            decoder.feed(bad)
+    with pytest.raises(ConfigError):
+        Decoder(backend, CFG, random_params(CFG), batch=0)
 
 
 # ----------------------------------------------------------------- stopping -----

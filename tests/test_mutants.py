@@ -29,6 +29,10 @@ BACKEND_MUTANTS = {
         "test_causality_future_keys_and_values",
     ),
     "kv_cache_late": ("test_attention.py", "test_kv_cache_append_writes_at_length"),
+    "kv_decode_batch_row0": (
+        "test_attention.py",
+        "test_kv_decoding_of_a_batch_equals_the_full_forward_over_head_sizes",
+    ),
     "ce_smoothing_v_minus_1": (
         "test_losses.py",
         "test_loss12_label_smoothing_is_eps_over_v",
@@ -38,6 +42,10 @@ BACKEND_MUTANTS = {
         "test_bug11_ce_nonnegative_and_finite_at_logit_gap",
     ),
     "gelu_swapped": ("test_ffn.py", "test_gelu_minus_gelu_tanh_is_pinned"),
+    "gemv_drops_k_tail": (
+        "test_ffn.py",
+        "test_linear_few_rows_match_oracle_over_edge_sizes",
+    ),
     "layernorm_unbiased": (
         "test_ffn.py",
         "test_layernorm_golden_biased_variance_eps_inside_sqrt",
@@ -49,6 +57,26 @@ BACKEND_MUTANTS = {
     "embedding_overwrite": (
         "test_embedding.py",
         "test_backward_repeated_ids_accumulate_golden",
+    ),
+}
+
+# mutants of the C backend's fast paths (need the extension built)
+C_MUTANTS = {
+    "model_ln_grads_swapped": (
+        "test_model.py",
+        "test_forward_and_backward_match_oracle",
+    ),
+    "model_tied_grad_overwritten": (
+        "test_model.py",
+        "test_forward_and_backward_match_oracle",
+    ),
+    "model_residual_dropped": (
+        "test_model.py",
+        "test_forward_and_backward_match_oracle",
+    ),
+    "model_norm_grad_overwrites": (
+        "test_model.py",
+        "test_forward_and_backward_match_oracle",
     ),
 }
 
@@ -92,6 +120,18 @@ def test_suite_catches_backend_mutant(mutant):
     assert must_fail in failed, f"{must_fail} did not fail; failures: {sorted(failed)}"
 
 
+@pytest.mark.parametrize("mutant", sorted(C_MUTANTS))
+def test_suite_catches_c_backend_mutant(mutant):
+    pytest.importorskip("cllm_c", reason="the C extension is not built")
+    test_file, must_fail = C_MUTANTS[mutant]
+    result = run_conformance(test_file, f"--backend=conformance.mutants.{mutant}")
+    assert result.returncode == 1, (
+        f"mutant {mutant} was not caught by {test_file}:\n{result.stdout[-2000:]}"
+    )
+    failed = failed_tests(result.stdout)
+    assert must_fail in failed, f"{must_fail} did not fail; failures: {sorted(failed)}"
+
+
 def test_suite_catches_warmup_off_by_one():
     """Schedules are spec functions: the mutant is a plugin patching the spec."""
     result = subprocess.run(
@@ -121,9 +161,23 @@ def test_suite_catches_warmup_off_by_one():
     )
 
 
+def test_suite_catches_lm_head_first_position():
+    """The LM-head slice of logits="last" is spec code: a plugin mutant."""
+    result = run_conformance(
+        "test_model.py",
+        "--backend=numpy",
+        "-p",
+        "conformance.mutants.lm_head_first_position",
+    )
+    assert result.returncode == 1, result.stdout[-2000:]
+    assert "test_last_position_logits_equal_the_full_forwards_last" in failed_tests(
+        result.stdout
+    )
+
+
 def test_reference_passes_the_files_used_above():
     """Guards the test above: the files must pass on the unmutated reference."""
-    files = sorted({f for f, _ in BACKEND_MUTANTS.values()})
+    files = sorted({f for f, _ in (*BACKEND_MUTANTS.values(), *C_MUTANTS.values())})
     result = subprocess.run(
         [
             sys.executable,

@@ -8,8 +8,15 @@ import math
 import numpy as np
 import pytest
 
-from cllm_spec.errors import ConfigError
-from cllm_spec.model import ModelConfig, backward, forward, init_params
+from cllm_spec import checks
+from cllm_spec.errors import ConfigError, NonFiniteError
+from cllm_spec.model import (
+    ModelConfig,
+    backward,
+    checked_params,
+    forward,
+    init_params,
+)
 from cllm_spec.optim import init_adam_state, init_sgd_state
 from cllm_spec.parallel import N_GROUPS, split_rows
 from cllm_spec.registry import get_backend
@@ -22,6 +29,7 @@ from cllm_spec.train.step import (
     DivergedError,
     apply_update,
     compute_step_gradients,
+    group_gradients,
     group_step_gradients,
 )
 
@@ -62,6 +70,35 @@ def test_one_micro_batch_is_the_plain_forward_backward():
     _, want_loss, cache = forward(BACKEND, CFG, p, batch.input_ids, batch.targets)
     assert loss == want_loss
     np.testing.assert_array_equal(grads, backward(BACKEND, CFG, p, cache))
+
+
+def test_checked_params_give_the_same_step_and_skip_only_the_nan_scan(monkeypatch):
+    (batch,) = BatchStream(tokens(), 4, 8, seed=5).take(1)
+    p = params(np.float32)
+    checked = checked_params(BACKEND, CFG, p)
+    for plain, fast in zip(
+        group_gradients(BACKEND, CFG, p, batch),
+        group_gradients(BACKEND, CFG, checked, batch),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(plain, fast)
+    bad = p.copy()
+    bad[3] = np.nan
+    with pytest.raises(NonFiniteError):
+        checked_params(BACKEND, CFG, bad)
+    with pytest.raises(NonFiniteError):
+        forward(BACKEND, CFG, bad, batch.input_ids, batch.targets)
+    # the finite scan is what a CheckedParams skips; shapes are still checked
+    scans = []
+    real = checks.expect_finite
+    monkeypatch.setattr(
+        checks, "expect_finite", lambda *a: scans.append(a[0]) or real(*a)
+    )
+    forward(BACKEND, CFG, checked, batch.input_ids, batch.targets)
+    assert "params" not in scans
+    other = ModelConfig(vocab_size=11, n_embd=8, n_layer=2, n_head=2, block_size=8)
+    with pytest.raises(ConfigError):
+        forward(BACKEND, other, checked, batch.input_ids, batch.targets)
 
 
 def run_config(*sets):

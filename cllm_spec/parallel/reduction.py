@@ -14,7 +14,7 @@ Gradient values may be non-finite: they are passed on unchanged (the
 optimizer function decides, e.g. with the backend's ``grad_stats``).
 
 A model whose loss is a mean over its counted tokens (``cllm_spec.model``)
-returns ``grads = n * d(mean)/dparams`` and ``loss_sum = n * mean``; a group
+returns the gradient of its summed loss (``loss_reduction="sum"``); a group
 whose tokens are all ignored returns zeros, 0.0 and 0 (its mean is 0/0).
 
 One step

@@ -51,7 +51,7 @@ from tqdm import tqdm  # type: ignore[import-untyped]
 from cllm_spec import checkpoint
 from cllm_spec.errors import CheckpointError, NonFiniteError
 from cllm_spec.generate import generate
-from cllm_spec.model import init_params
+from cllm_spec.model import CheckedParams, checked_params, init_params
 from cllm_spec.parallel import WorkerStats
 from cllm_spec.protocols import Batch
 from cllm_spec.sampling import SamplingConfig
@@ -122,6 +122,7 @@ class Trainer:
         self.say = say if self.is_root else say_nothing
         self.out_dir = Path(cfg.train.out_dir)
         self.model_cfg = model_config(cfg, data.tokenizer.vocab_size)
+        self._checked: CheckedParams | None = None  # of the params, see grad_fn
         self.schedule = schedule_config(cfg)
         self.decay_mask = decay_mask(self.model_cfg, cfg.optim.decay)
         self.schedule_notice: str | None = None
@@ -264,9 +265,14 @@ class Trainer:
         """One group's gradient terms (worker threads; see group_gradients).
 
         Reads ``params`` only: the coordinator replaces them after every group
-        of the step is in.
+        of the step is in. The weights are scanned for NaN once per step (the
+        first group to ask checks them; the others reuse it).
         """
-        return group_gradients(self.backend, self.model_cfg, self.params, batch)
+        checked = self._checked
+        if checked is None or checked.flat is not self.params:
+            checked = checked_params(self.backend, self.model_cfg, self.params)
+            self._checked = checked
+        return group_gradients(self.backend, self.model_cfg, checked, batch)
 
     def optimizer_step(self, grad: np.ndarray, loss: float) -> float:
         """Clip, update ``params`` and the optimizer state; the pre-clip norm.
@@ -286,6 +292,8 @@ class Trainer:
                 self.decay_mask,
             )
         self.params, self.opt_state = params, state
+        # apply_update proved the new weights finite: the groups need not rescan
+        self._checked = CheckedParams(params, self.model_cfg)
         return norm
 
     def replica_state(self) -> dict[str, np.ndarray]:

@@ -10,18 +10,18 @@ step, every micro-batch ``m`` is cut into the 12 symmetry groups
 ``B mod 12`` one row longer, empty groups skipped), and with ``n_mg`` the
 tokens of group ``g`` of micro-batch ``m`` (:mod:`cllm_spec.parallel.reduction`)::
 
-    l_mg, g_mg = forward/backward of group g of micro-batch m   (mean over n_mg)
-    G_m        = grad_tree_reduce([grad_scale(g_mg, n_mg) for g, in group order])
+    l_mg, g_mg = forward/backward of group g of micro-batch m   (sum over n_mg)
+    G_m        = grad_tree_reduce([g_mg for g, in group order])
     G          = grad_tree_reduce([G_1, ..., G_k])
     N          = sum of the n_mg                             (= k*B*T)
-    loss       = fsum(n_mg * l_mg) / N
+    loss       = fsum(l_mg) / N
     g          = grad_scale(G, 1 / N)
     g, norm    = clip_grad_norm(g, clip_norm)                (clip_norm = 0: none)
     params     = <optim.name>_step(params, g, lr=lr_at(s, schedule), ...)
 
 Read top to bottom: :func:`group_gradients` is one group's forward/backward
-(``n_mg * l_mg`` and ``n_mg * g_mg``), :func:`group_step_gradients` the whole
-step's loss and gradient by the group split, in the calling thread, and
+(the summed loss ``l_mg`` and its gradient ``g_mg``), :func:`group_step_gradients`
+the whole step's loss and gradient by the group split, in the calling thread, and
 :func:`apply_update` the clip and the optimizer step. The step engines
 (:mod:`cllm_spec.train.engines`) hand the same groups to worker threads or MPI
 ranks and reduce them in the same order, so they give the same bits. The same
@@ -45,10 +45,18 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from cllm_spec import checks
 from cllm_spec.batching import iter_epoch
 from cllm_spec.errors import ConfigError, NonFiniteError
 from cllm_spec.metrics import perplexity, token_accuracy
-from cllm_spec.model import ModelConfig, backward, forward, mask_targets
+from cllm_spec.model import (
+    CheckedParams,
+    ModelConfig,
+    backward,
+    checked_params,
+    forward,
+    mask_targets,
+)
 from cllm_spec.parallel import (
     N_GROUPS,
     GroupResult,
@@ -79,28 +87,35 @@ class EvalResult(NamedTuple):
 
 # ---------------------------------------------------------------- one step ---
 def group_gradients(
-    backend: Any, cfg: ModelConfig, params: np.ndarray, batch: Batch
+    backend: Any, cfg: ModelConfig, params: np.ndarray | CheckedParams, batch: Batch
 ) -> tuple[np.ndarray, float, int]:
     """The parallel engines' ``grad_fn`` for one group micro-batch.
 
-    Returns ``(n * d(mean loss)/d params, n * mean loss, n)`` with ``n`` the
-    batch's counted tokens: the gradient of the summed loss, the summed loss and
-    the count (:mod:`cllm_spec.parallel.reduction`). Runs on worker threads, so
-    it sets its own floating-point error state (numpy's is per thread); a
-    non-finite loss raises DivergedError before the backward.
+    Returns ``(d(summed loss)/d params, summed loss, n)`` with ``n`` the
+    batch's counted tokens (:mod:`cllm_spec.parallel.reduction`): the model's
+    loss with ``loss_reduction="sum"``, so no pass scales a mean back up. Runs
+    on worker threads, so it sets its own floating-point error state (numpy's
+    is per thread); a non-finite loss raises DivergedError before the
+    backward. ``params`` may be the step's
+    :class:`~cllm_spec.model.CheckedParams`, so that the groups of one step
+    scan the weights for NaN once, not twice per group.
     """
     n = int(np.count_nonzero(batch.mask))
     if n == 0:  # nothing counts: the mean is 0/0, the sum is 0
-        return np.zeros_like(params), 0.0, 0
+        flat = params.flat if isinstance(params, CheckedParams) else params
+        return np.zeros_like(flat), 0.0, 0
     # Overflow shows up as inf or NaN, which is checked and reported.
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        targets = mask_targets(batch.targets, batch.mask)
-        _, loss, cache = forward(backend, cfg, params, batch.input_ids, targets)
+        # a group whose every position counts (the usual case) needs no mask
+        full = n == batch.mask.size
+        targets = batch.targets if full else mask_targets(batch.targets, batch.mask)
+        _, loss, cache = forward(
+            backend, cfg, params, batch.input_ids, targets, loss_reduction="sum"
+        )
         assert loss is not None  # targets were given
         if not math.isfinite(loss):
             raise DivergedError(f"loss {loss}")
-        grads = backward(backend, cfg, params, cache)
-        return np.asarray(backend.grad_scale(grads, float(n))), loss * n, n
+        return backward(backend, cfg, params, cache), loss, n
 
 
 def group_step_gradients(
@@ -110,9 +125,10 @@ def group_step_gradients(
     the calling thread: the bits every engine and worker count produce."""
     micro_sums: list[np.ndarray] = []
     results: list[GroupResult] = []
+    checked = checked_params(backend, cfg, params)
     for m, batch in enumerate(batches):
         mine = [
-            GroupResult(m, g, *group_gradients(backend, cfg, params, part))
+            GroupResult(m, g, *group_gradients(backend, cfg, checked, part))
             for g, part in enumerate(split_rows(batch, N_GROUPS))
             if part is not None
         ]
@@ -154,8 +170,10 @@ def apply_update(
         optimizer_hyperparameters(run.optim),
         decay_mask,
     )
-    if not np.isfinite(new_params).all():
-        raise DivergedError("the update made parameters NaN or inf")
+    try:
+        checks.expect_finite("params", new_params)  # one sum, not a mask of P
+    except NonFiniteError as exc:
+        raise DivergedError("the update made parameters NaN or inf") from exc
     return new_params, new_state, float(norm)
 
 

@@ -13,6 +13,10 @@ array is garbage its mapping is kept (2 GiB at most) and handed to the next
 output of the same size, so a training loop does not fault in and zero its
 optimizer states and logits on every step.
 
+``model_kernels`` (:mod:`cllm_c.model`) is the optional capability
+``cllm_spec.model`` uses: its kernels without re-validation, writing parameter
+gradients straight into the flat gradient buffer.
+
 Beyond the protocol: ``set_num_threads(n)`` / ``num_threads()`` and
 ``set_simd(level)`` / ``simd_level()`` change the thread count and the SIMD
 path at run time (tests compare them; results never depend on the threads).
@@ -26,6 +30,7 @@ from typing import Any
 import numpy as np
 
 import cllm_spec
+from cllm_c import model as model_kernels
 from cllm_c._lib import (
     num_threads,
     set_num_threads,
@@ -134,6 +139,7 @@ __all__ = [
     "make_batch_queue",
     "mha_backward",
     "mha_forward",
+    "model_kernels",
     "mse_backward",
     "mse_forward",
     "name",

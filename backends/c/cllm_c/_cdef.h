@@ -49,7 +49,8 @@ int cllm_sgemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
 void cllm_gemm_avx512(int on);
 int cllm_gemm_set_blocking(int64_t kc, int64_t mc, int64_t nc);
 
-/* ffn.c */
+/* ffn.c: linear_forward runs rows <= CLLM_GEMV_MAX_ROWS on cllm_gemv, more on
+ * the GEMM */
 int cllm_linear_forward(const float *x, const float *w, const float *b, float *y,
                         int64_t n, int64_t in_features, int64_t out_features);
 int cllm_linear_backward(const float *dy, const float *x, const float *w,
@@ -65,6 +66,26 @@ int cllm_layernorm_backward(const float *dy, const float *x_hat, const float *rs
                             const float *weight, float *dx, float *dweight,
                             float *dbias, int64_t rows, int64_t c);
 int cllm_column_sum(const float *x, float *out, int64_t rows, int64_t cols);
+/* the feed-forward block: h (N, F) = x w_fc^T + b_fc, a = act(h),
+ * y (N, C) = a w_proj^T + b_proj; exactly the three kernels above */
+int cllm_ffn_forward(const float *x, const float *w_fc, const float *b_fc,
+                     const float *w_proj, const float *b_proj, int kind, float *h,
+                     float *a, float *y, int64_t n, int64_t c, int64_t f);
+/* gemv.c: y (M, OUT) = x (M, IN) w^T + b (b may be NULL) for M <= MAX_ROWS,
+ * streaming w once as stored; y(m, :) does not depend on M or threads */
+enum { CLLM_GEMV_MAX_ROWS = 16 };
+int cllm_gemv(const float *x, const float *w, const float *b, float *y, int64_t m,
+              int64_t in_features, int64_t out_features);
+/* the residual add fused into the norm: x_out = x + res (x_out may be x), then
+ * y, x_hat, rstd of layernorm(x_out); and the backward that adds the norm's
+ * input gradient into dx (the residual stream's gradient) instead of writing it */
+int cllm_residual_layernorm_forward(const float *x, const float *res,
+                                    const float *weight, const float *bias, float eps,
+                                    float *x_out, float *y, float *x_hat, float *rstd,
+                                    int64_t rows, int64_t c);
+int cllm_layernorm_backward_add(const float *dy, const float *x_hat, const float *rstd,
+                                const float *weight, float *dx, float *dweight,
+                                float *dbias, int64_t rows, int64_t c);
 
 /* losses.c (log_softmax selects log-softmax over softmax) */
 int cllm_softmax_forward(const float *x, float *y, int64_t rows, int64_t v,
@@ -147,6 +168,21 @@ int cllm_tokens_to_heads(const float *x, int64_t ld, int64_t offset, int64_t b,
                          int64_t t, int64_t nh, int64_t hs, float *heads);
 int cllm_heads_to_tokens(const float *heads, int64_t b, int64_t t, int64_t nh,
                          int64_t hs, float *x, int64_t ld, int64_t offset);
+/* decoding: qkv (B, T, 3C) of T new tokens; their keys and values go to rows
+ * [start, start + T) of the caches (B, NH, T_max, HS), and each query attends
+ * causally over rows [0, start + i] in place; out (B, T, C), att (B, NH, T,
+ * start + T). */
+int cllm_attention_decode(const float *qkv, int64_t b, int64_t t, int64_t nh,
+                          int64_t hs, float *k_cache, float *v_cache, int64_t t_max,
+                          int64_t start, float scale, float *out, float *att);
+/* multi-head attention of T new tokens x (B, T, C) over a nonempty cache:
+ * qkv (B, T, 3C) = x w_qkv^T + b_qkv, cllm_attention_decode into merged
+ * (B, T, C) and att, y (B, T, C) = merged w_proj^T + b_proj */
+int cllm_mha_decode(const float *x, const float *w_qkv, const float *b_qkv,
+                    const float *w_proj, const float *b_proj, int64_t b, int64_t t,
+                    int64_t nh, int64_t hs, float *k_cache, float *v_cache,
+                    int64_t t_max, int64_t start, float scale, float *qkv,
+                    float *merged, float *att, float *y);
 /* writes src (B, NH, Tn, HS) into dst (B, NH, T_max, HS) at rows [start, start + Tn) */
 int cllm_kv_cache_write(const float *src, int64_t b, int64_t nh, int64_t tn,
                         int64_t hs, float *dst, int64_t t_max, int64_t start);
@@ -223,6 +259,15 @@ int cllm_layernorm_backward_f64(const double *dy, const double *x_hat,
                                 const double *rstd, const double *weight, double *dx,
                                 double *dweight, double *dbias, int64_t rows,
                                 int64_t c);
+int cllm_residual_layernorm_forward_f64(const double *x, const double *res,
+                                        const double *weight, const double *bias,
+                                        double eps, double *x_out, double *y,
+                                        double *x_hat, double *rstd, int64_t rows,
+                                        int64_t c);
+int cllm_layernorm_backward_add_f64(const double *dy, const double *x_hat,
+                                    const double *rstd, const double *weight,
+                                    double *dx, double *dweight, double *dbias,
+                                    int64_t rows, int64_t c);
 int cllm_softmax_forward_f64(const double *x, double *y, int64_t rows, int64_t v,
                              int log_softmax);
 int cllm_softmax_backward_f64(const double *dy, const double *y, double *dx,

@@ -8,7 +8,10 @@ wrapper should have (it re-checks sizes and ids on its own).
 
 from __future__ import annotations
 
+import math
 import os
+import sys
+import threading
 from typing import Any
 
 import numpy as np
@@ -122,24 +125,73 @@ def out_ptr(name: str, x: np.ndarray) -> Any:
 BIG_BYTES = 8 << 20
 #: Every output starts on a cache line.
 ALIGN = 64
+#: Outputs from this size up to BIG_BYTES are recycled by size (_Recycler).
+RECYCLE_MIN_BYTES = 64 << 10
+#: At most this many bytes of garbage outputs are kept for reuse.
+RECYCLE_MAX_BYTES = 512 << 20
 
 
-def empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+class _Recycler:
+    """Output buffers kept by size, handed out again once nothing uses them.
+
+    A training step allocates the same activations and gradients every step;
+    from malloc each comes back as fresh pages (glibc maps and unmaps blocks
+    this size), and faulting them in cost a third of a default-model step's
+    time on this machine. Every array handed out is a view of a kept buffer,
+    so the buffer's reference count says whether any output or view of it is
+    still alive: only the stock list then refers to it.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._stock: dict[int, list[np.ndarray]] = {}
+        self._bytes = 0
+        self._limit = limit
+        self._lock = threading.Lock()
+
+    def take(self, nbytes: int) -> np.ndarray:
+        """A (nbytes,) uint8 view of a buffer no live array uses."""
+        with self._lock:
+            stock = self._stock.setdefault(nbytes, [])
+            for raw in stock:
+                # referenced by the list, this loop and the call's argument
+                if sys.getrefcount(raw) == 3:
+                    return raw[:]
+            raw = np.empty(nbytes, dtype=np.uint8)
+            if self._bytes + nbytes <= self._limit:
+                stock.append(raw)
+                self._bytes += nbytes
+            return raw[:]
+
+
+_recycler = _Recycler(RECYCLE_MAX_BYTES)
+
+
+def _aligned(
+    raw: np.ndarray, nbytes: int, dt: np.dtype, shape: int | tuple[int, ...]
+) -> np.ndarray:
+    """The first 64-byte boundary of ``raw`` (nbytes + ALIGN long) as the array."""
+    skip = -raw.ctypes.data % ALIGN
+    return raw[skip : skip + nbytes].view(dt).reshape(shape)
+
+
+def empty(shape: int | tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     """An uninitialized array, like ``np.empty``, starting on a 64-byte boundary.
 
     Large ones are mapped by C on transparent huge pages (see ``cllm_big_alloc``
     in csrc/cpu.c): first touch then costs 1/512 of the page faults, which is a
     large share of a memory-bound kernel's time on a 134 MB optimizer state.
-    The array keeps its mapping alive and unmaps it when collected.
+    The array keeps its mapping alive and unmaps it when collected. Mid-sized
+    ones reuse the buffers of earlier outputs of the same size (_Recycler).
     """
     dt = np.dtype(dtype)
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+    # math.prod, not np.prod: that costs more than many kernel calls
+    nbytes = (shape if isinstance(shape, int) else math.prod(shape)) * dt.itemsize
+    # 64-byte aligned like the big ones (NumPy aligns to 16): the GEMM's zmm
+    # stores of C rows then never split a cache line
+    if nbytes < RECYCLE_MIN_BYTES:
+        return _aligned(np.empty(nbytes + ALIGN, dtype=np.uint8), nbytes, dt, shape)
     if nbytes < BIG_BYTES:
-        # 64-byte aligned like the big ones (NumPy aligns to 16): the GEMM's
-        # zmm stores of C rows then never split a cache line
-        raw = np.empty(nbytes + ALIGN, dtype=np.uint8)
-        skip = -raw.ctypes.data % ALIGN
-        return raw[skip : skip + nbytes].view(dt).reshape(shape)
+        return _aligned(_recycler.take(nbytes + ALIGN), nbytes, dt, shape)
     raw = lib.cllm_big_alloc(nbytes)
     if raw == ffi.NULL:
         raise MemoryError(f"cannot map {nbytes} bytes")

@@ -4,14 +4,17 @@ the projections of multi-head attention).
 The math and error contract are in :mod:`cllm_spec.attention`. Multi-head
 attention is composed here from the kernels: the QKV projection, a C kernel
 that moves heads to (B, NH, T, HS), scaled dot-product attention, the inverse
-move and the output projection.
+move and the output projection. Decoding over a nonempty KV cache is one C
+call (``cllm_mha_decode``): the projections around ``cllm_attention_decode``,
+which appends the new keys and values and attends over the cache where it
+lies.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from cllm_c._lib import arr, check, empty, ffi, kernel, out_ptr, ptr
+from cllm_c._lib import F32, arr, check, empty, ffi, kernel, lib, out_ptr, ptr
 from cllm_c.ffn import _linear, _linear_backward
 from cllm_spec.attention import (
     attention_scale,
@@ -23,7 +26,7 @@ from cllm_spec.attention import (
     validate_mha,
     validate_mha_backward,
 )
-from cllm_spec.protocols import AttentionCache, KVCache, MHACache
+from cllm_spec.protocols import AttentionCache, KVCache, LinearCache, MHACache
 
 
 # ------------------------------------------------- scaled dot-product ------
@@ -164,19 +167,74 @@ def _merge(heads: np.ndarray, out: np.ndarray, offset: int) -> None:
     check(status, "merge heads")
 
 
-def mha_forward(
+def _decode(
     x: np.ndarray,
     w_qkv: np.ndarray,
     b_qkv: np.ndarray | None,
     w_proj: np.ndarray,
     b_proj: np.ndarray | None,
-    *,
+    kv_cache: KVCache,
+    nh: int,
+) -> tuple[np.ndarray, MHACache, KVCache]:
+    """Multi-head attention of T new tokens over a nonempty contiguous cache.
+
+    One C call (``cllm_mha_decode``): the QKV projection, the append of the
+    new keys and values, attention over the cache where it lies (nothing of
+    it is copied) and the output projection.
+    """
+    xc, wq, wp = arr("x", x), arr("w_qkv", w_qkv), arr("w_proj", w_proj)
+    bq = None if b_qkv is None else arr("b_qkv", b_qkv)
+    bp = None if b_proj is None else arr("b_proj", b_proj)
+    b, t, c = x.shape
+    start, t_max, hs = int(kv_cache.length), kv_cache.k.shape[2], c // nh
+    scale = attention_scale(hs)
+    qkv = empty((b, t, 3 * c), dtype=F32)
+    merged, y = empty((b, t, c), dtype=F32), empty((b, t, c), dtype=F32)
+    att = empty((b, nh, t, start + t), dtype=F32)
+    status = lib.cllm_mha_decode(
+        ptr(xc), ptr(wq), ptr(bq), ptr(wp), ptr(bp), b, t, nh, hs,
+        out_ptr("kv_cache.k", kv_cache.k), out_ptr("kv_cache.v", kv_cache.v),
+        t_max, start, scale, ptr(qkv),
+        ptr(merged), ptr(att), ptr(y),
+    )  # fmt: skip
+    check(status, "attention over the KV cache")
+    q = qkv[..., :c].reshape(b, t, nh, hs).transpose(0, 2, 1, 3)  # a view
+    k, v = (buf[:, :, : start + t] for buf in (kv_cache.k, kv_cache.v))
+    attn = AttentionCache(q, k, v, att, scale)
+    cache = MHACache(
+        LinearCache(x, w_qkv, b_qkv is not None),
+        attn,
+        LinearCache(merged, w_proj, b_proj is not None),
+        nh,
+    )
+    return y, cache, KVCache(kv_cache.k, kv_cache.v, start + t)
+
+
+def _in_place(x: np.ndarray, kv_cache: KVCache | None) -> bool:
+    """Whether C can decode over ``kv_cache`` in place (float32, contiguous)."""
+    return (
+        kv_cache is not None
+        and kv_cache.length > 0
+        and x.dtype == F32
+        and kv_cache.k.flags.c_contiguous
+        and kv_cache.v.flags.c_contiguous
+    )
+
+
+def _mha(
+    x: np.ndarray,
+    w_qkv: np.ndarray,
+    b_qkv: np.ndarray | None,
+    w_proj: np.ndarray,
+    b_proj: np.ndarray | None,
     n_head: int,
-    kv_cache: KVCache | None = None,
+    kv_cache: KVCache | None,
 ) -> tuple[np.ndarray, MHACache, KVCache | None]:
-    """Causal multi-head self-attention with fused QKV and output projection."""
-    validate_mha(x, w_qkv, b_qkv, w_proj, b_proj, n_head, kv_cache)
+    """:func:`mha_forward` on inputs the caller has validated."""
     nh = int(n_head)
+    if _in_place(x, kv_cache):
+        assert kv_cache is not None
+        return _decode(x, w_qkv, b_qkv, w_proj, b_proj, kv_cache, nh)
     b, t, c = x.shape
     qkv, qkv_cache = _linear(x, w_qkv, b_qkv)  # (B, T, 3C)
     q, k, v = (_split(qkv, i * c, c, nh) for i in range(3))  # (B, NH, T, HS) each
@@ -198,17 +256,40 @@ def mha_forward(
     return y, MHACache(qkv_cache, attn_cache, proj_cache, nh), new_cache
 
 
+def mha_forward(
+    x: np.ndarray,
+    w_qkv: np.ndarray,
+    b_qkv: np.ndarray | None,
+    w_proj: np.ndarray,
+    b_proj: np.ndarray | None,
+    *,
+    n_head: int,
+    kv_cache: KVCache | None = None,
+) -> tuple[np.ndarray, MHACache, KVCache | None]:
+    """Causal multi-head self-attention with fused QKV and output projection."""
+    validate_mha(x, w_qkv, b_qkv, w_proj, b_proj, n_head, kv_cache)
+    return _mha(x, w_qkv, b_qkv, w_proj, b_proj, n_head, kv_cache)
+
+
 def mha_backward(
     dy: np.ndarray, cache: MHACache
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray, np.ndarray | None]:
     """(dx, dw_qkv, db_qkv, dw_proj, db_proj); bias grads are None without a bias."""
     validate_mha_backward(dy, cache)
+    return _mha_backward(dy, cache)
+
+
+def _mha_backward(
+    dy: np.ndarray, cache: MHACache, out: tuple[np.ndarray, ...] | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray, np.ndarray | None]:
+    """``out``: (dw_qkv, db_qkv, dw_proj, db_proj) to write into, or None."""
+    dw_qkv, db_qkv, dw_proj, db_proj = out or (None,) * 4
     nh = int(cache.n_head)
-    da, dw_proj, db_proj = _linear_backward(dy, cache.proj)  # (B, T, C)
+    da, dw_proj, db_proj = _linear_backward(dy, cache.proj, dw_proj, db_proj)
     b, t, c = da.shape
     grads = _attend_backward(_split(da, 0, c, nh), cache.attn)
     dqkv = empty((b, t, 3 * c), dtype=da.dtype)  # (B, T, 3C)
     for i, g in enumerate(grads):
         _merge(g, dqkv, i * c)
-    dx, dw_qkv, db_qkv = _linear_backward(dqkv, cache.qkv)
+    dx, dw_qkv, db_qkv = _linear_backward(dqkv, cache.qkv, dw_qkv, db_qkv)
     return dx, dw_qkv, db_qkv, dw_proj, db_proj

@@ -10,6 +10,7 @@ import numpy as np
 
 from cllm_c._lib import arr, check, empty, ids64, kernel, ptr
 from cllm_spec.embedding import validate_embedding, validate_embedding_backward
+from cllm_spec.errors import ShapeError
 from cllm_spec.protocols import EmbeddingCache
 
 
@@ -18,6 +19,12 @@ def embedding_forward(
 ) -> tuple[np.ndarray, EmbeddingCache]:
     """x[b, t] = wte[ids[b, t]] + wpe[pos_offset + t]."""
     validate_embedding(ids, wte, wpe, pos_offset)
+    return _embedding(ids, wte, wpe, int(pos_offset))
+
+
+def _embedding(
+    ids: np.ndarray, wte: np.ndarray, wpe: np.ndarray, pos_offset: int
+) -> tuple[np.ndarray, EmbeddingCache]:
     te, pe = arr("wte", wte), arr("wpe", wpe)
     b, t = ids.shape
     (v, c), t_max = te.shape, pe.shape[0]
@@ -35,15 +42,29 @@ def embedding_backward(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(dwte, dwpe): scatter-add of dx into the token rows, batch sum per position."""
     validate_embedding_backward(dx, cache)
+    c = dx.shape[-1]
+    # zeros come from calloc: untouched rows of a large table cost nothing
+    dwte = np.zeros((cache.vocab_size, c), dtype=dx.dtype)
+    dwpe = np.zeros((cache.n_positions, c), dtype=dx.dtype)
+    _embedding_add_backward(dx, cache, dwte, dwpe)
+    return dwte, dwpe
+
+
+def _embedding_add_backward(
+    dx: np.ndarray, cache: EmbeddingCache, dwte: np.ndarray, dwpe: np.ndarray
+) -> None:
+    """ADD the scatter of ``dx`` into ``dwte: (V, C)`` and ``dwpe: (T_max, C)``."""
     ids, vocab_size, n_positions, offset = cache
     g = arr("dx", dx)
     b, t, c = g.shape
-    # zeros come from calloc: untouched rows of a large table cost nothing
-    dwte = np.zeros((vocab_size, c), dtype=g.dtype)
-    dwpe = np.zeros((n_positions, c), dtype=g.dtype)
+    for name, a, shape in (
+        ("dwte", dwte, (vocab_size, c)),
+        ("dwpe", dwpe, (n_positions, c)),
+    ):
+        if arr(name, a, g.dtype, shape) is not a or not a.flags.writeable:
+            raise ShapeError(f"{name}: expected a writable C-contiguous array")
     _, ip = ids64(ids)
     status = kernel("cllm_embedding_backward", g.dtype)(
         ptr(g), ip, b, t, c, vocab_size, n_positions, offset, ptr(dwte), ptr(dwpe)
     )
     check(status, "embedding_backward")
-    return dwte, dwpe

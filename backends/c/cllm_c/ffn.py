@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from cllm_c._lib import arr, check, empty, kernel, ptr
+from cllm_c._lib import F32, arr, check, empty, kernel, lib, ptr
+from cllm_spec.errors import ShapeError
 from cllm_spec.ffn import (
     validate_activation,
     validate_activation_backward,
@@ -31,6 +32,18 @@ _KINDS = {"relu": 0, "gelu": 1, "gelu_tanh": 2}
 
 
 # ------------------------------------------------------------------ linear ----
+def _out(
+    name: str, given: np.ndarray | None, shape: tuple[int, ...], dt: np.dtype
+) -> np.ndarray:
+    """A new output array, or the caller's, checked: C writes its whole extent."""
+    if given is None:
+        return empty(shape, dtype=dt)
+    out = arr(name, given, dt, shape)
+    if out is not given or not out.flags.writeable:
+        raise ShapeError(f"{name}: expected a writable C-contiguous output array")
+    return out
+
+
 def _linear(
     x: np.ndarray, w: np.ndarray, b: np.ndarray | None
 ) -> tuple[np.ndarray, LinearCache]:
@@ -47,8 +60,12 @@ def _linear(
 
 
 def _linear_backward(
-    dy: np.ndarray, cache: LinearCache
+    dy: np.ndarray,
+    cache: LinearCache,
+    dw: np.ndarray | None = None,
+    db: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """``dw``, ``db``: contiguous outputs to write into (new arrays when None)."""
     x, w, has_bias = cache
     dyc = arr("dy", dy)
     xc = arr("cache.x", x, dyc.dtype)
@@ -59,8 +76,8 @@ def _linear_backward(
     n = xc.size // in_f
     dt = dyc.dtype
     dx = empty(x.shape, dtype=dt)  # (..., IN)
-    dw = empty((out_f, in_f), dtype=dt)
-    db = empty(out_f, dtype=dt) if has_bias else None
+    dw = _out("dw", dw, (out_f, in_f), dt)
+    db = _out("db", db, (out_f,), dt) if has_bias else None
     status = kernel("cllm_linear_backward", dt)(
         ptr(dyc), ptr(xc), ptr(wc), ptr(dx), ptr(dw), ptr(db), n, in_f, out_f
     )
@@ -126,6 +143,12 @@ def layernorm_forward(
 ) -> tuple[np.ndarray, LayerNormCache]:
     """``y = (x - mean) / sqrt(var + eps) * weight + bias`` over the last axis."""
     eps = validate_layernorm(x, weight, bias, eps)
+    return _layernorm(x, weight, bias, eps)
+
+
+def _layernorm(
+    x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float
+) -> tuple[np.ndarray, LayerNormCache]:
     xc, wc, bc = arr("x", x), arr("weight", weight), arr("bias", bias)
     c = x.shape[-1]
     rows = xc.size // c
@@ -144,6 +167,43 @@ def layernorm_backward(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``dx = rstd (g - mean g - x_hat mean(g x_hat))`` with ``g = dy * weight``."""
     validate_layernorm_backward(dy, cache)
+    return _layernorm_backward(dy, cache)
+
+
+def _residual_layernorm(
+    x: np.ndarray, res: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float
+) -> tuple[np.ndarray, LayerNormCache]:
+    """``x += res`` in place (x must be the caller's own contiguous array), then
+    the layer norm of the sum, in one pass over each row."""
+    dt = x.dtype
+    rc = arr("res", res, dt, x.shape)
+    wc, bc = arr("weight", weight, dt), arr("bias", bias, dt)
+    if not (x.flags.c_contiguous and x.flags.writeable):
+        raise ShapeError("x: expected a writable C-contiguous residual stream")
+    c = x.shape[-1]
+    rows = x.size // c
+    arr("weight", wc, shape=(c,))
+    arr("bias", bc, shape=(c,))
+    y = empty(x.shape, dtype=dt)  # (..., C)
+    x_hat = empty(x.shape, dtype=dt)  # (..., C)
+    rstd = empty(x.shape[:-1], dtype=dt)  # (...,)
+    status = kernel("cllm_residual_layernorm_forward", dt)(
+        ptr(x), ptr(rc), ptr(wc), ptr(bc), eps, ptr(x), ptr(y), ptr(x_hat),
+        ptr(rstd), rows, c,
+    )  # fmt: skip
+    check(status, "residual_layernorm_forward")
+    return y, LayerNormCache(x_hat, rstd, weight)
+
+
+def _layernorm_backward(
+    dy: np.ndarray,
+    cache: LayerNormCache,
+    dweight: np.ndarray | None = None,
+    dbias: np.ndarray | None = None,
+    add_to: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``add_to``: the caller's own contiguous array to add dx into (and
+    return), as the residual stream's gradient; a new dx when None."""
     dyc = arr("dy", dy)
     dt = dyc.dtype
     x_hat = arr("cache.x_hat", cache.x_hat, dt, dyc.shape)
@@ -151,10 +211,13 @@ def layernorm_backward(
     rows = x_hat.size // c
     rstd = arr("cache.rstd", cache.rstd, dt, x_hat.shape[:-1])
     wc = arr("cache.weight", cache.weight, dt, (c,))
-    dx = empty(x_hat.shape, dtype=dt)  # (..., C)
-    dweight = empty(c, dtype=dt)
-    dbias = empty(c, dtype=dt)
-    status = kernel("cllm_layernorm_backward", dt)(
+    dx = _out("add_to", add_to, x_hat.shape, dt)  # (..., C)
+    dweight = _out("dweight", dweight, (c,), dt)
+    dbias = _out("dbias", dbias, (c,), dt)
+    name = (
+        "cllm_layernorm_backward" if add_to is None else "cllm_layernorm_backward_add"
+    )
+    status = kernel(name, dt)(
         ptr(dyc), ptr(x_hat), ptr(rstd), ptr(wc), ptr(dx), ptr(dweight), ptr(dbias),
         rows, c,
     )  # fmt: skip
@@ -174,6 +237,35 @@ def ffn_forward(
 ) -> tuple[np.ndarray, FFNCache]:
     """``linear(activation(linear(x, w_fc, b_fc)), w_proj, b_proj)``."""
     validate_ffn(x, w_fc, b_fc, w_proj, b_proj, activation)
+    return _ffn(x, w_fc, b_fc, w_proj, b_proj, str(activation))
+
+
+def _ffn(
+    x: np.ndarray,
+    w_fc: np.ndarray,
+    b_fc: np.ndarray | None,
+    w_proj: np.ndarray,
+    b_proj: np.ndarray | None,
+    activation: str,
+) -> tuple[np.ndarray, FFNCache]:
+    kind = str(activation)
+    if x.dtype == F32:  # one C call for the block (csrc/ffn.c cllm_ffn_forward)
+        xc, wf, wp = arr("x", x), arr("w_fc", w_fc), arr("w_proj", w_proj)
+        bf = None if b_fc is None else arr("b_fc", b_fc)
+        bp = None if b_proj is None else arr("b_proj", b_proj)
+        (f, c), lead = wf.shape, x.shape[:-1]
+        h, a = empty((*lead, f), dtype=F32), empty((*lead, f), dtype=F32)
+        y = empty((*lead, c), dtype=F32)
+        status = lib.cllm_ffn_forward(
+            ptr(xc), ptr(wf), ptr(bf), ptr(wp), ptr(bp), _KINDS[kind], ptr(h),
+            ptr(a), ptr(y), xc.size // c, c, f,
+        )  # fmt: skip
+        check(status, "ffn_forward")
+        return y, FFNCache(
+            LinearCache(x, w_fc, b_fc is not None),
+            ActivationCache(h, kind),
+            LinearCache(a, w_proj, b_proj is not None),
+        )
     h, fc = _linear(x, w_fc, b_fc)  # (..., F)
     a, act = _activation(h, str(activation))  # (..., F)
     y, proj = _linear(a, w_proj, b_proj)  # (..., C)
@@ -185,9 +277,28 @@ def ffn_backward(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray, np.ndarray | None]:
     """(dx, dw_fc, db_fc, dw_proj, db_proj); bias grads are None without bias."""
     validate_ffn_backward(dy, cache)
-    da, dw_proj, db_proj = _linear_backward(dy, cache.proj)  # (..., F)
-    validate_activation_backward(da, cache.act)
+    return _ffn_backward(dy, cache, checked=True)
+
+
+def _ffn_backward(
+    dy: np.ndarray,
+    cache: FFNCache,
+    out: tuple[np.ndarray, ...] | None = None,
+    *,
+    checked: bool = False,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray, np.ndarray | None]:
+    """``out``: (dw_fc, db_fc, dw_proj, db_proj) to write into, or None.
+
+    ``checked`` re-validates the inner caches against the gradients that reach
+    them (a caller's cache may be inconsistent); the model's own caches are
+    consistent by construction and skip it.
+    """
+    dw_fc, db_fc, dw_proj, db_proj = out or (None,) * 4
+    da, dw_proj, db_proj = _linear_backward(dy, cache.proj, dw_proj, db_proj)
+    if checked:
+        validate_activation_backward(da, cache.act)
     dh = _activation_backward(da, cache.act)  # (..., F)
-    validate_linear_backward(dh, cache.fc)
-    dx, dw_fc, db_fc = _linear_backward(dh, cache.fc)  # (..., C)
+    if checked:
+        validate_linear_backward(dh, cache.fc)
+    dx, dw_fc, db_fc = _linear_backward(dh, cache.fc, dw_fc, db_fc)  # (..., C)
     return dx, dw_fc, db_fc, dw_proj, db_proj

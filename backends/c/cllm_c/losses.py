@@ -95,6 +95,12 @@ def cross_entropy_forward(
     logits, targets, ignore, eps, red = validate_cross_entropy(
         logits, targets, ignore_index, label_smoothing, reduction
     )
+    return _cross_entropy(logits, targets, ignore, eps, red)
+
+
+def _cross_entropy(
+    logits: np.ndarray, targets: np.ndarray, ignore: int, eps: float, red: str
+) -> tuple[np.ndarray, CrossEntropyCache]:
     z = arr("logits", logits)
     n, v = z.shape
     dt = z.dtype
@@ -115,6 +121,10 @@ def cross_entropy_forward(
 def cross_entropy_backward(dloss: np.ndarray, cache: CrossEntropyCache) -> np.ndarray:
     """``dlogits[i] = dloss_i * w_i * (p_i - q_i)`` with the smoothed target q."""
     dloss = validate_cross_entropy_backward(dloss, cache)
+    return _cross_entropy_backward(dloss, cache)
+
+
+def _cross_entropy_backward(dloss: np.ndarray, cache: CrossEntropyCache) -> np.ndarray:
     dl = arr("dloss", dloss)
     probs = arr("cache.probs", cache.probs, dl.dtype)
     n, v = probs.shape

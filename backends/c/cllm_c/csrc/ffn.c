@@ -1,6 +1,6 @@
-/* ffn: linear (on the GEMM of gemm.c), relu / gelu / gelu_tanh, layer norm,
- * and the column sums the bias gradients need. The feed-forward block itself
- * is composed from these in the Python wrapper.
+/* ffn: linear (on the GEMM of gemm.c, or on gemv.c for a few rows), relu /
+ * gelu / gelu_tanh, layer norm, and the column sums the bias gradients need.
+ * The feed-forward block itself is composed from these in the Python wrapper.
  *
  * Every kernel has a scalar twin next to its AVX2 path. Reductions that
  * produce one value from many rows (bias and layer-norm parameter
@@ -31,6 +31,9 @@ int cllm_linear_forward(const float *x, const float *w, const float *b, float *y
                         int64_t n, int64_t in_features, int64_t out_features)
 {
     CLLM_CHECK(x && w && y && n >= 0 && in_features >= 1 && out_features >= 1);
+    /* a few rows (decoding) are memory-bound: stream w once, unpacked */
+    if (n <= CLLM_GEMV_MAX_ROWS)
+        return cllm_gemv(x, w, b, y, n, in_features, out_features);
     /* y (N, OUT) = x (N, IN) w^T (IN, OUT) + b */
     return cllm_sgemm(0, 1, n, out_features, in_features, x, in_features, w,
                       in_features, y, out_features, 0, b);
@@ -324,6 +327,23 @@ int cllm_activation_backward(int kind, const float *x, const float *dy, float *d
     return act_run(kind, x, dy, dx, n);
 }
 
+/* ------------------------------------------------------- ffn block ---- */
+/* The feed-forward block in one call: the same three kernels the wrapper
+ * would call one by one, so the bits are theirs. A decoding step is a few
+ * microseconds of arithmetic per kernel, as much as a call from Python. */
+int cllm_ffn_forward(const float *x, const float *w_fc, const float *b_fc,
+                     const float *w_proj, const float *b_proj, int kind, float *h,
+                     float *a, float *y, int64_t n, int64_t c, int64_t f)
+{
+    CLLM_CHECK(h && a && f >= 1 && (n <= INT64_MAX / f));
+    int status = cllm_linear_forward(x, w_fc, b_fc, h, n, c, f);
+    if (status == CLLM_OK)
+        status = cllm_activation_forward(kind, h, a, n * f);
+    if (status == CLLM_OK)
+        status = cllm_linear_forward(a, w_proj, b_proj, y, n, f, c);
+    return status;
+}
+
 /* ------------------------------------------------------------ layer norm ---- */
 /* Row statistics in double: the mean of x - x[0] (exact shift for rows like
  * 1e4 + noise, where a float mean would lose digits), then the two-pass
@@ -356,8 +376,10 @@ static void ln_row_scalar(const float *x, const float *w, const float *b, double
     *rs = (float)rstd;
 }
 
+/* acc: add the row's gradient to dx (the residual stream's) instead of
+ * writing it; the sum is rounded once, as a separate add would round it */
 static void ln_row_backward_scalar(const float *dy, const float *xh, float rstd,
-                                   const float *w, float *dx, int64_t c)
+                                   const float *w, float *dx, int64_t c, int acc)
 {
     double sg = 0.0, sgx = 0.0;
     for (int64_t j = 0; j < c; j++) {
@@ -366,8 +388,10 @@ static void ln_row_backward_scalar(const float *dy, const float *xh, float rstd,
         sgx += g * (double)xh[j];
     }
     float mg = (float)(sg / (double)c), mgx = (float)(sgx / (double)c);
-    for (int64_t j = 0; j < c; j++)
-        dx[j] = rstd * (dy[j] * w[j] - mg - xh[j] * mgx);
+    for (int64_t j = 0; j < c; j++) {
+        float v = rstd * (dy[j] * w[j] - mg - xh[j] * mgx);
+        dx[j] = acc ? dx[j] + v : v;
+    }
 }
 
 #if CLLM_X86
@@ -423,7 +447,7 @@ CLLM_AVX2 static void ln_row_avx2(const float *x, const float *w, const float *b
 
 CLLM_AVX2 static void ln_row_backward_avx2(const float *dy, const float *xh,
                                            float rstd, const float *w, float *dx,
-                                           int64_t c)
+                                           int64_t c, int acc)
 {
     __m256d a0 = _mm256_setzero_pd(), a1 = a0, b0 = a0, b1 = a0;
     int64_t j = 0, c8 = c & ~(int64_t)7;
@@ -450,10 +474,13 @@ CLLM_AVX2 static void ln_row_backward_avx2(const float *dy, const float *xh,
     for (j = 0; j < c8; j += 8) {
         __m256 g = _mm256_mul_ps(_mm256_loadu_ps(dy + j), _mm256_loadu_ps(w + j));
         __m256 t = _mm256_fnmadd_ps(_mm256_loadu_ps(xh + j), vmgx, _mm256_sub_ps(g, vmg));
-        _mm256_storeu_ps(dx + j, _mm256_mul_ps(vr, t));
+        __m256 v = _mm256_mul_ps(vr, t);
+        _mm256_storeu_ps(dx + j, acc ? _mm256_add_ps(_mm256_loadu_ps(dx + j), v) : v);
     }
-    for (; j < c; j++)
-        dx[j] = rstd * (dy[j] * w[j] - mg - xh[j] * mgx);
+    for (; j < c; j++) {
+        float v = rstd * (dy[j] * w[j] - mg - xh[j] * mgx);
+        dx[j] = acc ? dx[j] + v : v;
+    }
 }
 #endif
 
@@ -465,6 +492,9 @@ typedef struct {
     float *y, *x_hat, *rstd;
     int64_t rows, c;
     int simd;
+    const float *res; /* forward: add this residual into x_out first */
+    float *x_out;
+    int accumulate; /* backward: add dx into y instead of writing it */
 } ln_job;
 
 static void ln_forward_task(void *arg, int64_t q, int worker)
@@ -473,15 +503,23 @@ static void ln_forward_task(void *arg, int64_t q, int worker)
     int64_t c = j->c, end = (q + 1) * LN_ROWS < j->rows ? (q + 1) * LN_ROWS : j->rows;
     (void)worker;
     for (int64_t r = q * LN_ROWS; r < end; r++) {
+        const float *x = j->x + r * c;
+        if (j->res) { /* the residual add, while the row is in L1 */
+            float *xo = j->x_out + r * c;
+            const float *add = j->res + r * c;
+            for (int64_t k = 0; k < c; k++)
+                xo[k] = x[k] + add[k];
+            x = xo;
+        }
 #if CLLM_X86
         if (j->simd >= CLLM_SIMD_AVX2) {
-            ln_row_avx2(j->x + r * c, j->weight, j->bias, j->eps, j->y + r * c,
-                        j->x_hat + r * c, j->rstd + r, c);
+            ln_row_avx2(x, j->weight, j->bias, j->eps, j->y + r * c, j->x_hat + r * c,
+                        j->rstd + r, c);
             continue;
         }
 #endif
-        ln_row_scalar(j->x + r * c, j->weight, j->bias, j->eps, j->y + r * c,
-                      j->x_hat + r * c, j->rstd + r, c);
+        ln_row_scalar(x, j->weight, j->bias, j->eps, j->y + r * c, j->x_hat + r * c,
+                      j->rstd + r, c);
     }
 }
 
@@ -495,12 +533,12 @@ static void ln_backward_task(void *arg, int64_t q, int worker)
 #if CLLM_X86
         if (j->simd >= CLLM_SIMD_AVX2) {
             ln_row_backward_avx2(j->dy + r * c, j->x_hat_in + r * c, j->rstd_in[r],
-                                 j->weight, j->y + r * c, c);
+                                 j->weight, j->y + r * c, c, j->accumulate);
             continue;
         }
 #endif
         ln_row_backward_scalar(j->dy + r * c, j->x_hat_in + r * c, j->rstd_in[r],
-                               j->weight, j->y + r * c, c);
+                               j->weight, j->y + r * c, c, j->accumulate);
     }
 }
 
@@ -511,25 +549,53 @@ int cllm_layernorm_forward(const float *x, const float *weight, const float *bia
     CLLM_CHECK(x && weight && bias && y && x_hat && rstd && rows >= 0 && c >= 1);
     CLLM_CHECK(eps > 0.0f);
     ln_job j = {x, weight, bias, NULL, NULL, NULL, eps, y, x_hat, rstd, rows, c,
-                cllm_simd_current};
+                cllm_simd_current, NULL, NULL, 0};
     cllm_parallel((rows + LN_ROWS - 1) / LN_ROWS, cllm_threads_for(rows * c, ELEM_BLOCK),
                   ln_forward_task, &j);
     return CLLM_OK;
 }
 
-int cllm_layernorm_backward(const float *dy, const float *x_hat, const float *rstd,
-                            const float *weight, float *dx, float *dweight,
-                            float *dbias, int64_t rows, int64_t c)
+int cllm_residual_layernorm_forward(const float *x, const float *res,
+                                    const float *weight, const float *bias, float eps,
+                                    float *x_out, float *y, float *x_hat, float *rstd,
+                                    int64_t rows, int64_t c)
+{
+    CLLM_CHECK(x && res && weight && bias && x_out && y && x_hat && rstd);
+    CLLM_CHECK(rows >= 0 && c >= 1 && eps > 0.0f);
+    ln_job j = {x, weight, bias, NULL, NULL, NULL, eps, y, x_hat, rstd, rows, c,
+                cllm_simd_current, res, x_out, 0};
+    cllm_parallel((rows + LN_ROWS - 1) / LN_ROWS, cllm_threads_for(rows * c, ELEM_BLOCK),
+                  ln_forward_task, &j);
+    return CLLM_OK;
+}
+
+static int ln_backward(const float *dy, const float *x_hat, const float *rstd,
+                       const float *weight, float *dx, float *dweight, float *dbias,
+                       int64_t rows, int64_t c, int accumulate)
 {
     CLLM_CHECK(dy && x_hat && rstd && weight && dx && rows >= 0 && c >= 1);
     ln_job j = {NULL, weight, NULL, dy, rstd, x_hat, 0.0, dx, NULL, NULL, rows, c,
-                cllm_simd_current};
+                cllm_simd_current, NULL, NULL, accumulate};
     cllm_parallel((rows + LN_ROWS - 1) / LN_ROWS, cllm_threads_for(rows * c, ELEM_BLOCK),
                   ln_backward_task, &j);
     int status = dweight ? column_reduce(dy, x_hat, dweight, rows, c) : CLLM_OK;
     if (status == CLLM_OK && dbias)
         status = column_reduce(dy, NULL, dbias, rows, c);
     return status;
+}
+
+int cllm_layernorm_backward(const float *dy, const float *x_hat, const float *rstd,
+                            const float *weight, float *dx, float *dweight,
+                            float *dbias, int64_t rows, int64_t c)
+{
+    return ln_backward(dy, x_hat, rstd, weight, dx, dweight, dbias, rows, c, 0);
+}
+
+int cllm_layernorm_backward_add(const float *dy, const float *x_hat, const float *rstd,
+                                const float *weight, float *dx, float *dweight,
+                                float *dbias, int64_t rows, int64_t c)
+{
+    return ln_backward(dy, x_hat, rstd, weight, dx, dweight, dbias, rows, c, 1);
 }
 
 /* ------------------------------------------------------------- float64 ---- */
@@ -643,10 +709,26 @@ int cllm_layernorm_forward_f64(const double *x, const double *weight,
     return CLLM_OK;
 }
 
-int cllm_layernorm_backward_f64(const double *dy, const double *x_hat,
-                                const double *rstd, const double *weight, double *dx,
-                                double *dweight, double *dbias, int64_t rows,
-                                int64_t c)
+int cllm_residual_layernorm_forward_f64(const double *x, const double *res,
+                                        const double *weight, const double *bias,
+                                        double eps, double *x_out, double *y,
+                                        double *x_hat, double *rstd, int64_t rows,
+                                        int64_t c)
+{
+    CLLM_CHECK(x && res && weight && bias && x_out && y && x_hat && rstd);
+    CLLM_CHECK(rows >= 0 && c >= 1 && eps > 0.0);
+    for (int64_t r = 0; r < rows; r++) {
+        for (int64_t k = 0; k < c; k++)
+            x_out[r * c + k] = x[r * c + k] + res[r * c + k];
+        cllm_layernorm_forward_f64(x_out + r * c, weight, bias, eps, y + r * c,
+                                   x_hat + r * c, rstd + r, 1, c);
+    }
+    return CLLM_OK;
+}
+
+static int ln_backward_f64(const double *dy, const double *x_hat, const double *rstd,
+                           const double *weight, double *dx, double *dweight,
+                           double *dbias, int64_t rows, int64_t c, int acc)
 {
     CLLM_CHECK(dy && x_hat && rstd && weight && dx && rows >= 0 && c >= 1);
     for (int64_t r = 0; r < rows; r++) {
@@ -657,12 +739,30 @@ int cllm_layernorm_backward_f64(const double *dy, const double *x_hat,
             sgx += g[j] * weight[j] * h[j];
         }
         double mg = sg / (double)c, mgx = sgx / (double)c;
-        for (int64_t j = 0; j < c; j++)
-            dx[r * c + j] = rstd[r] * (g[j] * weight[j] - mg - h[j] * mgx);
+        for (int64_t j = 0; j < c; j++) {
+            double v = rstd[r] * (g[j] * weight[j] - mg - h[j] * mgx);
+            dx[r * c + j] = acc ? dx[r * c + j] + v : v;
+        }
     }
     if (dweight)
         column_sums_f64(dy, x_hat, dweight, rows, c);
     if (dbias)
         column_sums_f64(dy, NULL, dbias, rows, c);
     return CLLM_OK;
+}
+
+int cllm_layernorm_backward_f64(const double *dy, const double *x_hat,
+                                const double *rstd, const double *weight, double *dx,
+                                double *dweight, double *dbias, int64_t rows,
+                                int64_t c)
+{
+    return ln_backward_f64(dy, x_hat, rstd, weight, dx, dweight, dbias, rows, c, 0);
+}
+
+int cllm_layernorm_backward_add_f64(const double *dy, const double *x_hat,
+                                    const double *rstd, const double *weight,
+                                    double *dx, double *dweight, double *dbias,
+                                    int64_t rows, int64_t c)
+{
+    return ln_backward_f64(dy, x_hat, rstd, weight, dx, dweight, dbias, rows, c, 1);
 }

@@ -1,0 +1,177 @@
+"""The kernels of :mod:`cllm_spec.model`'s composition, without re-validation.
+
+``cllm_spec.model.forward`` and ``backward`` validate the parameters, ids,
+targets and caches once at their public boundary; every array they then hand
+a kernel is one they built, with shapes that follow from the config. A backend
+that exposes ``model_kernels`` (this module) lets the model call them without
+the spec's per-kernel validators (the C-side size and id checks stay), and its
+backward functions write the parameter gradients into the caller's views of
+the flat gradient buffer (``out=``) instead of returning new arrays to copy.
+The forward entry points are also the decoding path's: ``mha_forward`` over a
+nonempty contiguous float32 KV cache attends over it in place in one C call
+(``cllm_mha_decode``), ``ffn_forward`` is one C call per block, and
+``linear_forward`` of a few rows streams the weight once (csrc/gemv.c); the
+model validated the caches' buffers and room before (``validate_forward``).
+
+The contract (``cllm_spec.model`` documents it as the "model kernels"
+capability): the same names, arguments and results as the public kernels, and
+
+- ``layernorm_backward(dy, cache, out=(dweight, dbias))``,
+  ``mha_backward(dy, cache, out=(dw_qkv, db_qkv, dw_proj, db_proj))``,
+  ``ffn_backward(dy, cache, out=(dw_fc, db_fc, dw_proj, db_proj))`` and
+  ``linear_backward(dy, cache, out=(dw,))`` (no bias) overwrite ``out`` and
+  return the input gradient alone;
+- ``embedding_backward(dx, cache, out=(dwte, dwpe))`` ADDS its scatter into
+  ``out`` (the caller zeroes them, or leaves the LM head's gradient in dwte);
+- ``empty(shape, dtype)`` is the backend's output allocator (recycled buffers),
+  for the flat gradient buffer;
+- ``residual_layernorm_forward(x, res, weight, bias, eps)`` returns
+  ``(x + res, layernorm(x + res), cache)``, the sum written over ``x`` (the
+  model's own residual stream), in one pass per row;
+  ``layernorm_backward(..., add_to=dx)`` adds the input gradient into ``dx``
+  (the residual stream's gradient, the model's own array) and returns it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cllm_c._lib import empty
+from cllm_c.attention import _mha, _mha_backward
+from cllm_c.embedding import _embedding, _embedding_add_backward
+from cllm_c.ffn import (
+    _ffn,
+    _ffn_backward,
+    _layernorm,
+    _layernorm_backward,
+    _linear,
+    _linear_backward,
+    _residual_layernorm,
+)
+from cllm_c.losses import _cross_entropy, _cross_entropy_backward
+from cllm_spec.protocols import (
+    CrossEntropyCache,
+    EmbeddingCache,
+    FFNCache,
+    KVCache,
+    LayerNormCache,
+    LinearCache,
+    MHACache,
+)
+
+
+def embedding_forward(
+    ids: np.ndarray, wte: np.ndarray, wpe: np.ndarray, pos_offset: int = 0
+) -> tuple[np.ndarray, EmbeddingCache]:
+    return _embedding(ids, wte, wpe, int(pos_offset))
+
+
+def embedding_backward(
+    dx: np.ndarray, cache: EmbeddingCache, *, out: tuple[np.ndarray, np.ndarray]
+) -> None:
+    _embedding_add_backward(dx, cache, *out)
+
+
+def layernorm_forward(
+    x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float = 1e-5
+) -> tuple[np.ndarray, LayerNormCache]:
+    return _layernorm(x, weight, bias, float(eps))
+
+
+def residual_layernorm_forward(
+    x: np.ndarray, res: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float
+) -> tuple[np.ndarray, np.ndarray, LayerNormCache]:
+    x_new = x  # the sum is written over x, the model's own residual stream
+    y, cache = _residual_layernorm(x_new, res, weight, bias, float(eps))
+    return x_new, y, cache
+
+
+def layernorm_backward(
+    dy: np.ndarray,
+    cache: LayerNormCache,
+    *,
+    out: tuple[np.ndarray, np.ndarray],
+    add_to: np.ndarray | None = None,
+) -> np.ndarray:
+    return _layernorm_backward(dy, cache, *out, add_to=add_to)[0]
+
+
+def mha_forward(
+    x: np.ndarray,
+    w_qkv: np.ndarray,
+    b_qkv: np.ndarray | None,
+    w_proj: np.ndarray,
+    b_proj: np.ndarray | None,
+    *,
+    n_head: int,
+    kv_cache: KVCache | None = None,
+) -> tuple[np.ndarray, MHACache, KVCache | None]:
+    return _mha(x, w_qkv, b_qkv, w_proj, b_proj, int(n_head), kv_cache)
+
+
+def mha_backward(
+    dy: np.ndarray, cache: MHACache, *, out: tuple[np.ndarray, ...]
+) -> np.ndarray:
+    return _mha_backward(dy, cache, out)[0]
+
+
+def ffn_forward(
+    x: np.ndarray,
+    w_fc: np.ndarray,
+    b_fc: np.ndarray | None,
+    w_proj: np.ndarray,
+    b_proj: np.ndarray | None,
+    *,
+    activation: str = "gelu",
+) -> tuple[np.ndarray, FFNCache]:
+    return _ffn(x, w_fc, b_fc, w_proj, b_proj, str(activation))
+
+
+def ffn_backward(
+    dy: np.ndarray, cache: FFNCache, *, out: tuple[np.ndarray, ...]
+) -> np.ndarray:
+    return _ffn_backward(dy, cache, out)[0]
+
+
+def linear_forward(
+    x: np.ndarray, w: np.ndarray, b: np.ndarray | None
+) -> tuple[np.ndarray, LinearCache]:
+    return _linear(x, w, b)
+
+
+def linear_backward(
+    dy: np.ndarray, cache: LinearCache, *, out: tuple[np.ndarray]
+) -> np.ndarray:
+    return _linear_backward(dy, cache, out[0])[0]
+
+
+def cross_entropy_forward(
+    logits: np.ndarray,
+    targets: np.ndarray,
+    *,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+) -> tuple[np.ndarray, CrossEntropyCache]:
+    return _cross_entropy(logits, targets, int(ignore_index), 0.0, reduction)
+
+
+def cross_entropy_backward(dloss: np.ndarray, cache: CrossEntropyCache) -> np.ndarray:
+    return _cross_entropy_backward(dloss, cache)
+
+
+__all__ = [
+    "cross_entropy_backward",
+    "cross_entropy_forward",
+    "embedding_backward",
+    "embedding_forward",
+    "empty",
+    "ffn_backward",
+    "ffn_forward",
+    "layernorm_backward",
+    "layernorm_forward",
+    "linear_backward",
+    "linear_forward",
+    "mha_backward",
+    "mha_forward",
+    "residual_layernorm_forward",
+]
