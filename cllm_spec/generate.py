@@ -54,7 +54,10 @@ forward, :mod:`cllm_spec.model`):
 Each forward of the decoder computes the LM head for the last position only
 (``forward(..., logits="last")``): a prefill of T tokens samples from one row,
 so it multiplies the V x C head by one row, not by T. The params are checked
-once per decoder, not once per token (``checked_params``).
+once per decoder, not once per token (``checked_params``). Every step, the
+prefill included, goes through :func:`decode_last`: one call of the backend's
+fused ``model_kernels.decode_last`` when it has one (the C backend's runs the
+whole model in one C call), else :func:`~cllm_spec.model.forward`.
 
 Batches
 =======
@@ -92,10 +95,12 @@ from cllm_spec import checks
 from cllm_spec.data.tokenizers import BOS_ID
 from cllm_spec.errors import ConfigError, EmptyInputError, IdRangeError, ShapeError
 from cllm_spec.model import (
+    CheckedParams,
     ModelConfig,
     checked_params,
     forward,
     init_kv_caches,
+    validate_forward,
     validate_params,
 )
 from cllm_spec.protocols import KVCache
@@ -243,22 +248,44 @@ class Decoder:
         self._tokens[...] = self._tokens[index]
 
     def _run(self, rows: np.ndarray, offset: int) -> np.ndarray:
-        logits, _, cache = forward(
-            self.backend,
-            self.cfg,
-            self.params,
-            rows,  # (B, T)
-            kv_caches=self._caches,
-            pos_offset=offset,
-            logits="last",
+        logits, self._caches = decode_last(
+            self.backend, self.cfg, self.params, rows, self._caches, offset
         )  # (B, 1, V)
-        assert cache.kv_caches is not None  # forward ran with caches
-        self._caches = cache.kv_caches
         t = rows.shape[1]
         self._tokens[:, offset : offset + t] = rows
         self._n = offset + t
         last: np.ndarray = logits[:, 0]  # (B, V), a view: no copy of the vocabulary
         return last
+
+
+def decode_last(
+    backend: Any,
+    cfg: ModelConfig,
+    params: np.ndarray | CheckedParams,
+    ids: np.ndarray,
+    kv_caches: tuple[KVCache, ...],
+    pos_offset: int,
+) -> tuple[np.ndarray, tuple[KVCache, ...]]:
+    """``forward(backend, cfg, params, ids, kv_caches=kv_caches,
+    pos_offset=pos_offset, logits="last")``: the logits ``(B, 1, V)`` and the
+    appended caches, with the same checks; through the backend's fused
+    ``model_kernels.decode_last`` when it has one and it applies."""
+    flat = validate_forward(
+        backend, cfg, params, ids, None, kv_caches, pos_offset, "last"
+    )
+    fused = getattr(getattr(backend, "model_kernels", None), "decode_last", None)
+    if fused is not None:
+        tokens = np.asarray(ids)
+        logits = fused(cfg, flat, tokens, kv_caches, pos_offset)
+        if logits is not None:
+            end = pos_offset + tokens.shape[1]
+            return logits, tuple(KVCache(kv.k, kv.v, end) for kv in kv_caches)
+    out, _, cache = forward(
+        backend, cfg, CheckedParams(flat, cfg), ids, kv_caches=kv_caches,
+        pos_offset=pos_offset, logits="last",
+    )  # fmt: skip
+    assert cache.kv_caches is not None  # forward ran with caches
+    return out, cache.kv_caches
 
 
 def generate(

@@ -154,9 +154,15 @@ and returns it: the residual adds fused into the norms that follow them.
 (the residual stream is the model's own array, never cached by a kernel) and
 never copy a gradient; a decoding step's kernels take their fast paths there
 too (the C backend attends over the KV cache in place and multiplies a few
-rows by streaming each weight once). A backend without it runs the plain
-composition. Both must compute the same function: the conformance suite checks
-the model of every backend against the float64 oracle.
+rows by streaming each weight once). ``model_kernels`` may also offer
+``decode_last(cfg, flat, ids, kv_caches, pos_offset)``: the whole of
+``forward(..., kv_caches=..., pos_offset=..., logits="last")`` in one call on
+arguments already validated, returning the logits ``(B, 1, V)`` with the keys
+and values appended into the caches' buffers, or None where it does not apply
+(:func:`cllm_spec.generate.decode_last` falls back to :func:`forward` then). A
+backend without model kernels runs the plain composition. Both must compute
+the same function: the conformance suite checks the model of every backend
+against the float64 oracle.
 
 Errors (checked before any kernel runs)
 =======================================

@@ -26,6 +26,7 @@ from cllm_spec.errors import (
     ShapeError,
     Unsupported,
 )
+from cllm_spec.generate import decode_last
 from cllm_spec.model import (
     IGNORE_INDEX,
     CheckedParams,
@@ -401,6 +402,47 @@ def test_last_position_logits_equal_the_full_forwards_last(
         assert cache.kv_caches is not None
         caches = cache.kv_caches
         check.close(got, full[:, start - 1 : start], output="kv_cache", dtype=dtype)
+
+
+@pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
+def test_decoding_steps_equal_the_full_forwards_last(
+    backend: Any, dtype: np.dtype, rng: np.random.Generator, check: Any, tied: bool
+) -> None:
+    # generate.decode_last is the decoding path of cllm generate: a backend's
+    # fused model_kernels.decode_last (the C backend's whole-model call) takes
+    # it over once the caches hold a position; every row of the batch, every
+    # chunk size and the appended caches must match one full forward
+    cfg = ModelConfig(**{**TINY, "tie_embeddings": tied})
+    params = perturbed_params(cfg, rng).astype(dtype)
+    ids = rng.integers(0, cfg.vocab_size, (3, 7))
+    full, _, _ = forward(backend, cfg, params, ids)
+    caches = init_kv_caches(backend, cfg, 3, dtype)
+    start = 0
+    for size in (2, 1, 3, 1):
+        got, caches = decode_last(
+            backend, cfg, params, ids[:, start : start + size], caches, start
+        )
+        start += size
+        assert got.shape == (3, 1, cfg.vocab_size)
+        assert all(kv.length == start for kv in caches)
+        check.close(got, full[:, start - 1 : start], output="kv_cache", dtype=dtype)
+    # the caches hold what a prefill of the whole sequence appends
+    fresh = init_kv_caches(backend, cfg, 3, dtype)
+    _, _, whole = forward(backend, cfg, params, ids, kv_caches=fresh, logits="last")
+    assert whole.kv_caches is not None
+    for got_kv, want_kv in zip(caches, whole.kv_caches, strict=True):
+        check.close(
+            got_kv.k[:, :, :start],
+            want_kv.k[:, :, :start],
+            output="kv_cache",
+            dtype=dtype,
+        )
+        check.close(
+            got_kv.v[:, :, :start],
+            want_kv.v[:, :, :start],
+            output="kv_cache",
+            dtype=dtype,
+        )
 
 
 def test_checked_params_skip_only_the_finiteness_scan(

@@ -196,6 +196,23 @@ int cllm_embedding_backward(const float *dx, const int64_t *ids, int64_t b,
                             int64_t t, int64_t c, int64_t v, int64_t t_max,
                             int64_t pos_offset, float *dwte, float *dwpe);
 
+/* decode.c: one decoding step of the whole model (float32) over KV caches
+ * holding start >= 0 positions: embedding, every block, LN_f and the LM head
+ * of each sequence's last position into logits (B, V), bit for bit the model
+ * kernels' composition when start >= 1. offsets[5 + 12 L] locate the tensors in params (in
+ * floats): wte, wpe, ln_f.weight, ln_f.bias, head, then per block ln_1.weight,
+ * ln_1.bias, qkv.weight, qkv.bias, proj.weight, proj.bias, ln_2.weight,
+ * ln_2.bias, fc.weight, fc.bias, mlp.proj.weight, mlp.proj.bias. work holds
+ * cllm_model_decode_work(...) floats (-1 for sizes out of range). */
+int64_t cllm_model_decode_work(int64_t b, int64_t t, int64_t nh, int64_t c, int64_t f,
+                               int64_t t_max);
+int cllm_model_decode(const float *params, const int64_t *offsets, const int64_t *ids,
+                      int64_t b, int64_t t, int64_t n_layer, int64_t nh, int64_t c,
+                      int64_t f, int64_t v, int64_t block_size, int act_kind,
+                      float eps, float scale, float *const *k_caches,
+                      float *const *v_caches, int64_t t_max, int64_t start,
+                      float *work, float *logits);
+
 /* batching.c: a bounded MPMC FIFO of 64-bit tokens and a pool of refcounted
  * slots, both monitors on pthreads. timeout < 0 waits forever, 0 never waits.
  * Blocking calls return CLLM_ERR_TIMEOUT or CLLM_ERR_CLOSED as the spec's

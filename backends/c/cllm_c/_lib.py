@@ -123,8 +123,12 @@ def out_ptr(name: str, x: np.ndarray) -> Any:
 
 #: Outputs at least this large come from cllm_big_alloc (huge pages).
 BIG_BYTES = 8 << 20
-#: Every output starts on a cache line.
+#: Outputs from ALIGN_MIN_BYTES up start on a cache line.
 ALIGN = 64
+#: Outputs under this size are NumPy's own (16-byte aligned): finding the
+#: 64-byte boundary costs a few microseconds, more than a split cache line
+#: costs the kernels writing them, and one decoded token makes ~20 of them.
+ALIGN_MIN_BYTES = 16 << 10
 #: Outputs from this size up to BIG_BYTES are recycled by size (_Recycler).
 RECYCLE_MIN_BYTES = 64 << 10
 #: At most this many bytes of garbage outputs are kept for reuse.
@@ -143,39 +147,41 @@ class _Recycler:
     """
 
     def __init__(self, limit: int) -> None:
-        self._stock: dict[int, list[np.ndarray]] = {}
+        self._stock: dict[int, list[tuple[np.ndarray, int]]] = {}
         self._bytes = 0
         self._limit = limit
         self._lock = threading.Lock()
 
     def take(self, nbytes: int) -> np.ndarray:
-        """A (nbytes,) uint8 view of a buffer no live array uses."""
+        """A (nbytes,) uint8 view, on a 64-byte boundary, of a buffer no live
+        array uses."""
         with self._lock:
             stock = self._stock.setdefault(nbytes, [])
-            for raw in stock:
-                # referenced by the list, this loop and the call's argument
+            for raw, skip in stock:
+                # referenced by its tuple, this loop and the call's argument
                 if sys.getrefcount(raw) == 3:
-                    return raw[:]
-            raw = np.empty(nbytes, dtype=np.uint8)
+                    return raw[skip : skip + nbytes]
+            raw, skip = _aligned_bytes(nbytes)
             if self._bytes + nbytes <= self._limit:
-                stock.append(raw)
+                stock.append((raw, skip))
                 self._bytes += nbytes
-            return raw[:]
+            return raw[skip : skip + nbytes]
 
 
 _recycler = _Recycler(RECYCLE_MAX_BYTES)
 
 
-def _aligned(
-    raw: np.ndarray, nbytes: int, dt: np.dtype, shape: int | tuple[int, ...]
-) -> np.ndarray:
-    """The first 64-byte boundary of ``raw`` (nbytes + ALIGN long) as the array."""
-    skip = -raw.ctypes.data % ALIGN
-    return raw[skip : skip + nbytes].view(dt).reshape(shape)
+def _aligned_bytes(nbytes: int) -> tuple[np.ndarray, int]:
+    """``(raw, skip)``: ``raw[skip : skip + nbytes]`` starts on a 64-byte
+    boundary (``ffi.cast`` finds the address 3x faster than ``.ctypes.data``)."""
+    raw = np.empty(nbytes + ALIGN, dtype=np.uint8)
+    skip = -int(ffi.cast("uintptr_t", ffi.from_buffer(raw))) % ALIGN
+    return raw, skip
 
 
 def empty(shape: int | tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-    """An uninitialized array, like ``np.empty``, starting on a 64-byte boundary.
+    """An uninitialized array, like ``np.empty``; from ALIGN_MIN_BYTES up it
+    starts on a 64-byte boundary.
 
     Large ones are mapped by C on transparent huge pages (see ``cllm_big_alloc``
     in csrc/cpu.c): first touch then costs 1/512 of the page faults, which is a
@@ -186,12 +192,15 @@ def empty(shape: int | tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     dt = np.dtype(dtype)
     # math.prod, not np.prod: that costs more than many kernel calls
     nbytes = (shape if isinstance(shape, int) else math.prod(shape)) * dt.itemsize
+    if nbytes < ALIGN_MIN_BYTES:
+        return np.empty(shape, dtype=dt)
     # 64-byte aligned like the big ones (NumPy aligns to 16): the GEMM's zmm
     # stores of C rows then never split a cache line
     if nbytes < RECYCLE_MIN_BYTES:
-        return _aligned(np.empty(nbytes + ALIGN, dtype=np.uint8), nbytes, dt, shape)
+        raw, skip = _aligned_bytes(nbytes)
+        return raw[skip : skip + nbytes].view(dt).reshape(shape)
     if nbytes < BIG_BYTES:
-        return _aligned(_recycler.take(nbytes + ALIGN), nbytes, dt, shape)
+        return _recycler.take(nbytes).view(dt).reshape(shape)
     raw = lib.cllm_big_alloc(nbytes)
     if raw == ffi.NULL:
         raise MemoryError(f"cannot map {nbytes} bytes")

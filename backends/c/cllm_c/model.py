@@ -12,6 +12,8 @@ nonempty contiguous float32 KV cache attends over it in place in one C call
 (``cllm_mha_decode``), ``ffn_forward`` is one C call per block, and
 ``linear_forward`` of a few rows streams the weight once (csrc/gemv.c); the
 model validated the caches' buffers and room before (``validate_forward``).
+``decode_last`` (cllm_c/decode.py) is all of that for a decoding step in one C
+call, the whole model from the embedding to the last position's logits.
 
 The contract (``cllm_spec.model`` documents it as the "model kernels"
 capability): the same names, arguments and results as the public kernels, and
@@ -38,6 +40,7 @@ import numpy as np
 
 from cllm_c._lib import empty
 from cllm_c.attention import _mha, _mha_backward
+from cllm_c.decode import decode_last
 from cllm_c.embedding import _embedding, _embedding_add_backward
 from cllm_c.ffn import (
     _ffn,
@@ -162,6 +165,7 @@ def cross_entropy_backward(dloss: np.ndarray, cache: CrossEntropyCache) -> np.nd
 __all__ = [
     "cross_entropy_backward",
     "cross_entropy_forward",
+    "decode_last",
     "embedding_backward",
     "embedding_forward",
     "empty",

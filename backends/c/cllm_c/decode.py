@@ -1,0 +1,110 @@
+"""One decoding step of the whole model in one C call (csrc/decode.c).
+
+``decode_last`` is the model kernels' optional fused step (``cllm_spec.model``
+documents the capability): ``forward(..., kv_caches=caches, pos_offset=n,
+logits="last")`` for float32 params over caches in contiguous buffers; for
+n >= 1 bit for bit the per-kernel composition, for a prefill (n = 0) equal up
+to rounding (csrc/decode.c says why). The caller
+(``cllm_spec.generate.decode_last``) validated params, ids and caches; this
+module re-checks what C relies on (dtypes, the caches' buffers and shapes; C
+the room left), and returns None where it does not apply, so the caller runs
+the per-kernel forward instead.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import numpy as np
+
+from cllm_c._lib import F32, check, empty, ffi, ids64, lib, out_ptr, ptr
+from cllm_c.ffn import _KINDS
+from cllm_spec.attention import attention_scale
+from cllm_spec.model import LN_EPS, ModelConfig, param_layout
+from cllm_spec.protocols import KVCache
+
+_GLOBAL = (
+    "model.wte.weight",
+    "model.wpe.weight",
+    "model.ln_f.weight",
+    "model.ln_f.bias",
+)
+#: the order of enum block_tensor in csrc/decode.c
+_BLOCK = (
+    "ln_1.weight",
+    "ln_1.bias",
+    "attn.qkv.weight",
+    "attn.qkv.bias",
+    "attn.proj.weight",
+    "attn.proj.bias",
+    "ln_2.weight",
+    "ln_2.bias",
+    "mlp.fc.weight",
+    "mlp.fc.bias",
+    "mlp.proj.weight",
+    "mlp.proj.bias",
+)
+
+
+@functools.lru_cache(maxsize=16)
+def _offsets(cfg: ModelConfig) -> np.ndarray:
+    """Where each tensor C reads starts in the flat buffer, in csrc/decode.c's
+    order: (5 + 12 L,) int64."""
+    at = param_layout(cfg).offsets
+    head = "model.wte.weight" if cfg.tie_embeddings else "model.lm_head.weight"
+    names = [*_GLOBAL, head]
+    for i in range(cfg.n_layer):
+        names += [f"model.h.{i}.{n}" for n in _BLOCK]
+    out = np.array([at[n] for n in names], dtype=np.int64)
+    out.flags.writeable = False
+    return out
+
+
+def _fits(flat: np.ndarray, kv_caches: Sequence[KVCache]) -> bool:
+    """Whether the fused step applies: float32 params, and every cache's
+    buffers float32, contiguous (C appends into them in place) and of one
+    shape (C is given one T_max)."""
+    shape = kv_caches[0].k.shape
+    return flat.dtype == F32 and all(
+        kv.k.shape == shape
+        and kv.v.shape == shape
+        and kv.k.dtype == F32
+        and kv.v.dtype == F32
+        and kv.k.flags.c_contiguous
+        and kv.v.flags.c_contiguous
+        for kv in kv_caches
+    )
+
+
+def decode_last(
+    cfg: ModelConfig,
+    flat: np.ndarray,
+    ids: np.ndarray,
+    kv_caches: Sequence[KVCache],
+    pos_offset: int,
+) -> np.ndarray | None:
+    """The logits ``(B, 1, V)`` of the last of ``ids: (B, T)``'s positions,
+    the T keys and values appended into the caches' buffers; None where the
+    fused step does not apply (see the module docstring)."""
+    if not _fits(flat, kv_caches):
+        return None
+    b, t = ids.shape
+    c, nh, f, v = cfg.n_embd, cfg.n_head, cfg.n_hidden, cfg.vocab_size
+    t_max = kv_caches[0].k.shape[2]
+    n = lib.cllm_model_decode_work(b, t, nh, c, f, t_max)
+    if n < 0:
+        return None
+    work = empty(n, F32)
+    logits = empty((b, 1, v), F32)
+    _, ip = ids64(ids)
+    keys = [out_ptr("kv_cache.k", kv.k) for kv in kv_caches]
+    values = [out_ptr("kv_cache.v", kv.v) for kv in kv_caches]
+    status = lib.cllm_model_decode(
+        ptr(flat), ffi.from_buffer("int64_t[]", _offsets(cfg)), ip, b, t,
+        cfg.n_layer, nh, c, f, v, cfg.block_size, _KINDS[cfg.activation], LN_EPS,
+        attention_scale(c // nh), ffi.new("float *[]", keys),
+        ffi.new("float *[]", values), t_max, pos_offset, ptr(work), ptr(logits),
+    )  # fmt: skip
+    check(status, "decoding step")
+    return logits
