@@ -39,8 +39,10 @@ e2e
     of their times, from the per-step rows of its ``metrics.jsonl`` (each
     times one optimizer step as the trainer runs it: the 12-group split and
     tree reduction, clip, AdamW); start-up, data preparation and the final
-    evaluation are not counted. Set next to the model-API rate of the same
-    config and thread count (``--e2e-steps`` steps), measured in alternation.
+    evaluation are not counted. One worker per thread (``parallel.workers``,
+    what its default picks on a machine of that many cores). Set next to the
+    model-API rate of the same config and thread count (``--e2e-steps``
+    steps), measured in alternation.
 decode
     batch 1, a 16-token prompt, 128 new tokens, greedy. Ours is
     ``cllm_spec.generate.generate`` (the path of ``cllm generate``, KV cache);

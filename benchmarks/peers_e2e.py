@@ -38,7 +38,9 @@ def run_train(
             # the run ends with an evaluation of every validation window; a
             # small validation tail keeps that short (training is unchanged)
             "data.val_fraction=0.002",
-            f"train.blas_threads={threads}",  # NumPy's BLAS; C reads the env
+            # what the default (0) picks on a machine of `threads` cores: one
+            # worker per core, each on one C thread or one BLAS thread
+            f"parallel.workers={threads}",
             f"train.out_dir={out_dir}",
             *bench.train_overrides(),
         ]

@@ -53,7 +53,7 @@ def test_toml_then_overrides(tmp_path):
         ("schedule.warmup_steps=-1", "schedule.warmup_steps"),
         ("train.dtype=float16", "train.dtype"),
         ("train.seq_len=1000", "train.seq_len"),
-        ("parallel.workers=0", "parallel.workers"),
+        ("parallel.workers=-1", "parallel.workers"),
         ("model.tie_embeddings=maybe", "model.tie_embeddings"),
         ("train.nonexistent=1", "train.nonexistent"),
         ("nosection.key=1", "nosection"),

@@ -63,7 +63,7 @@ LIMITS: dict[str, tuple[int, int]] = {
     "train.sample_every": (0, 10**12),
     "train.sample_tokens": (0, 1_048_576),
     "train.blas_threads": (0, 1_024),
-    "parallel.workers": (1, 1_024),
+    "parallel.workers": (0, 1_024),
     "parallel.check_every": (0, 10**12),
 }
 #: seconds: ``parallel.timeout`` at most a year (a wait longer than that is a
@@ -241,9 +241,13 @@ class TrainSection:
 
 @dataclass(frozen=True)
 class ParallelSection:
-    workers: int = 1  # worker threads computing gradients (engine threads)
+    # Worker threads computing gradients (engine threads); 0: one per kernel
+    # thread the backend runs (the C backend's count) or, for a backend that
+    # does not say, one per CPU this process may use; at most 12, the groups of
+    # a step (cllm_spec.train.engines.auto_workers). Same bits for any count.
+    workers: int = 0
     # threads: one process, parallel.workers threads. mpi: one rank per process
-    # of `mpiexec -n K cllm train`, one worker per rank (so workers must be 1).
+    # of `mpiexec -n K cllm train`, one worker per rank (workers 0 or 1).
     engine: str = "threads"
     check_every: int = 1  # mpi: steps between weight-digest checks; 0 = never
     # Seconds a step (or an MPI exchange) may wait for a worker or a rank before
@@ -256,7 +260,7 @@ class ParallelSection:
         expect_in_range(
             "parallel.timeout", self.timeout, 0.0, MAX_TIMEOUT, lo_open=True
         )
-        if self.engine == "mpi" and self.workers != 1:
+        if self.engine == "mpi" and self.workers > 1:
             raise ConfigError(
                 f"parallel.workers: the mpi engine runs one worker per rank, got "
                 f"{self.workers}",

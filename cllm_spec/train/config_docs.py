@@ -74,7 +74,8 @@ FIELD_DOCS: dict[str, str] = {
     "train.time_limit": "seconds before a clean stop with a checkpoint; 0 = none",
     "train.blas_threads": "BLAS threads during the run; >= 0, 0 leaves BLAS as is",
     # [parallel]
-    "parallel.workers": "worker threads computing gradients (same bits for any)",
+    "parallel.workers": "worker threads computing gradients; 0 = one per core, at "
+    "most 12 (same bits for any)",
     "parallel.engine": "threads | mpi (one rank per mpiexec process)",
     "parallel.check_every": "mpi: steps between weight-digest checks; 0 = never",
     "parallel.timeout": "seconds a step waits for a worker or rank; > 0",
