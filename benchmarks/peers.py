@@ -17,7 +17,7 @@ Figures (``--what``)
 ====================
 train
     tokens/s of a training step: forward + backward + clip (1.0) + AdamW.
-    Ours is ``cllm_spec.model.forward`` and ``backward`` on the whole batch,
+    Ours is ``cllm_spec.model.forward_loss`` and ``backward`` on the whole batch,
     then ``cllm_spec.train.step.apply_update`` (the backend's
     ``clip_grad_norm`` and ``adamw_step``, with the weight-decay mask of
     ``optim.decay``, as ``cllm train`` calls them): the "model-API rate".

@@ -3,7 +3,7 @@
 Everything here goes through the project's public API, so that a faster
 ``cllm_spec.model``, ``cllm_spec.generate`` or backend shows up in the figures:
 
-* training: ``model.forward`` and ``model.backward`` on the whole batch, then
+* training: ``model.forward_loss`` and ``model.backward`` on the whole batch, then
   ``train.step.apply_update`` (the backend's ``clip_grad_norm`` and
   ``adamw_step``, called as ``cllm train`` calls them);
 * decoding: ``generate.generate`` with greedy sampling (``cllm generate``'s path).
@@ -23,6 +23,7 @@ from cllm_spec.model import (
     ModelConfig,
     backward,
     forward,
+    forward_loss,
     init_params,
     param_count,
     param_layout,
@@ -183,7 +184,8 @@ class OurTrainer:
 
     def step(self) -> float:
         """forward + backward + clip + AdamW; the loss before the update."""
-        _, loss, cache = forward(
+        # the training forward keeps no logits, as torch keeps none
+        loss, cache = forward_loss(
             self.backend, self.cfg, self.params, self.ids, self.targets
         )
         grads = backward(self.backend, self.cfg, self.params, cache)

@@ -34,6 +34,7 @@ from cllm_spec.model import (
     backward,
     checked_params,
     forward,
+    forward_loss,
     init_kv_caches,
     init_params,
     param_count,
@@ -627,6 +628,49 @@ def test_backward_needs_a_loss(backend: Any, rng: np.random.Generator) -> None:
     assert loss is None
     with pytest.raises(ConfigError, match="targets"):
         backward(backend, cfg, params, cache)
+
+
+def test_a_backward_consumes_its_cache(
+    backend: Any, dtype: np.dtype, rng: np.random.Generator
+) -> None:
+    # like PyTorch's freed graph: the second backward of one forward is an
+    # error on every backend, never gradients from memory a backend reused
+    cfg = ModelConfig(**TINY)
+    params = perturbed_params(cfg, rng).astype(dtype)
+    ids, targets = make_batch(cfg, rng, 2, 4)
+    cache = forward(backend, cfg, params, ids, targets)[2]
+    first = backward(backend, cfg, params, cache)
+    with pytest.raises(ConfigError, match="already used by a backward"):
+        backward(backend, cfg, params, cache)
+    again = backward(
+        backend, cfg, params, forward(backend, cfg, params, ids, targets)[2]
+    )
+    np.testing.assert_array_equal(again, first)  # a new forward is a new cache
+
+
+def test_forward_loss_is_forwards_loss_and_cache(
+    backend: Any, dtype: np.dtype, rng: np.random.Generator
+) -> None:
+    # training's forward returns no logits, so a backend may reuse their
+    # buffer (the C backend writes the probabilities over them): the loss
+    # and the gradient must be forward's, bit for bit
+    cfg = ModelConfig(**TINY)
+    params = perturbed_params(cfg, rng).astype(dtype)
+    ids, targets = make_batch(cfg, rng, 3, 5)
+    for reduction in ("mean", "sum"):
+        _, want_loss, want_cache = forward(
+            backend, cfg, params, ids, targets, loss_reduction=reduction
+        )
+        loss, cache = forward_loss(
+            backend, cfg, params, ids, targets, loss_reduction=reduction
+        )
+        assert loss == want_loss
+        np.testing.assert_array_equal(
+            backward(backend, cfg, params, cache),
+            backward(backend, cfg, params, want_cache),
+        )
+    with pytest.raises(ConfigError, match="targets"):
+        forward_loss(backend, cfg, params, ids, None)  # type: ignore[arg-type]
 
 
 def test_backward_with_params_of_another_dtype(

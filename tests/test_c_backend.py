@@ -710,3 +710,34 @@ def test_fused_residual_layernorm_is_the_add_then_the_norm(rng, c, simd, threads
     want64, _ = ffn._layernorm(x64 + r64, w64, b64, 1e-5)
     y64, _ = ffn._residual_layernorm(x64, r64, w64, b64, 1e-5)
     np.testing.assert_array_equal(y64, want64)
+
+
+def test_cross_entropy_in_place_reuses_buffers_bit_for_bit():
+    # the model kernels' backward writes dlogits over the cache's probs (one
+    # (N, V) buffer fewer); it must give the bits of the out-of-place one
+    from cllm_c.losses import _cross_entropy, _cross_entropy_backward
+
+    rng = np.random.default_rng(11)
+    logits = rng.standard_normal((37, 53)).astype(np.float32) * 4
+    targets = rng.integers(0, 53, 37)
+    targets[[3, 20]] = -100
+    for dtype in (np.float32, np.float64):
+        for smoothing in (0.0, 0.1):
+            _, cache = _cross_entropy(
+                logits.astype(dtype), targets, -100, smoothing, "mean"
+            )
+            want = _cross_entropy_backward(np.ones((), dtype), cache)
+            assert want is not cache.probs
+            got = _cross_entropy_backward(np.ones((), dtype), cache, in_place=True)
+            assert got is cache.probs
+            np.testing.assert_array_equal(got, want)
+            # and the forward writing the probabilities over the logits
+            z = logits.astype(dtype)
+            loss, plain = _cross_entropy(z, targets, -100, smoothing, "mean")
+            buf = z.copy()
+            loss2, reused = _cross_entropy(
+                buf, targets, -100, smoothing, "mean", in_place=True
+            )
+            assert reused.probs is buf and loss2 == loss
+            np.testing.assert_array_equal(reused.probs, plain.probs)
+            np.testing.assert_array_equal(reused.weight, plain.weight)

@@ -55,6 +55,7 @@ from cllm_spec.model import (
     backward,
     checked_params,
     forward,
+    forward_loss,
     mask_targets,
 )
 from cllm_spec.parallel import (
@@ -109,7 +110,7 @@ def group_gradients(
         # a group whose every position counts (the usual case) needs no mask
         full = n == batch.mask.size
         targets = batch.targets if full else mask_targets(batch.targets, batch.mask)
-        _, loss, cache = forward(
+        loss, cache = forward_loss(
             backend, cfg, params, batch.input_ids, targets, loss_reduction="sum"
         )
         assert loss is not None  # targets were given
@@ -192,7 +193,7 @@ def compute_step_gradients(
     acc: np.ndarray | None = None
     for i, batch in enumerate(batches):
         targets = mask_targets(batch.targets, batch.mask)
-        _, loss, cache = forward(backend, cfg, params, batch.input_ids, targets)
+        loss, cache = forward_loss(backend, cfg, params, batch.input_ids, targets)
         assert loss is not None  # targets were given
         if not math.isfinite(loss):
             raise DivergedError(f"loss {loss} on micro-batch {i}")

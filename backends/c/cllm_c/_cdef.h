@@ -93,12 +93,13 @@ int cllm_softmax_forward(const float *x, float *y, int64_t rows, int64_t v,
 int cllm_softmax_backward(const float *dy, const float *y, float *dx, int64_t rows,
                           int64_t v, int log_softmax);
 /* reduction: 0 mean, 1 sum, 2 none. Writes probs (N, V), weight (N,), the
- * per-row losses (N,) and, for mean/sum, the reduced loss to *loss. */
+ * per-row losses (N,) and, for mean/sum, the reduced loss to *loss. probs may
+ * be logits (in place). */
 int cllm_cross_entropy_forward(const float *logits, const int64_t *targets,
                                int64_t n, int64_t v, int64_t ignore_index,
                                double label_smoothing, int reduction, float *probs,
                                float *weight, float *per_row, float *loss);
-/* dloss has n entries (reduction none) or 1 */
+/* dloss has n entries (reduction none) or 1; dlogits may be probs (in place) */
 int cllm_cross_entropy_backward(const float *probs, const int64_t *targets,
                                 const float *weight, const float *dloss,
                                 int dloss_per_row, int64_t n, int64_t v,

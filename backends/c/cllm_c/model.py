@@ -31,7 +31,11 @@ capability): the same names, arguments and results as the public kernels, and
   ``(x + res, layernorm(x + res), cache)``, the sum written over ``x`` (the
   model's own residual stream), in one pass per row;
   ``layernorm_backward(..., add_to=dx)`` adds the input gradient into ``dx``
-  (the residual stream's gradient, the model's own array) and returns it.
+  (the residual stream's gradient, the model's own array) and returns it;
+- ``cross_entropy_backward`` writes the logits' gradient over ``cache.probs``
+  (the model's backward consumes its cache), and ``cross_entropy_forward(...,
+  overwrite=True)`` the probabilities over the logits (the model's
+  ``forward_loss`` returns none): one (N, V) buffer fewer each.
 """
 
 from __future__ import annotations
@@ -154,12 +158,16 @@ def cross_entropy_forward(
     *,
     ignore_index: int = -100,
     reduction: str = "mean",
+    overwrite: bool = False,
 ) -> tuple[np.ndarray, CrossEntropyCache]:
-    return _cross_entropy(logits, targets, int(ignore_index), 0.0, reduction)
+    return _cross_entropy(
+        logits, targets, int(ignore_index), 0.0, reduction, in_place=overwrite
+    )
 
 
 def cross_entropy_backward(dloss: np.ndarray, cache: CrossEntropyCache) -> np.ndarray:
-    return _cross_entropy_backward(dloss, cache)
+    # the model's backward consumes its cache: the gradient reuses probs' memory
+    return _cross_entropy_backward(dloss, cache, in_place=True)
 
 
 __all__ = [

@@ -329,6 +329,9 @@ static void ce_forward_task(void *arg, int64_t i, int worker)
     const float *x = j->logits + i * j->v;
     float m;
     double xsum, lse;
+    int64_t t = j->targets[i];
+    /* the target's logit is read before the row is written: probs may be logits */
+    float xt = t == j->ignore_index ? 0.0f : x[t];
     (void)worker;
 #if CLLM_X86
     if (j->simd >= CLLM_SIMD_AVX2)
@@ -336,14 +339,13 @@ static void ce_forward_task(void *arg, int64_t i, int worker)
     else
 #endif
         lse = ce_row_scalar(x, j->probs + i * j->v, j->v, &m, &xsum);
-    int64_t t = j->targets[i];
     if (t == j->ignore_index) {
         j->out[i] = 0.0f;
         j->weight[i] = 0.0f;
         return;
     }
     /* lse - z_c >= 0 for every class: the loss cannot go negative */
-    double nll = lse - ((double)x[t] - m);
+    double nll = lse - ((double)xt - m);
     double smooth = lse - (xsum / (double)j->v - m);
     j->out[i] = (float)(j->eps == 0.0 ? nll : (1.0 - j->eps) * nll + j->eps * smooth);
     j->weight[i] = j->scale;
@@ -413,6 +415,9 @@ static void ce_backward_task(void *arg, int64_t i, int worker)
     const float *p = j->probs + i * j->v;
     float *d = j->out + i * j->v;
     float coef = (j->dloss_per_row ? j->dloss[i] : j->dloss[0]) * j->weight_in[i];
+    int counted = j->weight_in[i] != 0.0f;
+    /* the target's probability is read before the row is written: d may be p */
+    float pt = counted ? p[j->targets[i]] : 0.0f;
     (void)worker;
 #if CLLM_X86
     if (j->simd >= CLLM_SIMD_AVX2)
@@ -420,10 +425,8 @@ static void ce_backward_task(void *arg, int64_t i, int worker)
     else
 #endif
         ce_back_row_scalar(p, d, j->v, j->off, coef);
-    if (j->weight_in[i] != 0.0f) {
-        int64_t t = j->targets[i];
-        d[t] = ((p[t] - j->off) - j->hit) * coef;
-    }
+    if (counted)
+        d[j->targets[i]] = ((pt - j->off) - j->hit) * coef;
 }
 
 int cllm_cross_entropy_backward(const float *probs, const int64_t *targets,
@@ -672,20 +675,23 @@ int cllm_cross_entropy_forward_f64(const double *logits, const int64_t *targets,
         double *p = probs + i * v, m = x[0], s = 0.0, zsum = 0.0;
         for (int64_t j = 0; j < v; j++)
             m = x[j] > m ? x[j] : m;
+        int64_t t = targets[i];
+        /* read before the row is written: probs may be logits (in place) */
+        double xt = t == ignore_index ? 0.0 : x[t];
         for (int64_t j = 0; j < v; j++) {
-            p[j] = exp(x[j] - m);
+            double xj = x[j];
+            p[j] = exp(xj - m);
             s += p[j];
-            zsum += x[j] - m;
+            zsum += xj - m;
         }
         for (int64_t j = 0; j < v; j++)
             p[j] /= s;
         double lse = log(s);
-        int64_t t = targets[i];
         if (t == ignore_index) {
             per_row[i] = weight[i] = 0.0;
             continue;
         }
-        double nll = lse - (x[t] - m);
+        double nll = lse - (xt - m);
         per_row[i] = eps == 0.0 ? nll : (1.0 - eps) * nll + eps * (lse - zsum / (double)v);
         weight[i] = scale;
         total += per_row[i];
@@ -708,10 +714,12 @@ int cllm_cross_entropy_backward_f64(const double *probs, const int64_t *targets,
             return CLLM_ERR_ID_RANGE;
     for (int64_t i = 0; i < n; i++) {
         double coef = (dloss_per_row ? dloss[i] : dloss[0]) * weight[i];
+        /* read before the row is written: dlogits may be probs (in place) */
+        double pt = weight[i] != 0.0 ? probs[i * v + targets[i]] : 0.0;
         for (int64_t j = 0; j < v; j++)
             dlogits[i * v + j] = (probs[i * v + j] - off) * coef;
         if (weight[i] != 0.0)
-            dlogits[i * v + targets[i]] = ((probs[i * v + targets[i]] - off) - hit) * coef;
+            dlogits[i * v + targets[i]] = ((pt - off) - hit) * coef;
     }
     return CLLM_OK;
 }
