@@ -410,9 +410,9 @@ def test_decoding_steps_equal_the_full_forwards_last(
     backend: Any, dtype: np.dtype, rng: np.random.Generator, check: Any, tied: bool
 ) -> None:
     # generate.decode_last is the decoding path of cllm generate: a backend's
-    # fused model_kernels.decode_last (the C backend's whole-model call) takes
-    # it over once the caches hold a position; every row of the batch, every
-    # chunk size and the appended caches must match one full forward
+    # fused model_kernels.decode_last (the C backend's whole-model call) runs
+    # every step, the prefill included; every row of the batch, every chunk
+    # size and the appended caches must match one full forward
     cfg = ModelConfig(**{**TINY, "tie_embeddings": tied})
     params = perturbed_params(cfg, rng).astype(dtype)
     ids = rng.integers(0, cfg.vocab_size, (3, 7))
