@@ -55,7 +55,13 @@ CONFIGS: dict[str, tuple[dict[str, Any], int, int]] = {
     ),
 }  # fmt: skip
 
-GEMM_KERNELS = ("cllm_linear_forward", "cllm_linear_backward", "cllm_sgemm")
+# cllm_ffn_forward is two products and the activation between them
+GEMM_KERNELS = (
+    "cllm_linear_forward",
+    "cllm_linear_backward",
+    "cllm_sgemm",
+    "cllm_ffn_forward",
+)
 WRAPPER_MODULES = ("ffn", "attention", "embedding", "gradients", "losses", "optim")
 
 
@@ -81,6 +87,20 @@ class Clock:
         return sum(s for (c, _), s in self.seconds.items() if c == category)
 
 
+class _TimedLib:
+    """The C library with every ``cllm_*`` entry timed by ``clock``."""
+
+    def __init__(self, real: Any, clock: Clock) -> None:
+        self._real = real
+        self._clock = clock
+
+    def __getattr__(self, name: str) -> Any:
+        fn = getattr(self._real, name)
+        if name.startswith("cllm_") and callable(fn):
+            return self._clock.wrap("c", name, fn)
+        return fn
+
+
 @contextmanager
 def instrumented(backend: Any, clock: Clock) -> Iterator[None]:
     """Patch timers into the C backend's wrappers and the model for the block."""
@@ -101,6 +121,8 @@ def instrumented(backend: Any, clock: Clock) -> Iterator[None]:
                 return clock.wrap("c", name, _real(name, dtype))
 
             patch(mod, "kernel", kernel)
+        if hasattr(mod, "lib"):  # entries called by name (lib.cllm_ffn_forward)
+            patch(mod, "lib", _TimedLib(mod.lib, clock))
         for attr in dir(mod):
             if attr.startswith("validate_"):
                 patch(mod, attr, clock.wrap("validate", attr, getattr(mod, attr)))

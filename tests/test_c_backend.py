@@ -741,3 +741,36 @@ def test_cross_entropy_in_place_reuses_buffers_bit_for_bit():
             assert reused.probs is buf and loss2 == loss
             np.testing.assert_array_equal(reused.probs, plain.probs)
             np.testing.assert_array_equal(reused.weight, plain.weight)
+
+
+@pytest.mark.parametrize(
+    ("b", "t", "nh", "hs"), [(2, 7, 3, 4), (1, 1, 1, 8), (3, 16, 4, 5)]
+)
+def test_attention_in_the_token_layout_gives_the_head_layouts_bits(b, t, nh, hs):
+    # the model's float32 attention reads q, k, v where the QKV product left
+    # them and writes the merged layout (cllm_attention_*_ex); the strides
+    # change which floats are read, never the arithmetic
+    from cllm_c.attention import _attend, _merge, _mha, _mha_backward, _qkv_pointer
+    from cllm_c.ffn import _linear
+
+    rng = np.random.default_rng(b * 100 + t)
+    c = nh * hs
+    x = rng.standard_normal((b, t, c)).astype(np.float32)
+    wq, bq = (rng.standard_normal(s).astype(np.float32) for s in ((3 * c, c), (3 * c,)))
+    wp, bp = (rng.standard_normal(s).astype(np.float32) for s in ((c, c), (c,)))
+    y, cache, _ = _mha(x, wq, bq, wp, bp, nh, None)
+    assert _qkv_pointer(cache.attn) is not None  # the token-layout path ran
+    # copies in new memory (ascontiguousarray would keep a (1, 1, 1, HS) view)
+    heads = [a.copy() for a in (cache.attn.q, cache.attn.k, cache.attn.v)]
+    out, plain = _attend(*heads, True, None)
+    np.testing.assert_array_equal(cache.attn.att, plain.att)
+    merged = _lib.empty((b, t, c), np.float32)
+    _merge(out, merged, 0)
+    np.testing.assert_array_equal(y, _linear(merged, wp, bp)[0])
+    dy = rng.standard_normal((b, t, c)).astype(np.float32)
+    moved = cache._replace(attn=plain)  # contiguous heads: the head-layout path
+    assert _qkv_pointer(plain) is None
+    for got, want in zip(
+        _mha_backward(dy, cache), _mha_backward(dy, moved), strict=True
+    ):
+        np.testing.assert_array_equal(got, want)

@@ -78,6 +78,10 @@ C_MUTANTS = {
         "test_model.py",
         "test_forward_and_backward_match_oracle",
     ),
+    "attention_head_stride": (
+        "test_model.py",
+        "test_forward_and_backward_match_oracle",
+    ),
     "decode_last_row0": (
         "test_model.py",
         "test_decoding_steps_equal_the_full_forwards_last",

@@ -164,6 +164,24 @@ int cllm_attention_backward(const float *dout, const float *q, const float *k,
                             const float *v, const float *att, int64_t b, int64_t nh,
                             int64_t tq, int64_t tk, int64_t hs, int64_t kv_rows,
                             float scale, float *dq, float *dk, float *dv);
+/* The same over operands at any strides: layout = floats between batches,
+ * heads and rows of one (B, NH, rows, HS) operand; q, k and v may be the
+ * column blocks of one (B, T, 3C) QKV output ({T*3C, HS, 3C}), out, dout the
+ * merged (B, T, C) ({T*C, HS, C}), dq, dk, dv those of a (B, T, 3C) gradient.
+ * lay holds q, k, v, out (forward) or dout, q, k, v, dq, dk, dv (backward);
+ * att is (B, NH, Tq, Tk) contiguous. Causal only, no mask: the model's case. */
+typedef struct {
+    int64_t batch, head, row;
+} cllm_layout;
+int cllm_attention_forward_ex(const float *q, const float *k, const float *v,
+                              const cllm_layout *lay, int64_t b, int64_t nh,
+                              int64_t tq, int64_t tk, int64_t hs, float scale,
+                              float *out, float *att);
+int cllm_attention_backward_ex(const float *dout, const float *q, const float *k,
+                               const float *v, const float *att,
+                               const cllm_layout *lay, int64_t b, int64_t nh,
+                               int64_t tq, int64_t tk, int64_t hs, float scale,
+                               float *dq, float *dk, float *dv);
 /* x (B, T, ld) columns [offset, offset + NH*HS) <-> heads (B, NH, T, HS) */
 int cllm_tokens_to_heads(const float *x, int64_t ld, int64_t offset, int64_t b,
                          int64_t t, int64_t nh, int64_t hs, float *heads);

@@ -12,6 +12,8 @@ lies.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from cllm_c._lib import F32, arr, check, empty, ffi, kernel, lib, out_ptr, ptr
@@ -237,6 +239,8 @@ def _mha(
         return _decode(x, w_qkv, b_qkv, w_proj, b_proj, kv_cache, nh)
     b, t, c = x.shape
     qkv, qkv_cache = _linear(x, w_qkv, b_qkv)  # (B, T, 3C)
+    if kv_cache is None and x.dtype == F32:
+        return _mha_in_tokens(qkv, qkv_cache, w_proj, b_proj, nh)
     q, k, v = (_split(qkv, i * c, c, nh) for i in range(3))  # (B, NH, T, HS) each
     new_cache, buffers = None, None
     if kv_cache is not None:
@@ -254,6 +258,70 @@ def _mha(
     _merge(a, merged, 0)  # (B, T, C)
     y, proj_cache = _linear(merged, w_proj, b_proj)  # (B, T, C)
     return y, MHACache(qkv_cache, attn_cache, proj_cache, nh), new_cache
+
+
+# ------------------------------ attention over the token layout (float32) ----
+def _token_layouts(t: int, c: int, nh: int) -> tuple[Any, Any]:
+    """cllm_layout values of a (B, T, 3C) QKV block and of a (B, T, C) array
+    (csrc attention.c, cllm_attention_forward_ex)."""
+    hs = c // nh
+    return (t * 3 * c, hs, 3 * c), (t * c, hs, c)
+
+
+def _mha_in_tokens(
+    qkv: np.ndarray,
+    qkv_cache: LinearCache,
+    w_proj: np.ndarray,
+    b_proj: np.ndarray | None,
+    nh: int,
+) -> tuple[np.ndarray, MHACache, None]:
+    """Causal attention reading q, k and v where the QKV product left them and
+    writing the merged (B, T, C) layout: no copies between layouts (they were
+    ~10% of a default training step), the same bits as through them. The
+    cache's q, k, v are strided (B, NH, T, HS) views of ``qkv``."""
+    b, t, c3 = qkv.shape
+    c, hs = c3 // 3, c3 // 3 // nh
+    scale = attention_scale(hs)
+    merged = empty((b, t, c), dtype=F32)
+    att = empty((b, nh, t, t), dtype=F32)
+    fused, flat = _token_layouts(t, c, nh)
+    base = ptr(qkv)
+    status = lib.cllm_attention_forward_ex(
+        base, base + c, base + 2 * c, ffi.new("cllm_layout[4]", [fused] * 3 + [flat]),
+        b, nh, t, t, hs, scale, ptr(merged), ptr(att),
+    )  # fmt: skip
+    check(status, "attention_forward")
+    heads = qkv.reshape(b, t, 3, nh, hs)
+    q, k, v = (heads[:, :, i].transpose(0, 2, 1, 3) for i in range(3))  # views
+    y, proj_cache = _linear(merged, w_proj, b_proj)  # (B, T, C)
+    attn = AttentionCache(q, k, v, att, scale)
+    return y, MHACache(qkv_cache, attn, proj_cache, nh), None
+
+
+def _qkv_pointer(cache: AttentionCache) -> Any:
+    """A ``float *`` to the (B, T, 3C) QKV block whose column blocks
+    ``cache.q, k, v`` are (as :func:`_mha_in_tokens` makes them), or None for
+    any other cache. Every float C then reads belongs to q, k or v: each view
+    lies within its buffer, and the three are checked to tile the block."""
+    q, k, v, att = cache.q, cache.k, cache.v, cache.att
+    if not all(type(a) is np.ndarray and a.dtype == F32 for a in (q, k, v, att)):
+        return None
+    if q.ndim != 4 or q.shape != k.shape or q.shape != v.shape:
+        return None
+    b, nh, t, hs = q.shape
+    c = nh * hs
+    want = (t * 3 * c * 4, hs * 4, 3 * c * 4, 4)
+    if q.strides != want or k.strides != want or v.strides != want:
+        return None
+    start = q.__array_interface__["data"][0]
+    if (
+        k.__array_interface__["data"][0] != start + 4 * c
+        or v.__array_interface__["data"][0] != start + 8 * c
+        or att.shape != (b, nh, t, t)
+        or not att.flags.c_contiguous
+    ):
+        return None
+    return ffi.cast("float *", start)
 
 
 def mha_forward(
@@ -287,9 +355,25 @@ def _mha_backward(
     nh = int(cache.n_head)
     da, dw_proj, db_proj = _linear_backward(dy, cache.proj, dw_proj, db_proj)
     b, t, c = da.shape
-    grads = _attend_backward(_split(da, 0, c, nh), cache.attn)
     dqkv = empty((b, t, 3 * c), dtype=da.dtype)  # (B, T, 3C)
-    for i, g in enumerate(grads):
-        _merge(g, dqkv, i * c)
+    base = _qkv_pointer(cache.attn)
+    if (
+        base is not None
+        and da.dtype == F32
+        and cache.attn.q.shape == (b, nh, t, c // nh)
+    ):
+        # the token layout of _mha_in_tokens: read and write it in place
+        fused, flat = _token_layouts(t, c, nh)
+        dp = ptr(dqkv)
+        status = lib.cllm_attention_backward_ex(
+            ptr(arr("da", da)), base, base + c, base + 2 * c, ptr(cache.attn.att),
+            ffi.new("cllm_layout[7]", [flat] + [fused] * 6), b, nh, t, t, c // nh,
+            float(cache.attn.scale), dp, dp + c, dp + 2 * c,
+        )  # fmt: skip
+        check(status, "attention_backward")
+    else:
+        grads = _attend_backward(_split(da, 0, c, nh), cache.attn)
+        for i, g in enumerate(grads):
+            _merge(g, dqkv, i * c)
     dx, dw_qkv, db_qkv = _linear_backward(dqkv, cache.qkv, dw_qkv, db_qkv)
     return dx, dw_qkv, db_qkv, dw_proj, db_proj

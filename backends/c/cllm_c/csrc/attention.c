@@ -116,11 +116,13 @@ CLLM_AVX2 static void softmax_grad_row_avx2(const float *a, float *d, int64_t n)
 }
 #endif
 
-static inline __attribute__((always_inline)) void scale_in_place(float *x, int64_t n,
-                                                                  float s)
+/* rows x cols at row stride ld, times s */
+static inline __attribute__((always_inline)) void
+scale_rows(float *x, int64_t rows, int64_t cols, int64_t ld, float s)
 {
-    for (int64_t i = 0; i < n; i++)
-        x[i] *= s;
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t i = 0; i < cols; i++)
+            x[r * ld + i] *= s;
 }
 
 /* ----------------------------------------------------------- forward ---- */
@@ -130,28 +132,49 @@ static int check_dims(int64_t b, int64_t nh, int64_t tq, int64_t tk, int64_t hs,
     return b >= 1 && nh >= 1 && tq >= 1 && tk >= 1 && hs >= 1 && kv_rows >= tk;
 }
 
+/* where pair p = (batch p / NH, head p % NH) of an operand starts */
+static inline int64_t pair_at(cllm_layout l, int64_t p, int64_t nh)
+{
+    return (p / nh) * l.batch + (p % nh) * l.head;
+}
+
+/* (B, NH, rows, HS) stored contiguously */
+static cllm_layout heads_layout(int64_t nh, int64_t rows, int64_t hs)
+{
+    cllm_layout l = {nh * rows * hs, rows * hs, hs};
+    return l;
+}
+
+/* Operand layouts. The GEMMs read and write through leading dimensions, so
+ * a layout changes which floats are read, never the arithmetic: the results
+ * are the same bits in every layout. */
+enum { L_Q, L_K, L_V, L_OUT, L_DQ, L_DK, L_DV, L_COUNT };
+
 typedef struct {
     const float *q, *k, *v, *att_in, *dout;
     const uint8_t *mask;
-    int64_t nh, tq, tk, hs, kv_rows;
+    int64_t nh, tq, tk, hs;
     int causal, simd;
     float scale;
     float *out, *att, *dq, *dk, *dv, *work;
     size_t per, gemm_floats;
     void (*grad_row)(const float *, float *, int64_t);
+    cllm_layout lay[L_COUNT]; /* L_OUT is out (forward) or dout (backward) */
 } att_job;
 
 static void att_forward_task(void *arg, int64_t p, int worker)
 {
     const att_job *j = arg;
-    int64_t tq = j->tq, tk = j->tk, hs = j->hs;
+    int64_t tq = j->tq, tk = j->tk, hs = j->hs, nh = j->nh;
+    const cllm_layout *l = j->lay;
     float *w = j->work + j->per * (size_t)worker;
-    const float *qp = j->q + p * tq * hs;
-    const float *kp = j->k + p * j->kv_rows * hs, *vp = j->v + p * j->kv_rows * hs;
+    const float *qp = j->q + pair_at(l[L_Q], p, nh);
+    const float *kp = j->k + pair_at(l[L_K], p, nh), *vp = j->v + pair_at(l[L_V], p, nh);
     const uint8_t *mp = j->mask ? j->mask + (p / j->nh) * tk : NULL;
     float *ap = j->att + p * tq * tk;
     /* scores (Tq, Tk) = q (Tq, HS) k^T (HS, Tk) */
-    cllm_sgemm_serial(0, 1, tq, tk, hs, qp, hs, kp, hs, ap, tk, 0, NULL, w);
+    cllm_sgemm_serial(0, 1, tq, tk, hs, qp, l[L_Q].row, kp, l[L_K].row, ap, tk, 0, NULL,
+                      w);
     for (int64_t i = 0; i < tq; i++) {
         /* bottom-right causal alignment: query i sees j <= i + Tk - Tq */
         int64_t limit = j->causal ? i + (tk - tq) + 1 : tk;
@@ -164,8 +187,22 @@ static void att_forward_task(void *arg, int64_t p, int worker)
         att_row_scalar(ap + i * tk, tk, limit, mp, j->scale);
     }
     /* out (Tq, HS) = att (Tq, Tk) v (Tk, HS) */
-    cllm_sgemm_serial(0, 0, tq, hs, tk, ap, tk, vp, hs, j->out + p * tq * hs, hs, 0,
-                      NULL, w);
+    cllm_sgemm_serial(0, 0, tq, hs, tk, ap, tk, vp, l[L_V].row,
+                      j->out + pair_at(l[L_OUT], p, nh), l[L_OUT].row, 0, NULL, w);
+}
+
+static int run_forward(att_job *j, int64_t b)
+{
+    int64_t tq = j->tq, tk = j->tk, hs = j->hs, pairs = b * j->nh;
+    int nt = cllm_threads_for(pairs * tq * tk * hs, (int64_t)1 << 16);
+    j->simd = cllm_simd_current;
+    j->per = cllm_gemm_work_floats(tq, tk > hs ? tk : hs, tk > hs ? tk : hs);
+    j->work = cllm_alloc(j->per * (size_t)nt * sizeof(float));
+    if (!j->work)
+        return CLLM_ERR_NOMEM;
+    cllm_parallel(pairs, nt, att_forward_task, j);
+    cllm_free(j->work);
+    return CLLM_OK;
 }
 
 int cllm_attention_forward(const float *q, const float *k, const float *v,
@@ -175,42 +212,87 @@ int cllm_attention_forward(const float *q, const float *k, const float *v,
 {
     CLLM_CHECK(q && k && v && out && att && check_dims(b, nh, tq, tk, hs, kv_rows));
     CLLM_CHECK(!causal || tq <= tk);
-    int64_t pairs = b * nh;
-    int nt = cllm_threads_for(pairs * tq * tk * hs, (int64_t)1 << 16);
-    att_job j = {q, k, v, NULL, NULL, mask, nh, tq, tk, hs, kv_rows, causal,
-                 cllm_simd_current, scale, out, att, NULL, NULL, NULL, NULL, 0, 0, NULL};
-    j.per = cllm_gemm_work_floats(tq, tk > hs ? tk : hs, tk > hs ? tk : hs);
-    j.work = cllm_alloc(j.per * (size_t)nt * sizeof(float));
-    if (!j.work)
-        return CLLM_ERR_NOMEM;
-    cllm_parallel(pairs, nt, att_forward_task, &j);
-    cllm_free(j.work);
-    return CLLM_OK;
+    att_job j = {0};
+    j.q = q, j.k = k, j.v = v, j.mask = mask, j.out = out, j.att = att;
+    j.nh = nh, j.tq = tq, j.tk = tk, j.hs = hs, j.causal = causal, j.scale = scale;
+    j.lay[L_Q] = heads_layout(nh, tq, hs);
+    j.lay[L_K] = j.lay[L_V] = heads_layout(nh, kv_rows, hs);
+    j.lay[L_OUT] = heads_layout(nh, tq, hs);
+    return run_forward(&j, b);
+}
+
+/* every layout's strides can hold an (rows, HS) block per pair */
+static int layouts_ok(const cllm_layout *lay, int n, int64_t hs)
+{
+    for (int i = 0; i < n; i++)
+        if (lay[i].row < hs || lay[i].head < 0 || lay[i].batch < 0)
+            return 0;
+    return 1;
+}
+
+int cllm_attention_forward_ex(const float *q, const float *k, const float *v,
+                              const cllm_layout *lay, int64_t b, int64_t nh,
+                              int64_t tq, int64_t tk, int64_t hs, float scale,
+                              float *out, float *att)
+{
+    CLLM_CHECK(q && k && v && lay && out && att && check_dims(b, nh, tq, tk, hs, tk));
+    CLLM_CHECK(tq <= tk && layouts_ok(lay, 4, hs));
+    att_job j = {0};
+    j.q = q, j.k = k, j.v = v, j.out = out, j.att = att;
+    j.nh = nh, j.tq = tq, j.tk = tk, j.hs = hs, j.causal = 1, j.scale = scale;
+    for (int i = L_Q; i <= L_OUT; i++)
+        j.lay[i] = lay[i];
+    return run_forward(&j, b);
 }
 
 /* ---------------------------------------------------------- backward ---- */
 static void att_backward_task(void *arg, int64_t p, int worker)
 {
     const att_job *j = arg;
-    int64_t tq = j->tq, tk = j->tk, hs = j->hs;
+    int64_t tq = j->tq, tk = j->tk, hs = j->hs, nh = j->nh;
+    const cllm_layout *l = j->lay;
+    int64_t ldo = l[L_OUT].row, ldq = l[L_Q].row, ldk = l[L_K].row, ldv = l[L_V].row;
+    int64_t lddq = l[L_DQ].row, lddk = l[L_DK].row, lddv = l[L_DV].row;
     float *w = j->work + j->per * (size_t)worker;
     float *ds = w + j->gemm_floats;
-    const float *g = j->dout + p * tq * hs, *qp = j->q + p * tq * hs;
-    const float *kp = j->k + p * j->kv_rows * hs, *vp = j->v + p * j->kv_rows * hs;
+    const float *g = j->dout + pair_at(l[L_OUT], p, nh), *qp = j->q + pair_at(l[L_Q], p, nh);
+    const float *kp = j->k + pair_at(l[L_K], p, nh), *vp = j->v + pair_at(l[L_V], p, nh);
     const float *ap = j->att_in + p * tq * tk;
-    float *dqp = j->dq + p * tq * hs, *dkp = j->dk + p * tk * hs, *dvp = j->dv + p * tk * hs;
+    float *dqp = j->dq + pair_at(l[L_DQ], p, nh), *dkp = j->dk + pair_at(l[L_DK], p, nh);
+    float *dvp = j->dv + pair_at(l[L_DV], p, nh);
     /* dv (Tk, HS) = att^T (Tk, Tq) dout (Tq, HS) */
-    cllm_sgemm_serial(1, 0, tk, hs, tq, ap, tk, g, hs, dvp, hs, 0, NULL, w);
+    cllm_sgemm_serial(1, 0, tk, hs, tq, ap, tk, g, ldo, dvp, lddv, 0, NULL, w);
     /* da (Tq, Tk) = dout (Tq, HS) v^T (HS, Tk) */
-    cllm_sgemm_serial(0, 1, tq, tk, hs, g, hs, vp, hs, ds, tk, 0, NULL, w);
+    cllm_sgemm_serial(0, 1, tq, tk, hs, g, ldo, vp, ldv, ds, tk, 0, NULL, w);
     for (int64_t i = 0; i < tq; i++)
         j->grad_row(ap + i * tk, ds + i * tk, tk);
     /* dq (Tq, HS) = ds (Tq, Tk) k (Tk, HS), then * scale */
-    cllm_sgemm_serial(0, 0, tq, hs, tk, ds, tk, kp, hs, dqp, hs, 0, NULL, w);
-    scale_in_place(dqp, tq * hs, j->scale);
+    cllm_sgemm_serial(0, 0, tq, hs, tk, ds, tk, kp, ldk, dqp, lddq, 0, NULL, w);
+    scale_rows(dqp, tq, hs, lddq, j->scale);
     /* dk (Tk, HS) = ds^T (Tk, Tq) q (Tq, HS), then * scale */
-    cllm_sgemm_serial(1, 0, tk, hs, tq, ds, tk, qp, hs, dkp, hs, 0, NULL, w);
-    scale_in_place(dkp, tk * hs, j->scale);
+    cllm_sgemm_serial(1, 0, tk, hs, tq, ds, tk, qp, ldq, dkp, lddk, 0, NULL, w);
+    scale_rows(dkp, tk, hs, lddk, j->scale);
+}
+
+static int run_backward(att_job *j, int64_t b)
+{
+    int64_t tq = j->tq, tk = j->tk, hs = j->hs, pairs = b * j->nh;
+    int nt = cllm_threads_for(pairs * tq * tk * hs, (int64_t)1 << 16);
+    int64_t big = tq > tk ? tq : tk;
+    j->simd = cllm_simd_current;
+    j->grad_row = softmax_grad_row_scalar;
+#if CLLM_X86
+    if (j->simd >= CLLM_SIMD_AVX2)
+        j->grad_row = softmax_grad_row_avx2;
+#endif
+    j->gemm_floats = cllm_gemm_work_floats(big, big > hs ? big : hs, big > hs ? big : hs);
+    j->per = j->gemm_floats + (size_t)(tq * tk) + 16;
+    j->work = cllm_alloc(j->per * (size_t)nt * sizeof(float));
+    if (!j->work)
+        return CLLM_ERR_NOMEM;
+    cllm_parallel(pairs, nt, att_backward_task, j);
+    cllm_free(j->work);
+    return CLLM_OK;
 }
 
 int cllm_attention_backward(const float *dout, const float *q, const float *k,
@@ -220,24 +302,32 @@ int cllm_attention_backward(const float *dout, const float *q, const float *k,
 {
     CLLM_CHECK(dout && q && k && v && att && dq && dk && dv);
     CLLM_CHECK(check_dims(b, nh, tq, tk, hs, kv_rows));
-    int64_t pairs = b * nh;
-    int nt = cllm_threads_for(pairs * tq * tk * hs, (int64_t)1 << 16);
-    int64_t big = tq > tk ? tq : tk;
-    att_job j = {q, k, v, att, dout, NULL, nh, tq, tk, hs, kv_rows, 0,
-                 cllm_simd_current, scale, NULL, NULL, dq, dk, dv, NULL, 0, 0,
-                 softmax_grad_row_scalar};
-#if CLLM_X86
-    if (j.simd >= CLLM_SIMD_AVX2)
-        j.grad_row = softmax_grad_row_avx2;
-#endif
-    j.gemm_floats = cllm_gemm_work_floats(big, big > hs ? big : hs, big > hs ? big : hs);
-    j.per = j.gemm_floats + (size_t)(tq * tk) + 16;
-    j.work = cllm_alloc(j.per * (size_t)nt * sizeof(float));
-    if (!j.work)
-        return CLLM_ERR_NOMEM;
-    cllm_parallel(pairs, nt, att_backward_task, &j);
-    cllm_free(j.work);
-    return CLLM_OK;
+    att_job j = {0};
+    j.q = q, j.k = k, j.v = v, j.att_in = att, j.dout = dout;
+    j.dq = dq, j.dk = dk, j.dv = dv;
+    j.nh = nh, j.tq = tq, j.tk = tk, j.hs = hs, j.scale = scale;
+    j.lay[L_Q] = j.lay[L_OUT] = j.lay[L_DQ] = heads_layout(nh, tq, hs);
+    j.lay[L_K] = j.lay[L_V] = heads_layout(nh, kv_rows, hs);
+    j.lay[L_DK] = j.lay[L_DV] = heads_layout(nh, tk, hs);
+    return run_backward(&j, b);
+}
+
+int cllm_attention_backward_ex(const float *dout, const float *q, const float *k,
+                               const float *v, const float *att,
+                               const cllm_layout *lay, int64_t b, int64_t nh,
+                               int64_t tq, int64_t tk, int64_t hs, float scale,
+                               float *dq, float *dk, float *dv)
+{
+    CLLM_CHECK(dout && q && k && v && att && lay && dq && dk && dv);
+    CLLM_CHECK(check_dims(b, nh, tq, tk, hs, tk) && layouts_ok(lay, L_COUNT, hs));
+    att_job j = {0};
+    j.q = q, j.k = k, j.v = v, j.att_in = att, j.dout = dout;
+    j.dq = dq, j.dk = dk, j.dv = dv;
+    j.nh = nh, j.tq = tq, j.tk = tk, j.hs = hs, j.scale = scale;
+    /* lay: dout, q, k, v, dq, dk, dv */
+    j.lay[L_OUT] = lay[0], j.lay[L_Q] = lay[1], j.lay[L_K] = lay[2], j.lay[L_V] = lay[3];
+    j.lay[L_DQ] = lay[4], j.lay[L_DK] = lay[5], j.lay[L_DV] = lay[6];
+    return run_backward(&j, b);
 }
 
 /* ----------------------------------------------- head layout and cache ---- */
