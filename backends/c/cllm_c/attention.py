@@ -277,7 +277,7 @@ def _mha_in_tokens(
 ) -> tuple[np.ndarray, MHACache, None]:
     """Causal attention reading q, k and v where the QKV product left them and
     writing the merged (B, T, C) layout: no copies between layouts (they were
-    ~10% of a default training step), the same bits as through them. The
+    ~5% of a default training step), the same bits as through them. The
     cache's q, k, v are strided (B, NH, T, HS) views of ``qkv``."""
     b, t, c3 = qkv.shape
     c, hs = c3 // 3, c3 // 3 // nh
