@@ -35,6 +35,7 @@ from cllm_spec.train.config import RunConfig, from_dict
 from cllm_spec.train.state import (
     decay_mask,
     init_optimizer_state,
+    model_config,
     optimizer_hyperparameters,
 )
 from cllm_spec.train.step import apply_update
@@ -90,18 +91,7 @@ def _default_bench() -> Bench:
     run = RunConfig()
     if run.data.tokenizer != "byte":
         raise RuntimeError("the default config's vocabulary is no longer bytes")
-    m = run.model
-    cfg = ModelConfig(
-        vocab_size=BYTE_VOCAB,
-        n_embd=m.n_embd,
-        n_layer=m.n_layer,
-        n_head=m.n_head,
-        block_size=m.block_size,
-        n_hidden=m.n_hidden,
-        activation=m.activation,
-        tie_embeddings=m.tie_embeddings,
-        init=m.init,
-    )
+    cfg = model_config(run, BYTE_VOCAB)  # as cllm train builds it
     return Bench("default", cfg, run.train.batch_size, run.train.seq_len)
 
 

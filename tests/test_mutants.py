@@ -117,27 +117,26 @@ def run_conformance(test_file: str, *args: str) -> subprocess.CompletedProcess[s
     )
 
 
-@pytest.mark.parametrize("mutant", sorted(BACKEND_MUTANTS))
-def test_suite_catches_backend_mutant(mutant):
-    test_file, must_fail = BACKEND_MUTANTS[mutant]
+def assert_caught(mutant: str, test_file: str, must_fail: str) -> None:
+    """The backend ``conformance.mutants.<mutant>`` fails ``test_file``, and
+    ``must_fail`` is among the failures."""
     result = run_conformance(test_file, f"--backend=conformance.mutants.{mutant}")
     assert result.returncode == 1, (
         f"mutant {mutant} was not caught by {test_file}:\n{result.stdout[-2000:]}"
     )
     failed = failed_tests(result.stdout)
     assert must_fail in failed, f"{must_fail} did not fail; failures: {sorted(failed)}"
+
+
+@pytest.mark.parametrize("mutant", sorted(BACKEND_MUTANTS))
+def test_suite_catches_backend_mutant(mutant):
+    assert_caught(mutant, *BACKEND_MUTANTS[mutant])
 
 
 @pytest.mark.parametrize("mutant", sorted(C_MUTANTS))
 def test_suite_catches_c_backend_mutant(mutant):
     pytest.importorskip("cllm_c", reason="the C extension is not built")
-    test_file, must_fail = C_MUTANTS[mutant]
-    result = run_conformance(test_file, f"--backend=conformance.mutants.{mutant}")
-    assert result.returncode == 1, (
-        f"mutant {mutant} was not caught by {test_file}:\n{result.stdout[-2000:]}"
-    )
-    failed = failed_tests(result.stdout)
-    assert must_fail in failed, f"{must_fail} did not fail; failures: {sorted(failed)}"
+    assert_caught(mutant, *C_MUTANTS[mutant])
 
 
 def test_suite_catches_warmup_off_by_one():

@@ -58,8 +58,11 @@ def test_the_count_comes_back_after_an_error():
 
 
 def test_a_backend_without_thread_counts_is_left_alone():
-    with kernel_threads(cllm_numpy, 4):
-        pass  # no num_threads/set_num_threads: nothing to call, nothing raised
+    with kernel_threads(cllm_numpy, 4):  # neither function: nothing to call
+        assert not hasattr(cllm_numpy, "set_num_threads")
+    half = SimpleNamespace(num_threads=lambda: 4)  # a count it cannot change
+    with kernel_threads(half, 2):
+        assert half.num_threads() == 4
 
 
 def test_thread_engine_shares_while_open(monkeypatch):
