@@ -184,6 +184,32 @@ def test_both_paths_match_the_float64_reference(simd, rng, threads):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+def test_column_sums_are_the_same_bits_on_every_simd_level(rng, threads):
+    """Bias and layer-norm parameter gradients are double sums in row order on
+    every path, so each level gives the bits of the scalar twin (and the
+    float64 sum, rounded once); widths around the 16-lane vectors and the
+    64-column chunks. The x * y sums go through the layer norm's dweight."""
+    levels = [v for v in ("scalar", "avx2+fma", "avx512") if _lib.set_simd(v) == v]
+    assert levels[0] == "scalar"
+    for rows, cols in [(1, 1), (3, 7), (17, 16), (33, 65), (129, 100), (7, 300)]:
+        dy, x = _normal(rng, rows, cols), _normal(rng, rows, cols)
+        w, b = _normal(rng, cols), _normal(rng, cols)
+        got = {}
+        _lib.set_simd("scalar")  # one x_hat for all (its forward's bits vary by level)
+        _, cache = cllm_c.layernorm_forward(x, w, b)
+        for lvl in levels:
+            _lib.set_simd(lvl)
+            db = _lib.empty((cols,), F32)
+            assert _lib.lib.cllm_column_sum(_lib.ptr(dy), _lib.ptr(db), rows, cols) == 0
+            _, dw, dbias = cllm_c.layernorm_backward(dy, cache)
+            got[lvl] = (db, dw, dbias)
+        for lvl in levels:
+            for one, base in zip(got[lvl], got["scalar"], strict=True):
+                assert one.tobytes() == base.tobytes(), (lvl, rows, cols)
+        want = dy.astype(np.float64).sum(0).astype(F32)
+        np.testing.assert_array_equal(got["scalar"][0], want)
+
+
 @pytest.mark.parametrize("simd", ["scalar", "avx2+fma", "avx512"])
 def test_few_row_linear_on_every_simd_level(simd, rng, threads):
     """The matrix-vector path of each level (the suite runs only the best and
@@ -498,14 +524,18 @@ def test_gemm_every_edge_size_transpose_and_stride(simd, rng):
         _lib.set_simd(before)
 
 
-def test_gemm_any_blocking_is_correct_and_thread_independent(rng):
+@pytest.mark.parametrize(
+    "m, n, k, ta", [(100, 4000, 249, 0), (100, 4000, 249, 1), (1000, 100, 249, 0)]
+)
+def test_gemm_any_blocking_is_correct_and_thread_independent(rng, m, n, k, ta):
     # The block sizes are a benchmark knob; odd ones (a KC that is no multiple
     # of 16, an NC of two micro-panels) still give the product, with the same
-    # bits for 1, 2 and 3 threads (100 x 4000 splits C by columns). An NC that
-    # ends inside a micro-panel is refused.
+    # bits for 1, 2 and 3 threads. 100 x 4000 splits C by columns, 1000 x 100
+    # by rows; both leave a last micro-panel of A with fewer than 12 rows (read
+    # in place when A is not transposed, packed when it is). An NC that ends
+    # inside a micro-panel is refused.
     lib = _lib.lib
-    m, n, k = 100, 4000, 249
-    a, b = _normal(rng, m, k), _normal(rng, n, k)
+    a, b = _normal(rng, *((k, m) if ta else (m, k))), _normal(rng, n, k)
     before = _lib.num_threads()
     outs = []
     assert lib.cllm_gemm_set_blocking(100, 96, 36) == lib.CLLM_ERR_ARG
@@ -514,14 +544,15 @@ def test_gemm_any_blocking_is_correct_and_thread_independent(rng):
         for threads in (1, 2, 3):
             _lib.set_num_threads(threads)
             c = _lib.empty((m, n), F32)
-            status = lib.cllm_sgemm(0, 1, m, n, k, _lib.ptr(a), k, _lib.ptr(b), k,
-                                    _lib.ptr(c), n, 0, _lib.ffi.NULL)  # fmt: skip
+            status = lib.cllm_sgemm(ta, 1, m, n, k, _lib.ptr(a), a.shape[1],
+                                    _lib.ptr(b), k, _lib.ptr(c), n, 0,
+                                    _lib.ffi.NULL)  # fmt: skip
             assert status == lib.CLLM_OK
             outs.append(c)
     finally:
         assert lib.cllm_gemm_set_blocking(384, 240, 3072) == lib.CLLM_OK
         _lib.set_num_threads(before)
-    want = a.astype(np.float64) @ b.T.astype(np.float64)
+    want = (a.T if ta else a).astype(np.float64) @ b.T.astype(np.float64)
     np.testing.assert_allclose(outs[0], want, rtol=1e-4, atol=1e-4)
     for c in outs[1:]:
         np.testing.assert_array_equal(c, outs[0])

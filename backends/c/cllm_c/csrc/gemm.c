@@ -64,8 +64,11 @@ enum { INIT_ZERO = 0, INIT_LOAD = 1, INIT_BIAS = 2 };
  * (a 64-byte aligned tile whose values are final; see stream_ok) */
 #define INIT_STREAM 4
 
-typedef void (*ukernel_fn)(int64_t kc, const float *a, const float *b, float *c,
-                           int64_t ldc, int init, const float *bias);
+/* a(i, p) is a[i * ar + p * as]: (1, MR) for a packed micro-panel, (lda, 1)
+ * for rows of A read where they are stored (see direct_a) */
+typedef void (*ukernel_fn)(int64_t kc, const float *a, int64_t ar, int64_t as,
+                           const float *b, float *c, int64_t ldc, int init,
+                           const float *bias);
 
 typedef struct {
     int mr, nr;
@@ -75,18 +78,19 @@ typedef struct {
 /* ------------------------------------------------------- scalar kernel ---- */
 #define S_MR 6
 #define S_NR 16
-static void ukernel_scalar(int64_t kc, const float *a, const float *b, float *c,
-                           int64_t ldc, int init, const float *bias)
+static void ukernel_scalar(int64_t kc, const float *a, int64_t ar, int64_t as,
+                           const float *b, float *c, int64_t ldc, int init,
+                           const float *bias)
 {
     float acc[S_MR][S_NR];
     for (int i = 0; i < S_MR; i++)
         for (int j = 0; j < S_NR; j++)
             acc[i][j] = init == INIT_BIAS ? bias[j] : 0.0f;
     for (int64_t p = 0; p < kc; p++) {
-        const float *ap = a + p * S_MR, *bp = b + p * S_NR;
+        const float *ap = a + p * as, *bp = b + p * S_NR;
         for (int i = 0; i < S_MR; i++)
             for (int j = 0; j < S_NR; j++)
-                acc[i][j] = ap[i] * bp[j] + acc[i][j];
+                acc[i][j] = ap[i * ar] * bp[j] + acc[i][j];
     }
     for (int i = 0; i < S_MR; i++)
         for (int j = 0; j < S_NR; j++)
@@ -95,9 +99,9 @@ static void ukernel_scalar(int64_t kc, const float *a, const float *b, float *c,
 
 #if CLLM_X86
 /* ---------------------------------------------------- AVX2 + FMA 6 x 16 ---- */
-CLLM_AVX2 static void ukernel_avx2(int64_t kc, const float *a, const float *b,
-                                   float *c, int64_t ldc, int init,
-                                   const float *bias)
+CLLM_AVX2 static void ukernel_avx2(int64_t kc, const float *a, int64_t ar,
+                                   int64_t as, const float *b, float *c,
+                                   int64_t ldc, int init, const float *bias)
 {
     __m256 c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51;
     __m256 z0 = _mm256_setzero_ps(), z1 = z0;
@@ -114,19 +118,19 @@ CLLM_AVX2 static void ukernel_avx2(int64_t kc, const float *a, const float *b,
     c01 = c11 = c21 = c31 = c41 = c51 = z1;
     for (int64_t p = 0; p < kc; p++) {
         __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8), av;
-        av = _mm256_broadcast_ss(a + 0);
+        av = _mm256_broadcast_ss(a + 0 * ar);
         c00 = _mm256_fmadd_ps(av, b0, c00); c01 = _mm256_fmadd_ps(av, b1, c01);
-        av = _mm256_broadcast_ss(a + 1);
+        av = _mm256_broadcast_ss(a + 1 * ar);
         c10 = _mm256_fmadd_ps(av, b0, c10); c11 = _mm256_fmadd_ps(av, b1, c11);
-        av = _mm256_broadcast_ss(a + 2);
+        av = _mm256_broadcast_ss(a + 2 * ar);
         c20 = _mm256_fmadd_ps(av, b0, c20); c21 = _mm256_fmadd_ps(av, b1, c21);
-        av = _mm256_broadcast_ss(a + 3);
+        av = _mm256_broadcast_ss(a + 3 * ar);
         c30 = _mm256_fmadd_ps(av, b0, c30); c31 = _mm256_fmadd_ps(av, b1, c31);
-        av = _mm256_broadcast_ss(a + 4);
+        av = _mm256_broadcast_ss(a + 4 * ar);
         c40 = _mm256_fmadd_ps(av, b0, c40); c41 = _mm256_fmadd_ps(av, b1, c41);
-        av = _mm256_broadcast_ss(a + 5);
+        av = _mm256_broadcast_ss(a + 5 * ar);
         c50 = _mm256_fmadd_ps(av, b0, c50); c51 = _mm256_fmadd_ps(av, b1, c51);
-        a += 6;
+        a += as;
         b += 16;
     }
     if (init == INIT_LOAD) {
@@ -156,7 +160,7 @@ CLLM_AVX2 static void ukernel_avx2(int64_t kc, const float *a, const float *b,
 #define Z_ROW(r) __m512 c##r##0, c##r##1
 #define Z_INIT(r) c##r##0 = z0; c##r##1 = z1
 #define Z_FMA(r)                                                             \
-    av = _mm512_set1_ps(a[r]);                                               \
+    av = _mm512_set1_ps(Z_A(r));                                             \
     c##r##0 = _mm512_fmadd_ps(av, b0, c##r##0);                              \
     c##r##1 = _mm512_fmadd_ps(av, b1, c##r##1)
 #define Z_STORE(r)                                                           \
@@ -175,22 +179,27 @@ CLLM_AVX2 static void ukernel_avx2(int64_t kc, const float *a, const float *b,
 #define Z_STEP()                                                             \
     do {                                                                     \
         __m512 b0 = _mm512_load_ps(b), b1 = _mm512_load_ps(b + 16), av;      \
-        _mm_prefetch((const char *)(a + 12 * Z_PREFETCH_K), _MM_HINT_T0);    \
+        _mm_prefetch((const char *)(a + as * Z_PREFETCH_K), _MM_HINT_T0);    \
         Z_FMA(0); Z_FMA(1); Z_FMA(2); Z_FMA(3); Z_FMA(4); Z_FMA(5);          \
         Z_FMA(6); Z_FMA(7); Z_FMA(8); Z_FMA(9); Z_FMA(10); Z_FMA(11);        \
-        a += 12;                                                             \
+        a += as; a3 += as; a6 += as; a9 += as;                               \
         b += 32;                                                             \
     } while (0)
+#define Z_A(r)                                                               \
+    ((r) < 3 ? a[(r) * ar] : (r) < 6 ? a3[((r) - 3) * ar]                    \
+     : (r) < 9 ? a6[((r) - 6) * ar] : a9[((r) - 9) * ar])
 #define Z_HINT_W _MM_HINT_ET0 /* prefetchw: C lines are written */
 #ifndef Z_PREFETCH_K
 #define Z_PREFETCH_K 8
 #endif /* k steps of A prefetched ahead: 384 bytes */
 
 __attribute__((target("avx512f,avx512dq,avx2,fma,prfchw"))) static void
-ukernel_avx512(int64_t kc, const float *a, const float *b,
-                                       float *c, int64_t ldc, int init,
-                                       const float *bias)
+ukernel_avx512(int64_t kc, const float *a, int64_t ar, int64_t as,
+               const float *b, float *c, int64_t ldc, int init, const float *bias)
 {
+    /* four row bases, each row one scaled index away: 12 rows of an
+     * unpacked A cost no more address arithmetic than a packed panel */
+    const float *a3 = a + 3 * ar, *a6 = a + 6 * ar, *a9 = a + 9 * ar;
     Z_ROW(0); Z_ROW(1); Z_ROW(2); Z_ROW(3); Z_ROW(4); Z_ROW(5);
     Z_ROW(6); Z_ROW(7); Z_ROW(8); Z_ROW(9); Z_ROW(10); Z_ROW(11);
     int stream = init & INIT_STREAM;
@@ -227,6 +236,7 @@ ukernel_avx512(int64_t kc, const float *a, const float *b,
 #undef Z_STORE
 #undef Z_STEP
 #undef Z_HINT_W
+#undef Z_A
 #undef Z_PREFETCH_K
 
 /* ------------------------------------------------ AVX-512 packing ---- */
@@ -382,6 +392,7 @@ typedef struct {
     int accumulate;
     const float *bias;
     int stream; /* INIT_STREAM for the tiles that write C once (stream_ok) */
+    int direct; /* A is read where it is stored, unpacked (direct_a) */
 } gemm_t;
 
 /* A rows [i0, i0 + mc) x cols [p0, p0 + kc) into MR-tall micro-panels. */
@@ -487,8 +498,11 @@ static void pack_b(const gemm_t *g, int nr, int64_t j0, int64_t panels, int64_t 
 }
 
 /* ------------------------------------------------------- macro kernel ---- */
+/* One MR x NR tile of C from an A micro-panel a(i, p) = a[i * ar + p * as]
+ * and a packed B micro-panel; first: the first K slice (C gets its init). */
 static void tile(const kernel_t *kr, const gemm_t *g, int64_t i, int64_t j,
-                 int64_t kc, int first, const float *ap, const float *bp)
+                 int64_t kc, int first, const float *a, int64_t ar, int64_t as,
+                 const float *bp)
 {
     int init = (!first || g->accumulate) ? INIT_LOAD
                : g->bias ? INIT_BIAS : INIT_ZERO;
@@ -496,8 +510,8 @@ static void tile(const kernel_t *kr, const gemm_t *g, int64_t i, int64_t j,
     int64_t cols = g->n - j < kr->nr ? g->n - j : kr->nr;
     float *c = g->c + i * g->ldc + j;
     if (rows == kr->mr && cols == kr->nr) {
-        kr->run(kc, ap, bp, c, g->ldc, init == INIT_LOAD ? init : init | g->stream,
-                g->bias ? g->bias + j : NULL);
+        kr->run(kc, a, ar, as, bp, c, g->ldc,
+                init == INIT_LOAD ? init : init | g->stream, g->bias ? g->bias + j : NULL);
         return;
     }
     float tmp[MR_MAX * NR_MAX], btmp[NR_MAX];
@@ -508,20 +522,47 @@ static void tile(const kernel_t *kr, const gemm_t *g, int64_t i, int64_t j,
             memcpy(tmp + r * kr->nr, c + r * g->ldc, (size_t)cols * sizeof(float));
     if (init == INIT_BIAS)
         memcpy(btmp, g->bias + j, (size_t)cols * sizeof(float));
-    kr->run(kc, ap, bp, tmp, kr->nr, init, btmp);
+    kr->run(kc, a, ar, as, bp, tmp, kr->nr, init, btmp);
     for (int64_t r = 0; r < rows; r++)
         memcpy(c + r * g->ldc, tmp + r * kr->nr, (size_t)cols * sizeof(float));
 }
 
-/* Tiles of rows [i0, i0 + mc) and micro-panels [q0, q1) of the packed B. */
+/* Packed B panels swept per A micro-panel: a group this large stays in L2
+ * while each A micro-panel (12 x KC, 18 KiB) is reused from L1 across it.
+ * The other order (a B panel of 48 KiB, all of L1, against every A panel)
+ * measured 3-8% slower on the model's shapes. */
+#define GROUP_BYTES ((int64_t)768 << 10)
+
+/* Rows [i0, i0 + mc) of C against the packed B panels [0, panels) from
+ * column jc, K slice [p0, p0 + kc). A comes packed at ap (as pack_a left
+ * it) or, when g->direct, from where it is stored; a direct micro-panel
+ * with fewer than MR rows is packed into `edge` (MR_MAX * kc floats) so the
+ * kernel never reads past the last row. */
 static void macro(const kernel_t *kr, const gemm_t *g, int64_t i0, int64_t mc,
-                  int64_t jc, int64_t q0, int64_t q1, int64_t kc, int first,
-                  const float *ap, const float *bp)
+                  int64_t jc, int64_t panels, int64_t p0, int64_t kc,
+                  const float *ap, const float *bp, float *edge)
 {
-    for (int64_t q = q0; q < q1; q++) {
-        const float *b = bp + q * kc * kr->nr;
-        for (int64_t ip = 0; ip < mc; ip += kr->mr)
-            tile(kr, g, i0 + ip, jc + q * kr->nr, kc, first, ap + ip * kc, b);
+    int64_t group = (GROUP_BYTES / (int64_t)sizeof(float)) / (kc * kr->nr);
+    if (group < 1)
+        group = 1;
+    for (int64_t qg = 0; qg < panels; qg += group) {
+        int64_t qe = panels - qg < group ? panels : qg + group;
+        for (int64_t ip = 0; ip < mc; ip += kr->mr) {
+            const float *a = g->direct ? edge : ap + ip * kc;
+            int64_t ar = 1, as = kr->mr;
+            if (g->direct && g->m - (i0 + ip) >= kr->mr) {
+                a = g->a + (i0 + ip) * g->lda + p0;
+                ar = g->lda;
+                as = 1;
+            } else if (g->direct) {
+                if (qg == 0)
+                    pack_a(g, kr->mr, i0 + ip, g->m - (i0 + ip), p0, kc, edge);
+                a = edge;
+            }
+            for (int64_t q = qg; q < qe; q++)
+                tile(kr, g, i0 + ip, jc + q * kr->nr, kc, p0 == 0, a, ar, as,
+                     bp + q * kc * kr->nr);
+        }
     }
 }
 
@@ -559,6 +600,22 @@ static void stream_fence(const gemm_t *g)
 #endif
 }
 
+/* The AVX-512 kernel can read a row-major A (not transposed) where it is
+ * stored: 12 rows, each a sequential stream, stay in L1 while the group of
+ * B panels is swept (see macro). That saves the packing (a 16 x 16
+ * transpose per block) but the kernel runs 2-3% slower on unpacked rows, so
+ * it pays only when each A micro-panel meets few B panels: N <= 256
+ * measured +6-17% on the model's products (N = 128, 256), N >= 384 -2-6%.
+ * The multiply-adds are the same, in the same order: so are the bits. A
+ * transposed A stays packed: reading it in place strides by lda per k,
+ * which maps the panel onto a few L1 sets (measured 40% slower). */
+#define DIRECT_MAX_N 256
+
+static int direct_a(const gemm_t *g, const kernel_t *kr)
+{
+    return kr->mr == 12 && !g->trans_a && g->n <= DIRECT_MAX_N;
+}
+
 size_t cllm_gemm_work_floats(int64_t m, int64_t n, int64_t k)
 {
     /* packed tails are padded to whole micro-panels: one more of each */
@@ -592,11 +649,12 @@ void cllm_sgemm_serial(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k
                        float *c, int64_t ldc, int accumulate, const float *bias,
                        float *work)
 {
-    gemm_t g = {trans_a, trans_b, m, n, k, a, b, lda, ldb, c, ldc, accumulate, bias, 0};
+    gemm_t g = {trans_a, trans_b, m, n, k, a, b, lda, ldb, c, ldc, accumulate, bias, 0, 0};
     kernel_t kr = pick_kernel();
     if (m <= 0 || n <= 0)
         return;
     g.stream = stream_ok(&g, &kr) ? INIT_STREAM : 0;
+    g.direct = direct_a(&g, &kr);
     if (k <= 0) {
         fill_init(&g);
         return;
@@ -613,8 +671,9 @@ void cllm_sgemm_serial(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k
             pack_b(&g, kr.nr, jc, panels, pc, kc, bp);
             for (int64_t ic = 0; ic < m; ic += MC_MAX) {
                 int64_t mc = m - ic < MC_MAX ? m - ic : MC_MAX;
-                pack_a(&g, kr.mr, ic, mc, pc, kc, ap);
-                macro(&kr, &g, ic, mc, jc, 0, panels, kc, pc == 0, ap, bp);
+                if (!g.direct)
+                    pack_a(&g, kr.mr, ic, mc, pc, kc, ap);
+                macro(&kr, &g, ic, mc, jc, panels, pc, kc, ap, bp, ap);
             }
         }
     }
@@ -691,17 +750,21 @@ static void block_task(void *arg, int64_t t, int worker)
             int64_t panels = j->pad / kr->nr;
             for (int64_t ic = lo; ic < hi; ic += MC_MAX) {
                 int64_t mc = hi - ic < MC_MAX ? hi - ic : MC_MAX;
-                pack_a(g, kr->mr, ic, mc, p0, kc, own);
-                macro(kr, g, ic, mc, 0, 0, panels, kc, p0 == 0, own, shared);
+                if (!g->direct)
+                    pack_a(g, kr->mr, ic, mc, p0, kc, own);
+                macro(kr, g, ic, mc, 0, panels, p0, kc, own, shared, own);
             }
         } else { /* columns [lo, hi) against the packed A */
+            /* after the packed B (NC_MAX columns at most): room for MR_MAX rows */
+            float *edge = own + (NC_MAX + NR_MAX) * kc;
             for (int64_t jc = lo; jc < hi; jc += NC_MAX) {
                 int64_t nc = hi - jc < NC_MAX ? hi - jc : NC_MAX;
                 int64_t panels = (nc + kr->nr - 1) / kr->nr;
                 pack_b(g, kr->nr, jc, panels, p0, kc, own);
                 for (int64_t ic = 0; ic < g->m; ic += MC_MAX) {
                     int64_t mc = g->m - ic < MC_MAX ? g->m - ic : MC_MAX;
-                    macro(kr, g, ic, mc, jc, 0, panels, kc, p0 == 0, shared + ic * kc, own);
+                    macro(kr, g, ic, mc, jc, panels, p0, kc,
+                          g->direct ? NULL : shared + ic * kc, own, edge);
                 }
             }
         }
@@ -746,9 +809,12 @@ int cllm_sgemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
         scratch_free(w, floats);
         return CLLM_OK;
     }
-    par_gemm j = {{trans_a, trans_b, m, n, k, a, b, lda, ldb, c, ldc, accumulate, bias, 0},
+    par_gemm j = {{trans_a, trans_b, m, n, k, a, b, lda, ldb, c, ldc, accumulate, bias, 0, 0},
                   pick_kernel(), m > n, kc_for(k), 0, 0, 0, NULL, NULL, 0};
     j.g.stream = stream_ok(&j.g, &j.kr) ? INIT_STREAM : 0;
+    j.g.direct = direct_a(&j.g, &j.kr);
+    /* a column split shares the packed A: nothing to share when A is direct */
+    int prepack = j.split_rows || !j.g.direct;
     /* Many small blocks balance the two threads (a thread that starts late
      * or loses its core just takes fewer): packing is not repeated per block,
      * so granularity costs little. Row blocks are one MC block of A; column
@@ -767,7 +833,7 @@ int cllm_sgemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
                          : (m + j.kr.mr - 1) / j.kr.mr * j.kr.mr;
     j.units = j.split_rows ? (j.pad / j.kr.nr + PREPACK_PANELS - 1) / PREPACK_PANELS
                            : (m + MC_MAX - 1) / MC_MAX;
-    size_t shared = (size_t)(j.pad * k);
+    size_t shared = prepack ? (size_t)(j.pad * k) : ALIGN_FLOATS;
     j.per = (size_t)(((j.split_rows ? MC_MAX : NC_MAX) + NR_MAX + MR_MAX) * j.kcb);
     /* each worker's packed B starts on a 64-byte boundary (aligned loads),
      * whatever NC cllm_gemm_set_blocking chose */
@@ -782,7 +848,8 @@ int cllm_sgemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
         return CLLM_ERR_NOMEM;
     }
     int64_t slices = (k + j.kcb - 1) / j.kcb;
-    cllm_parallel(slices * j.units, nt, prepack_task, &j);
+    if (prepack)
+        cllm_parallel(slices * j.units, nt, prepack_task, &j);
     cllm_parallel(blocks, nt, block_task, &j);
     scratch_free(j.shared, shared);
     scratch_free(j.work, j.per * (size_t)nt);
