@@ -805,3 +805,55 @@ def test_attention_in_the_token_layout_gives_the_head_layouts_bits(b, t, nh, hs)
         _mha_backward(dy, cache), _mha_backward(dy, moved), strict=True
     ):
         np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_causal_attention_skips_masked_work_only_when_it_is_all_finite(bad):
+    # The causal products skip the zeros of att and ds past each query's last
+    # key (cllm_sgemm_causal): the same bits as the whole product, as long as
+    # what those zeros multiply is finite (the plain, non-causal-flagged
+    # backward takes the whole products: the bits to compare with). A NaN or
+    # inf there must still reach the rows the whole product reaches with it
+    # (0 * inf is NaN), as in the reference: the kernels check and fall back.
+    lib, ffi, ptr = _lib.lib, _lib.ffi, _lib.ptr
+    b, nh, t, hs, late = 1, 2, 40, 8, 30
+    rng = np.random.default_rng(7)
+    q, k, v, dout = (_normal(rng, b, nh, t, hs) for _ in range(4))
+    heads = ffi.new("cllm_layout[7]", [(nh * t * hs, t * hs, hs)] * 7)
+
+    def forward(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        out, att = _lib.empty((b, nh, t, hs), F32), _lib.empty((b, nh, t, t), F32)
+        status = lib.cllm_attention_forward_ex(
+            ptr(q), ptr(k), ptr(v), heads, b, nh, t, t, hs, 0.35, ptr(out), ptr(att)
+        )
+        assert status == lib.CLLM_OK
+        return out, att
+
+    def backward(dout: np.ndarray, att: np.ndarray, ex: bool) -> list[np.ndarray]:
+        grads = [_lib.empty((b, nh, t, hs), F32) for _ in range(3)]
+        first = (ptr(dout), ptr(q), ptr(k), ptr(v), ptr(att))
+        last = tuple(ptr(g) for g in grads)
+        if ex:
+            run = lib.cllm_attention_backward_ex
+            status = run(*first, heads, b, nh, t, t, hs, 0.35, *last)
+        else:
+            run = lib.cllm_attention_backward
+            status = run(*first, b, nh, t, t, hs, t, 0.35, *last)
+        assert status == lib.CLLM_OK
+        return grads
+
+    clean, att = forward(v)
+    for fast, whole in zip(backward(dout, att, True), backward(dout, att, False),
+                           strict=True):  # fmt: skip
+        assert fast.tobytes() == whole.tobytes()
+    v_bad = v.copy()
+    v_bad[0, 0, late, 0] = bad  # key `late` is hidden from queries < late
+    got, _ = forward(v_bad)
+    assert np.isnan(got[0, 0, :late, 0]).all(), "0 * inf behind the mask was skipped"
+    np.testing.assert_array_equal(got[0, 1], clean[0, 1])  # the other head
+    dout_bad = dout.copy()
+    dout_bad[0, 0, 3, 0] = bad  # query 3 sees keys <= 3 only
+    fast, whole = backward(dout_bad, att, True), backward(dout_bad, att, False)
+    assert not np.isfinite(whole[2][0, 0, 4:, 0]).any()  # dv: att^T dout
+    for f, w in zip(fast, whole, strict=True):
+        np.testing.assert_array_equal(f, w)  # NaN where the whole product has NaN

@@ -116,6 +116,19 @@ CLLM_AVX2 static void softmax_grad_row_avx2(const float *a, float *d, int64_t n)
 }
 #endif
 
+/* no inf or NaN in rows x cols at row stride ld */
+static int rows_finite(const float *x, int64_t rows, int64_t cols, int64_t ld)
+{
+    uint32_t bad = 0;
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t i = 0; i < cols; i++) {
+            uint32_t u;
+            memcpy(&u, x + r * ld + i, sizeof(u));
+            bad |= (u & 0x7f800000u) == 0x7f800000u;
+        }
+    return !bad;
+}
+
 /* rows x cols at row stride ld, times s */
 static inline __attribute__((always_inline)) void
 scale_rows(float *x, int64_t rows, int64_t cols, int64_t ld, float s)
@@ -172,9 +185,11 @@ static void att_forward_task(void *arg, int64_t p, int worker)
     const float *kp = j->k + pair_at(l[L_K], p, nh), *vp = j->v + pair_at(l[L_V], p, nh);
     const uint8_t *mp = j->mask ? j->mask + (p / j->nh) * tk : NULL;
     float *ap = j->att + p * tq * tk;
-    /* scores (Tq, Tk) = q (Tq, HS) k^T (HS, Tk) */
-    cllm_sgemm_serial(0, 1, tq, tk, hs, qp, l[L_Q].row, kp, l[L_K].row, ap, tk, 0, NULL,
-                      w);
+    int64_t shift = tk - tq;
+    /* scores (Tq, Tk) = q (Tq, HS) k^T (HS, Tk); under a causal mask the
+     * hidden ones are not computed (the softmax never reads them) */
+    cllm_sgemm_causal(j->causal ? CLLM_CAUSAL_COLS : CLLM_CAUSAL_NONE, shift, 0, 1, tq, tk,
+                      hs, qp, l[L_Q].row, kp, l[L_K].row, ap, tk, w);
     for (int64_t i = 0; i < tq; i++) {
         /* bottom-right causal alignment: query i sees j <= i + Tk - Tq */
         int64_t limit = j->causal ? i + (tk - tq) + 1 : tk;
@@ -186,9 +201,12 @@ static void att_forward_task(void *arg, int64_t p, int worker)
 #endif
         att_row_scalar(ap + i * tk, tk, limit, mp, j->scale);
     }
-    /* out (Tq, HS) = att (Tq, Tk) v (Tk, HS) */
-    cllm_sgemm_serial(0, 0, tq, hs, tk, ap, tk, vp, l[L_V].row,
-                      j->out + pair_at(l[L_OUT], p, nh), l[L_OUT].row, 0, NULL, w);
+    /* out (Tq, HS) = att (Tq, Tk) v (Tk, HS): past a row's last visible key
+     * att is 0, and 0 * v adds nothing unless v holds an inf or NaN */
+    int skip = j->causal && rows_finite(vp, tk, hs, l[L_V].row);
+    cllm_sgemm_causal(skip ? CLLM_CAUSAL_PREFIX : CLLM_CAUSAL_NONE, shift, 0, 0, tq, hs, tk,
+                      ap, tk, vp, l[L_V].row, j->out + pair_at(l[L_OUT], p, nh),
+                      l[L_OUT].row, w);
 }
 
 static int run_forward(att_job *j, int64_t b)
@@ -260,17 +278,29 @@ static void att_backward_task(void *arg, int64_t p, int worker)
     const float *ap = j->att_in + p * tq * tk;
     float *dqp = j->dq + pair_at(l[L_DQ], p, nh), *dkp = j->dk + pair_at(l[L_DK], p, nh);
     float *dvp = j->dv + pair_at(l[L_DV], p, nh);
+    int64_t shift = tk - tq;
+    /* Under a causal mask att and ds are 0 past each query's last key: the
+     * products skip those zeros (the same bits, see cllm_sgemm_causal) when
+     * every operand they would have multiplied is finite */
+    int skip = j->causal && rows_finite(g, tq, hs, ldo) && rows_finite(qp, tq, hs, ldq)
+               && rows_finite(kp, tk, hs, ldk) && rows_finite(vp, tk, hs, ldv);
+    int cols = skip ? CLLM_CAUSAL_COLS : CLLM_CAUSAL_NONE;
+    int prefix = skip ? CLLM_CAUSAL_PREFIX : CLLM_CAUSAL_NONE;
+    int suffix = skip ? CLLM_CAUSAL_SUFFIX : CLLM_CAUSAL_NONE;
     /* dv (Tk, HS) = att^T (Tk, Tq) dout (Tq, HS) */
-    cllm_sgemm_serial(1, 0, tk, hs, tq, ap, tk, g, ldo, dvp, lddv, 0, NULL, w);
+    cllm_sgemm_causal(suffix, shift, 1, 0, tk, hs, tq, ap, tk, g, ldo, dvp, lddv, w);
     /* da (Tq, Tk) = dout (Tq, HS) v^T (HS, Tk) */
-    cllm_sgemm_serial(0, 1, tq, tk, hs, g, ldo, vp, ldv, ds, tk, 0, NULL, w);
-    for (int64_t i = 0; i < tq; i++)
-        j->grad_row(ap + i * tk, ds + i * tk, tk);
+    cllm_sgemm_causal(cols, shift, 0, 1, tq, tk, hs, g, ldo, vp, ldv, ds, tk, w);
+    for (int64_t i = 0; i < tq; i++) {
+        int64_t seen = skip && i + shift + 1 < tk ? i + shift + 1 : tk;
+        j->grad_row(ap + i * tk, ds + i * tk, seen);
+        memset(ds + i * tk + seen, 0, (size_t)(tk - seen) * sizeof(float));
+    }
     /* dq (Tq, HS) = ds (Tq, Tk) k (Tk, HS), then * scale */
-    cllm_sgemm_serial(0, 0, tq, hs, tk, ds, tk, kp, ldk, dqp, lddq, 0, NULL, w);
+    cllm_sgemm_causal(prefix, shift, 0, 0, tq, hs, tk, ds, tk, kp, ldk, dqp, lddq, w);
     scale_rows(dqp, tq, hs, lddq, j->scale);
     /* dk (Tk, HS) = ds^T (Tk, Tq) q (Tq, HS), then * scale */
-    cllm_sgemm_serial(1, 0, tk, hs, tq, ds, tk, qp, ldq, dkp, lddk, 0, NULL, w);
+    cllm_sgemm_causal(suffix, shift, 1, 0, tk, hs, tq, ds, tk, qp, ldq, dkp, lddk, w);
     scale_rows(dkp, tk, hs, lddk, j->scale);
 }
 
@@ -324,6 +354,7 @@ int cllm_attention_backward_ex(const float *dout, const float *q, const float *k
     j.q = q, j.k = k, j.v = v, j.att_in = att, j.dout = dout;
     j.dq = dq, j.dk = dk, j.dv = dv;
     j.nh = nh, j.tq = tq, j.tk = tk, j.hs = hs, j.scale = scale;
+    j.causal = 1; /* as the forward_ex it follows */
     /* lay: dout, q, k, v, dq, dk, dv */
     j.lay[L_OUT] = lay[0], j.lay[L_Q] = lay[1], j.lay[L_K] = lay[2], j.lay[L_V] = lay[3];
     j.lay[L_DQ] = lay[4], j.lay[L_DK] = lay[5], j.lay[L_DV] = lay[6];

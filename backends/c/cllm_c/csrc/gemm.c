@@ -393,6 +393,8 @@ typedef struct {
     const float *bias;
     int stream; /* INIT_STREAM for the tiles that write C once (stream_ok) */
     int direct; /* A is read where it is stored, unpacked (direct_a) */
+    int causal; /* CLLM_CAUSAL_*: the work a causal mask makes zero is skipped */
+    int64_t shift;
 } gemm_t;
 
 /* A rows [i0, i0 + mc) x cols [p0, p0 + kc) into MR-tall micro-panels. */
@@ -498,16 +500,47 @@ static void pack_b(const gemm_t *g, int nr, int64_t j0, int64_t panels, int64_t 
 }
 
 /* ------------------------------------------------------- macro kernel ---- */
+/* Causal products (attention's, see gemm.h): the part of a tile's work the
+ * mask makes zero. COLS: a tile whose first column no row of it sees is not
+ * computed at all (C keeps whatever it held). PREFIX / SUFFIX: the zero
+ * entries of A end (start) each row, so the tile's K range is cut to the
+ * last (first) k one of its rows uses. Dropped products are 0 * x: for a
+ * finite x they add a zero, which leaves a nonzero sum as it is and a +0
+ * accumulator +0, so the bits are those of the whole product (the caller
+ * checks x is finite). Returns 0 when the tile is left alone; otherwise
+ * moves the K slice [p0, p0 + kc) and the panels to the part to compute. */
+static int causal_span(const gemm_t *g, int64_t i, int64_t rows, int64_t j, int64_t *p0,
+                       int64_t *kc, const float **a, int64_t as, const float **bp,
+                       int64_t nr, int init)
+{
+    int64_t lo = *p0, hi = *p0 + *kc;
+    if (g->causal == CLLM_CAUSAL_COLS)
+        return j <= i + rows - 1 + g->shift;
+    if (g->causal == CLLM_CAUSAL_PREFIX && i + rows + g->shift < hi)
+        hi = i + rows + g->shift;
+    if (g->causal == CLLM_CAUSAL_SUFFIX && i - g->shift > lo)
+        lo = i - g->shift;
+    if (hi <= lo) /* nothing of this slice: C still gets its init (0) */
+        return init != INIT_LOAD ? (*kc = 0, 1) : 0;
+    *a += (lo - *p0) * as;
+    *bp += (lo - *p0) * nr;
+    *p0 = lo;
+    *kc = hi - lo;
+    return 1;
+}
+
 /* One MR x NR tile of C from an A micro-panel a(i, p) = a[i * ar + p * as]
  * and a packed B micro-panel; first: the first K slice (C gets its init). */
 static void tile(const kernel_t *kr, const gemm_t *g, int64_t i, int64_t j,
-                 int64_t kc, int first, const float *a, int64_t ar, int64_t as,
+                 int64_t p0, int64_t kc, const float *a, int64_t ar, int64_t as,
                  const float *bp)
 {
-    int init = (!first || g->accumulate) ? INIT_LOAD
+    int init = (p0 > 0 || g->accumulate) ? INIT_LOAD
                : g->bias ? INIT_BIAS : INIT_ZERO;
     int64_t rows = g->m - i < kr->mr ? g->m - i : kr->mr;
     int64_t cols = g->n - j < kr->nr ? g->n - j : kr->nr;
+    if (g->causal && !causal_span(g, i, rows, j, &p0, &kc, &a, as, &bp, kr->nr, init))
+        return;
     float *c = g->c + i * g->ldc + j;
     if (rows == kr->mr && cols == kr->nr) {
         kr->run(kc, a, ar, as, bp, c, g->ldc,
@@ -560,7 +593,7 @@ static void macro(const kernel_t *kr, const gemm_t *g, int64_t i0, int64_t mc,
                 a = edge;
             }
             for (int64_t q = qg; q < qe; q++)
-                tile(kr, g, i0 + ip, jc + q * kr->nr, kc, p0 == 0, a, ar, as,
+                tile(kr, g, i0 + ip, jc + q * kr->nr, p0, kc, a, ar, as,
                      bp + q * kc * kr->nr);
         }
     }
@@ -644,13 +677,10 @@ static void fill_init(const gemm_t *g)
             g->c[i * g->ldc + j] = g->bias ? g->bias[j] : 0.0f;
 }
 
-void cllm_sgemm_serial(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
-                       const float *a, int64_t lda, const float *b, int64_t ldb,
-                       float *c, int64_t ldc, int accumulate, const float *bias,
-                       float *work)
+static void serial(gemm_t g, float *work)
 {
-    gemm_t g = {trans_a, trans_b, m, n, k, a, b, lda, ldb, c, ldc, accumulate, bias, 0, 0};
     kernel_t kr = pick_kernel();
+    int64_t m = g.m, n = g.n, k = g.k;
     if (m <= 0 || n <= 0)
         return;
     g.stream = stream_ok(&g, &kr) ? INIT_STREAM : 0;
@@ -678,6 +708,25 @@ void cllm_sgemm_serial(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k
         }
     }
     stream_fence(&g);
+}
+
+void cllm_sgemm_serial(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
+                       const float *a, int64_t lda, const float *b, int64_t ldb,
+                       float *c, int64_t ldc, int accumulate, const float *bias,
+                       float *work)
+{
+    gemm_t g = {trans_a, trans_b, m, n, k, a, b, lda, ldb, c, ldc, accumulate, bias,
+                0, 0, 0, 0};
+    serial(g, work);
+}
+
+void cllm_sgemm_causal(int causal, int64_t shift, int trans_a, int trans_b, int64_t m,
+                       int64_t n, int64_t k, const float *a, int64_t lda, const float *b,
+                       int64_t ldb, float *c, int64_t ldc, float *work)
+{
+    gemm_t g = {trans_a, trans_b, m, n, k, a, b, lda, ldb, c, ldc, 0, NULL,
+                0, 0, causal, shift};
+    serial(g, work);
 }
 
 /* ------------------------------------------------------ threaded GEMM ---- */
@@ -809,7 +858,8 @@ int cllm_sgemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
         scratch_free(w, floats);
         return CLLM_OK;
     }
-    par_gemm j = {{trans_a, trans_b, m, n, k, a, b, lda, ldb, c, ldc, accumulate, bias, 0, 0},
+    par_gemm j = {{trans_a, trans_b, m, n, k, a, b, lda, ldb, c, ldc, accumulate, bias,
+                   0, 0, 0, 0},
                   pick_kernel(), m > n, kc_for(k), 0, 0, 0, NULL, NULL, 0};
     j.g.stream = stream_ok(&j.g, &j.kr) ? INIT_STREAM : 0;
     j.g.direct = direct_a(&j.g, &j.kr);

@@ -17,4 +17,19 @@ void cllm_sgemm_serial(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k
                        float *c, int64_t ldc, int accumulate, const float *bias,
                        float *work);
 
+/* Attention's products under a causal mask with offset `shift` (query i
+ * sees key j <= i + shift), skipping the work the mask makes zero:
+ *   CLLM_CAUSAL_COLS    C(i, j) is wanted only for j <= i + shift; the other
+ *                       tiles are not written (scores before the softmax)
+ *   CLLM_CAUSAL_PREFIX  A(i, p) = 0 for p > i + shift   (att @ v, ds @ k)
+ *   CLLM_CAUSAL_SUFFIX  A(i, p) = 0 for p < i - shift   (att^T @ dout, ds^T @ q)
+ * Otherwise as cllm_sgemm_serial with accumulate 0 and no bias. The results
+ * are the bits of the full product when B is finite (a skipped 0 * x adds
+ * a zero; 0 * inf would have been NaN): the caller checks. */
+enum { CLLM_CAUSAL_NONE = 0, CLLM_CAUSAL_COLS, CLLM_CAUSAL_PREFIX, CLLM_CAUSAL_SUFFIX };
+
+void cllm_sgemm_causal(int causal, int64_t shift, int trans_a, int trans_b, int64_t m,
+                       int64_t n, int64_t k, const float *a, int64_t lda, const float *b,
+                       int64_t ldb, float *c, int64_t ldc, float *work);
+
 #endif
