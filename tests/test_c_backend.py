@@ -184,6 +184,44 @@ def test_both_paths_match_the_float64_reference(simd, rng, threads):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["gelu", "gelu_tanh"])
+def test_avx512_activations_are_the_avx2_bits(kind, rng, threads):
+    """The 16-lane GELU is the 8-lane one lane for lane: the same bits, with
+    the special values and the saturated tails, at lengths around both widths."""
+    if _lib.set_simd("avx512") != "avx512":
+        pytest.skip("this CPU has no avx512")
+    special = [np.nan, np.inf, -np.inf, 0.0, -0.0, 150.0, -150.0, 1e-30, -5.5, 9.0]
+    for n in (1, 7, 8, 9, 15, 16, 17, 33, 1000):
+        x = np.resize(np.array(special, F32), n)
+        x[len(special) :] = _normal(rng, max(n - len(special), 0), scale=4.0)
+        dy = _normal(rng, n)
+        got = {}
+        for level in ("avx2+fma", "avx512"):
+            _lib.set_simd(level)
+            y, cache = cllm_c.activation_forward(x, kind)
+            dx = cllm_c.activation_backward(dy, cache)
+            got[level] = (y.tobytes(), dx.tobytes())
+        assert got["avx512"] == got["avx2+fma"], (kind, n)
+
+
+def test_avx512_softmax_and_cross_entropy_are_the_avx2_bits(rng, threads):
+    """Their exp runs 16 lanes wide and the double sums take the 8-lane order,
+    so the rows come out with the AVX2 path's bits at every row length."""
+    if _lib.set_simd("avx512") != "avx512":
+        pytest.skip("this CPU has no avx512")
+    for v in (1, 7, 8, 9, 15, 16, 17, 31, 33, 1000):
+        z = _normal(rng, 5, v, scale=6.0)
+        targets = rng.integers(0, v, 5)
+        got = {}
+        for level in ("avx2+fma", "avx512"):
+            _lib.set_simd(level)
+            sm, _ = cllm_c.softmax_forward(z)
+            loss, cache = cllm_c.cross_entropy_forward(z, targets)
+            dz = cllm_c.cross_entropy_backward(np.ones((), F32), cache)
+            got[level] = [a.tobytes() for a in (sm, np.asarray(loss), dz)]
+        assert got["avx512"] == got["avx2+fma"], v
+
+
 def test_column_sums_are_the_same_bits_on_every_simd_level(rng, threads):
     """Bias and layer-norm parameter gradients are double sums in row order on
     every path, so each level gives the bits of the scalar twin (and the
