@@ -310,6 +310,8 @@ static double ce_row_scalar(const float *x, float *p, int64_t v, float *m_out,
 }
 
 #if CLLM_X86
+/* xsum (the row's sum, for label smoothing) only when xsum != NULL: the
+ * double conversions are most of the first pass's work */
 CLLM_AVX2 static double ce_row_avx2(const float *x, float *p, int64_t v,
                                     float *m_out, double *xsum)
 {
@@ -320,14 +322,16 @@ CLLM_AVX2 static double ce_row_avx2(const float *x, float *p, int64_t v,
     for (; j + 8 <= v; j += 8) {
         __m256 a = _mm256_loadu_ps(x + j);
         m8 = _mm256_max_ps(a, m8);
-        add_pd8(a, &a0, &a1);
+        if (xsum)
+            add_pd8(a, &a0, &a1);
     }
     float m = cllm_hmax256(m8);
     for (; j < v; j++) {
         m = x[j] > m ? x[j] : m;
         tail += x[j];
     }
-    *xsum = cllm_hsum256d(_mm256_add_pd(a0, a1)) + tail;
+    if (xsum)
+        *xsum = cllm_hsum256d(_mm256_add_pd(a0, a1)) + tail;
     *m_out = m;
     double s = sum_exp_avx2(x, m, p, v);
     scale_row_avx2(p, (float)(1.0 / s), v);
@@ -352,14 +356,14 @@ static void ce_forward_task(void *arg, int64_t i, int worker)
     const ce_job *j = arg;
     const float *x = j->logits + i * j->v;
     float m;
-    double xsum, lse;
+    double xsum = 0.0, lse;
     int64_t t = j->targets[i];
     /* the target's logit is read before the row is written: probs may be logits */
     float xt = t == j->ignore_index ? 0.0f : x[t];
     (void)worker;
 #if CLLM_X86
     if (j->simd >= CLLM_SIMD_AVX2)
-        lse = ce_row_avx2(x, j->probs + i * j->v, j->v, &m, &xsum);
+        lse = ce_row_avx2(x, j->probs + i * j->v, j->v, &m, j->eps == 0.0 ? NULL : &xsum);
     else
 #endif
         lse = ce_row_scalar(x, j->probs + i * j->v, j->v, &m, &xsum);
