@@ -45,14 +45,26 @@ static void summary_scalar(const float *g, int64_t len, cllm_grad_summary *s, in
     summary_block(g, len, s, nan);
 }
 
+/* Eight interleaved sums (element i into lane i % 8), combined pairwise in a
+ * fixed order: one chain of dependent double adds ran at an add's latency
+ * per element (2.6 ms of a small-model step for 1.3M gradients); eight
+ * independent lanes vectorize. The order is fixed by the block alone, so
+ * the bits still do not depend on the thread count or the build. (Each
+ * x * x is exact: a float squared fits a double's mantissa.) */
 BODY double sumsq_block(const float *g, int64_t len, double scale)
 {
-    double s = 0.0;
-    for (int64_t i = 0; i < len; i++) {
-        double x = (double)g[i] * scale;
-        s += x * x;
+    double acc[8] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
+    int64_t i = 0;
+    for (; i + 8 <= len; i += 8)
+        for (int r = 0; r < 8; r++) {
+            double x = (double)g[i + r] * scale;
+            acc[r] += x * x;
+        }
+    for (int r = 0; i + r < len; r++) {
+        double x = (double)g[i + r] * scale;
+        acc[r] += x * x;
     }
-    return s;
+    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
 }
 
 /* 2^-k as two factors, each applied exactly: one factor would overflow (or
