@@ -222,6 +222,24 @@ def test_avx512_softmax_and_cross_entropy_are_the_avx2_bits(rng, threads):
         assert got["avx512"] == got["avx2+fma"], v
 
 
+def test_gradient_sum_of_squares_is_the_same_bits_on_every_simd_level(rng, threads):
+    """Eight interleaved double sums per block, combined in a fixed order: the
+    scalar, AVX2 and AVX-512 builds of it agree bit for bit, and with the
+    float64 sum to rounding; lengths around the 8 lanes and the 16384 block."""
+    levels = [v for v in ("scalar", "avx2+fma", "avx512") if _lib.set_simd(v) == v]
+    out = _lib.ffi.new("double *")
+    for n in (1, 7, 8, 9, 16383, 16385, 40001):
+        g = _normal(rng, n, scale=3.0)
+        got = set()
+        for level in levels:
+            _lib.set_simd(level)
+            assert _lib.lib.cllm_grad_sumsq_scaled(_lib.ptr(g), n, 0, out) == 0
+            got.add(out[0])
+        assert len(got) == 1, (n, got)
+        want = float(np.sum(g.astype(np.float64) ** 2))
+        assert abs(got.pop() - want) <= 1e-12 * want
+
+
 def test_column_sums_are_the_same_bits_on_every_simd_level(rng, threads):
     """Bias and layer-norm parameter gradients are double sums in row order on
     every path, so each level gives the bits of the scalar twin (and the
