@@ -863,8 +863,9 @@ def test_attention_in_the_token_layout_gives_the_head_layouts_bits(b, t, nh, hs)
         np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.parametrize("t", [40, 400])  # 400: K of the products in two slices
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
-def test_causal_attention_skips_masked_work_only_when_it_is_all_finite(bad):
+def test_causal_attention_skips_masked_work_only_when_it_is_all_finite(bad, t):
     # The causal products skip the zeros of att and ds past each query's last
     # key (cllm_sgemm_causal): the same bits as the whole product, as long as
     # what those zeros multiply is finite (the plain, non-causal-flagged
@@ -872,7 +873,7 @@ def test_causal_attention_skips_masked_work_only_when_it_is_all_finite(bad):
     # inf there must still reach the rows the whole product reaches with it
     # (0 * inf is NaN), as in the reference: the kernels check and fall back.
     lib, ffi, ptr = _lib.lib, _lib.ffi, _lib.ptr
-    b, nh, t, hs, late = 1, 2, 40, 8, 30
+    b, nh, hs, late = 1, 2, 8, 30
     rng = np.random.default_rng(7)
     q, k, v, dout = (_normal(rng, b, nh, t, hs) for _ in range(4))
     heads = ffi.new("cllm_layout[7]", [(nh * t * hs, t * hs, hs)] * 7)
