@@ -5,7 +5,8 @@
  *
  * The classic loop nest: for each NC-wide column panel of B and each KC-deep
  * slice of K, B is packed into NR-wide micro-panels, MC x KC blocks of A
- * into MR-tall micro-panels, and the micro-kernel updates an MR x NR tile of
+ * into MR-tall micro-panels (or, for a narrow product, read where they are
+ * stored: see direct_a), and the micro-kernel updates an MR x NR tile of
  * C held in registers. Tails are zero-padded in the packed buffers and
  * written back through a small temporary tile, so any size is correct.
  * Kernels: AVX-512 12 x 32, AVX2+FMA 6 x 16, and the scalar twin 6 x 16.
@@ -30,11 +31,10 @@
 
 #include <string.h>
 
-/* A KC x NR micro-panel of B is reused from L1 by the MC / MR tiles of a
- * block (48 KiB with the AVX-512 kernel: the size of Sapphire Rapids' L1d;
- * KC = 256 or 192 fits it with room but loads and stores C twice as often,
- * which measured no faster on the model's shapes, and K = 384 stays one
- * slice); MC x KC of A stays in L2, the B block KC x NC in L3. Tunable at
+/* An MR x KC micro-panel of A (18 KiB with the AVX-512 kernel) is reused
+ * from L1 across a group of B micro-panels that stays in L2 (see macro);
+ * K = 384 stays one slice (KC 192-1024 measured no faster on the model's
+ * shapes); MC x KC of A stays in L2, the B block KC x NC in L3. Tunable at
  * run time for benchmarks (cllm_gemm_set_blocking); the bits depend on KC
  * only through kc_for. */
 #define MR_MAX 16
@@ -530,7 +530,8 @@ static int causal_span(const gemm_t *g, int64_t i, int64_t rows, int64_t j, int6
 }
 
 /* One MR x NR tile of C from an A micro-panel a(i, p) = a[i * ar + p * as]
- * and a packed B micro-panel; first: the first K slice (C gets its init). */
+ * and a packed B micro-panel, K slice [p0, p0 + kc) (the first, p0 = 0,
+ * gives C its init). */
 static void tile(const kernel_t *kr, const gemm_t *g, int64_t i, int64_t j,
                  int64_t p0, int64_t kc, const float *a, int64_t ar, int64_t as,
                  const float *bp)
@@ -581,15 +582,17 @@ static void macro(const kernel_t *kr, const gemm_t *g, int64_t i0, int64_t mc,
     for (int64_t qg = 0; qg < panels; qg += group) {
         int64_t qe = panels - qg < group ? panels : qg + group;
         for (int64_t ip = 0; ip < mc; ip += kr->mr) {
-            const float *a = g->direct ? edge : ap + ip * kc;
-            int64_t ar = 1, as = kr->mr;
-            if (g->direct && g->m - (i0 + ip) >= kr->mr) {
+            int64_t rows = g->m - (i0 + ip), ar = 1, as = kr->mr;
+            const float *a;
+            if (!g->direct) {
+                a = ap + ip * kc;
+            } else if (rows >= kr->mr) { /* in place */
                 a = g->a + (i0 + ip) * g->lda + p0;
                 ar = g->lda;
                 as = 1;
-            } else if (g->direct) {
+            } else { /* the last, short panel: packed once, for every group */
                 if (qg == 0)
-                    pack_a(g, kr->mr, i0 + ip, g->m - (i0 + ip), p0, kc, edge);
+                    pack_a(g, kr->mr, i0 + ip, rows, p0, kc, edge);
                 a = edge;
             }
             for (int64_t q = qg; q < qe; q++)
