@@ -397,7 +397,24 @@ CLLM_AVX512 static inline __m512 act_backward16(int kind, __m512 v, __m512 g)
 CLLM_AVX512 static void act_avx512(int kind, const float *x, const float *dy, float *out,
                                    int64_t n)
 {
-    for (int64_t i = 0; i < n; i += 16) {
+    int64_t i = 0;
+    /* two independent vectors per step: each is a long chain of dependent
+     * operations (div, two polynomials); measured on 512K elements, forward
+     * 0.76 -> 0.68 ns per element (gelu_tanh 0.63 -> 0.48), backward the
+     * same (1.08, 0.69: there the ports are already busy) */
+    for (; i + 32 <= n; i += 32) {
+        __m512 v0 = _mm512_loadu_ps(x + i), v1 = _mm512_loadu_ps(x + i + 16), r0, r1;
+        if (dy) {
+            r0 = act_backward16(kind, v0, _mm512_loadu_ps(dy + i));
+            r1 = act_backward16(kind, v1, _mm512_loadu_ps(dy + i + 16));
+        } else {
+            r0 = act_forward16(kind, v0);
+            r1 = act_forward16(kind, v1);
+        }
+        _mm512_storeu_ps(out + i, r0);
+        _mm512_storeu_ps(out + i + 16, r1);
+    }
+    for (; i < n; i += 16) {
         __mmask16 m = n - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1u);
         __m512 v = _mm512_maskz_loadu_ps(m, x + i);
         __m512 r = dy ? act_backward16(kind, v, _mm512_maskz_loadu_ps(m, dy + i))
