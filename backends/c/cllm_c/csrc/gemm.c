@@ -271,7 +271,7 @@ ukernel_avx512(int64_t kc, const float *a, int64_t ar, int64_t as,
         ukernel_avx512_body(kc, a, 1, 12, b, c, ldc, init, bias);
     else if (as == 1) /* rows where they are stored */
         ukernel_avx512_body(kc, a, ar, 1, b, c, ldc, init, bias);
-    else
+    else /* any other layout (no caller today): correct, not tuned */
         ukernel_avx512_body(kc, a, ar, as, b, c, ldc, init, bias);
 }
 #undef Z_ROW
