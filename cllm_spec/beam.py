@@ -77,7 +77,7 @@ def beam_search(
     k = checks.expect_positive_int("beams", beams)
     if k > MAX_BEAMS:
         raise ConfigError(f"beams: expected at most {MAX_BEAMS}, got {k}")
-    prompt, n, eos = validate_generate(
+    checked, prompt, n, eos = validate_generate(
         backend,
         model_cfg,
         params,
@@ -91,7 +91,7 @@ def beam_search(
         return [Hypothesis(np.zeros(0, dtype=np.int64), 0.0)]
     if prompt.size == 0:
         prompt = np.array([BOS_ID], dtype=np.int64)
-    decoder = Decoder(backend, model_cfg, params, batch=k)
+    decoder = Decoder(backend, model_cfg, checked, batch=k)
     window = prompt[-model_cfg.block_size :]
     logp = _log_softmax(decoder.feed(np.tile(window, (k, 1))))  # (K, V), equal rows
     scores = np.zeros(1)  # one live hypothesis at the start

@@ -101,7 +101,6 @@ from cllm_spec.model import (
     forward,
     init_kv_caches,
     validate_forward,
-    validate_params,
 )
 from cllm_spec.protocols import KVCache
 from cllm_spec.sampling import SamplingConfig, sample, validate_top_k
@@ -147,12 +146,17 @@ def validate_generate(
     rng: object,
     eos_id: object,
     rank: int = 1,
-) -> tuple[np.ndarray, int, int | None]:
+) -> tuple[CheckedParams, np.ndarray, int, int | None]:
     """The checks of :func:`generate` (``rank=2``: of :func:`generate_batch`);
-    returns (prompt as int64, max_new_tokens, eos_id)."""
+    returns (the params as checked, prompt as int64, max_new_tokens, eos_id).
+
+    The checked params carry the one O(P) finite scan of the call into its
+    :class:`Decoder`: on a production model that scan costs as much as the
+    prompt's forward.
+    """
     if not isinstance(cfg, ModelConfig):
         raise ConfigError(f"cfg: expected a ModelConfig, got {type(cfg).__name__}")
-    validate_params(backend, cfg, params)
+    checked = checked_params(backend, cfg, params)
     ids = validate_prompt(cfg, prompt_ids, rank).astype(np.int64, copy=False)
     n = checks.expect_nonnegative_int("max_new_tokens", max_new_tokens)
     if not isinstance(sampling, SamplingConfig):
@@ -165,7 +169,7 @@ def validate_generate(
             f"rng: expected a numpy.random.Generator, got {type(rng).__name__}",
             hint="pass np.random.default_rng(seed)",
         )
-    return ids, n, validate_eos_id(cfg, eos_id)
+    return checked, ids, n, validate_eos_id(cfg, eos_id)
 
 
 # ------------------------------------------------------------------- decoding ---
@@ -187,7 +191,11 @@ class Decoder:
     """
 
     def __init__(
-        self, backend: Any, cfg: ModelConfig, params: np.ndarray, batch: int = 1
+        self,
+        backend: Any,
+        cfg: ModelConfig,
+        params: np.ndarray | CheckedParams,
+        batch: int = 1,
     ) -> None:
         self.backend = backend
         self.cfg = cfg
@@ -299,11 +307,11 @@ def generate(
     eos_id: int | None,
 ) -> np.ndarray:
     """The new token ids ``(N,) int64`` that follow ``prompt_ids`` (module doc)."""
-    prompt, n, eos = validate_generate(
+    checked, prompt, n, eos = validate_generate(
         backend, model_cfg, params, prompt_ids, max_new_tokens, sampling, rng, eos_id
     )
     return _generate(
-        backend, model_cfg, params, prompt[None, :], n, sampling, rng, eos
+        backend, model_cfg, checked, prompt[None, :], n, sampling, rng, eos
     )[0]
 
 
@@ -328,17 +336,17 @@ def generate_batch(
     ``generate_batch(p[None])[0]`` equals ``generate(p)`` for every sampling
     and seed. Errors as :func:`generate`, with ``prompt_ids`` of rank 2.
     """
-    prompts, n, eos = validate_generate(
+    checked, prompts, n, eos = validate_generate(
         backend, model_cfg, params, prompt_ids, max_new_tokens, sampling, rng, eos_id,
         rank=2,
     )  # fmt: skip
-    return _generate(backend, model_cfg, params, prompts, n, sampling, rng, eos)
+    return _generate(backend, model_cfg, checked, prompts, n, sampling, rng, eos)
 
 
 def _generate(
     backend: Any,
     cfg: ModelConfig,
-    params: np.ndarray,
+    params: CheckedParams,
     prompts: np.ndarray,
     n: int,
     sampling: SamplingConfig,
@@ -372,17 +380,17 @@ def generate_stream(
     Validation happens before the first step (so errors raise at the first
     ``next``); closing the iterator early stops the decoding there.
     """
-    prompts, n, eos = validate_generate(
+    checked, prompts, n, eos = validate_generate(
         backend, model_cfg, params, prompt_ids, max_new_tokens, sampling, rng, eos_id,
         rank=2,
     )  # fmt: skip
-    yield from _steps(backend, model_cfg, params, prompts, n, sampling, rng, eos)
+    yield from _steps(backend, model_cfg, checked, prompts, n, sampling, rng, eos)
 
 
 def _steps(
     backend: Any,
     cfg: ModelConfig,
-    params: np.ndarray,
+    params: CheckedParams,
     prompts: np.ndarray,
     n: int,
     sampling: SamplingConfig,

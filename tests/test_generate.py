@@ -398,3 +398,40 @@ def test_empty_prompt_without_bos_in_vocab(backend):
     empty = np.zeros(0, dtype=np.int64)
     with pytest.raises(EmptyInputError):
         generate(backend, cfg, random_params(cfg), empty, 3, SAMPLED, _rng(), None)
+
+
+@pytest.mark.parametrize("entry", ["generate", "generate_batch", "stream", "beam"])
+def test_one_call_scans_the_weights_for_nan_once(backend, monkeypatch, entry):
+    """The finite scan of the params is O(P): on a production model it costs
+    as much as a 16-token prompt's forward, so a call makes it once (the
+    Decoder reuses the checked params) and no decoding step repeats it."""
+    from cllm_spec import checks
+    from cllm_spec.beam import beam_search
+    from cllm_spec.generate import generate_stream
+
+    scanned = []
+    plain = checks.expect_finite
+
+    def counting(name, x):
+        if name == "params":
+            scanned.append(x.size)
+        plain(name, x)
+
+    monkeypatch.setattr(checks, "expect_finite", counting)
+    params = random_params(CFG)
+    prompt = ids(5, 6)
+    if entry == "generate":
+        out = generate(backend, CFG, params, prompt, 4, GREEDY, _rng(), None)
+    elif entry == "generate_batch":
+        out = generate_batch(
+            backend, CFG, params, prompt[None], 4, GREEDY, _rng(), None
+        )
+    elif entry == "stream":
+        stream = generate_stream(
+            backend, CFG, params, prompt[None], 4, GREEDY, _rng(), None
+        )
+        out = [tok for tok, _ in stream]
+    else:
+        out = beam_search(backend, CFG, params, prompt, 4, 2, None)
+    assert len(out) > 0
+    assert scanned == [param_count(CFG)]
