@@ -244,7 +244,7 @@ def validate_params(backend: Any, cfg: ModelConfig, params: object) -> np.ndarra
     if flat.dtype not in tuple(np.dtype(d) for d in backend.dtypes):
         raise Unsupported(f"backend {backend.name!r} does not compute in {flat.dtype}")
     if not known_finite:
-        checks.expect_finite("params", flat)
+        checks.expect_finite("params", flat, getattr(backend, "all_finite", None))
     return flat
 
 

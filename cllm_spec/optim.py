@@ -100,6 +100,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from cllm_spec import checks
+from cllm_spec.checks import FiniteScan
 from cllm_spec.errors import ConfigError, DTypeError
 from cllm_spec.protocols import AdagradState, AdamState, RMSpropState, SGDState
 
@@ -203,8 +204,11 @@ def _nonneg(name: str, value: object) -> float:
 State = SGDState | AdamState | RMSpropState | AdagradState
 
 
-def _validate_arrays(params: Any, grads: Any, state: Any, cls: type[State]) -> None:
-    """params and grads (P,), the state of type ``cls`` with (P,) arrays."""
+def _validate_arrays(
+    params: Any, grads: Any, state: Any, cls: type[State], scan: FiniteScan
+) -> None:
+    """params and grads (P,), the state of type ``cls`` with (P,) arrays, all
+    finite (``scan``: see :func:`cllm_spec.checks.expect_finite`)."""
     p = _expect_params(params)
     checks.expect_float("grads", grads)
     checks.expect_same_dtype(("params", "grads"), (p, grads))
@@ -220,7 +224,7 @@ def _validate_arrays(params: Any, grads: Any, state: Any, cls: type[State]) -> N
         checks.expect_shape(name, arr, p.shape)
         arrays.append((name, arr))
     for name, arr in arrays:
-        checks.expect_finite(name, arr)
+        checks.expect_finite(name, arr, scan)
 
 
 def validate_sgd(
@@ -233,6 +237,7 @@ def validate_sgd(
     dampening: Any,
     weight_decay: Any,
     nesterov: Any,
+    finite_scan: FiniteScan = None,
 ) -> SGDHyper:
     """The checks of ``sgd_step``; returns the hyperparameters as Python scalars."""
     h = SGDHyper(
@@ -247,7 +252,7 @@ def validate_sgd(
             "nesterov: Nesterov momentum requires momentum > 0 and dampening == 0, "
             f"got momentum={h.momentum}, dampening={h.dampening}"
         )
-    _validate_arrays(params, grads, state, SGDState)
+    _validate_arrays(params, grads, state, SGDState, finite_scan)
     return h
 
 
@@ -269,6 +274,7 @@ def validate_adam(
     eps: Any,
     weight_decay: Any,
     amsgrad: Any,
+    finite_scan: FiniteScan = None,
 ) -> AdamHyper:
     """The checks of ``adam_step`` and ``adamw_step`` (the same ranges)."""
     b1, b2 = _expect_betas(betas)
@@ -280,7 +286,7 @@ def validate_adam(
         weight_decay=_nonneg("weight_decay", weight_decay),
         amsgrad=checks.expect_flag("amsgrad", amsgrad),
     )
-    _validate_arrays(params, grads, state, AdamState)
+    _validate_arrays(params, grads, state, AdamState, finite_scan)
     return h
 
 
@@ -295,6 +301,7 @@ def validate_rmsprop(
     weight_decay: Any,
     momentum: Any,
     centered: Any,
+    finite_scan: FiniteScan = None,
 ) -> RMSpropHyper:
     """The checks of ``rmsprop_step``."""
     h = RMSpropHyper(
@@ -305,7 +312,7 @@ def validate_rmsprop(
         momentum=_nonneg("momentum", momentum),
         centered=checks.expect_flag("centered", centered),
     )
-    _validate_arrays(params, grads, state, RMSpropState)
+    _validate_arrays(params, grads, state, RMSpropState, finite_scan)
     return h
 
 
@@ -318,6 +325,7 @@ def validate_adagrad(
     lr_decay: Any,
     weight_decay: Any,
     eps: Any,
+    finite_scan: FiniteScan = None,
 ) -> AdagradHyper:
     """The checks of ``adagrad_step``."""
     h = AdagradHyper(
@@ -326,5 +334,5 @@ def validate_adagrad(
         weight_decay=_nonneg("weight_decay", weight_decay),
         eps=_nonneg("eps", eps),
     )
-    _validate_arrays(params, grads, state, AdagradState)
+    _validate_arrays(params, grads, state, AdagradState, finite_scan)
     return h

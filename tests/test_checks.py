@@ -37,6 +37,20 @@ def test_expect_finite_finds_one_bad_value_anywhere(bad, where):
         checks.expect_finite("x", x)
 
 
+def test_expect_finite_trusts_a_scans_true_and_confirms_its_false():
+    calls = []
+
+    def scan(answer):
+        return lambda x: calls.append(x.dtype) or answer
+
+    checks.expect_finite("x", np.array([np.nan]), scan(True))  # trusted: no error
+    checks.expect_finite("x", np.ones(3, np.float32), scan(False))  # NumPy: finite
+    with pytest.raises(NonFiniteError, match="1 non-finite value"):
+        checks.expect_finite("x", np.array([1.0, np.inf]), scan(False))
+    checks.expect_finite("x", np.arange(3), scan(False))  # ints: never scanned
+    assert calls == [np.float64, np.float32, np.float64]
+
+
 def test_expect_finite_counts_cancelling_infinities():
     x = np.array([np.inf, -np.inf, 1.0])
     with pytest.raises(NonFiniteError, match="2 non-finite values?"):

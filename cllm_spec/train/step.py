@@ -172,7 +172,8 @@ def apply_update(
         decay_mask,
     )
     try:
-        checks.expect_finite("params", new_params)  # one sum, not a mask of P
+        scan = getattr(backend, "all_finite", None)  # else one sum, not a mask of P
+        checks.expect_finite("params", new_params, scan)
     except NonFiniteError as exc:
         raise DivergedError("the update made parameters NaN or inf") from exc
     return new_params, new_state, float(norm)

@@ -13,7 +13,9 @@ array is garbage its mapping is kept (2 GiB at most) and handed to the next
 output of the same size, so a training loop does not fault in and zero its
 optimizer states and logits on every step.
 
-``model_kernels`` (:mod:`cllm_c.model`) is the optional capability
+``all_finite`` (:mod:`cllm_c.checks`) is the optional finite scan that
+``cllm_spec.checks.expect_finite`` runs on parameters, gradients and optimizer
+state. ``model_kernels`` (:mod:`cllm_c.model`) is the optional capability
 ``cllm_spec.model`` uses: its kernels without re-validation, writing parameter
 gradients straight into the flat gradient buffer.
 
@@ -48,6 +50,7 @@ from cllm_c.attention import (
     mha_forward,
 )
 from cllm_c.batching import make_batch_pool, make_batch_queue
+from cllm_c.checks import all_finite
 from cllm_c.embedding import embedding_backward, embedding_forward
 from cllm_c.ffn import (
     activation_backward,
@@ -101,6 +104,7 @@ def build_info() -> dict[str, Any]:
 
 __all__ = [
     "activation_backward",
+    "all_finite",
     "activation_forward",
     "adagrad_step",
     "adam_step",

@@ -113,6 +113,9 @@ int cllm_regression_backward(int kind, const float *diff, const float *dloss,
                              int dloss_per_item, int64_t n, float delta,
                              int reduction, float *dpred);
 
+/* checks.c: *out = 1 iff none of x's n elements is NaN or +-inf (exact) */
+int cllm_all_finite(const float *x, int64_t n, int *out);
+
 /* gradients.c: g is a flat (n,) buffer */
 typedef struct {
     double amax;      /* max |g|, NaN if any NaN */
@@ -323,6 +326,7 @@ int cllm_regression_forward_f64(int kind, const double *pred, const double *targ
 int cllm_regression_backward_f64(int kind, const double *diff, const double *dloss,
                                  int dloss_per_item, int64_t n, double delta,
                                  int reduction, double *dpred);
+int cllm_all_finite_f64(const double *x, int64_t n, int *out);
 int cllm_grad_summarize_f64(const double *g, int64_t n, cllm_grad_summary *out);
 int cllm_grad_sumsq_scaled_f64(const double *g, int64_t n, int k, double *out);
 int cllm_vec_add_f64(const double *a, const double *b, double *out, int64_t n);

@@ -13,6 +13,7 @@ import math
 import numpy as np
 
 from cllm_c._lib import arr, check, empty, kernel, ptr
+from cllm_c.checks import all_finite
 from cllm_spec.optim import (
     AdamHyper,
     adagrad_lr,
@@ -50,6 +51,7 @@ def sgd_step(
         dampening=dampening,
         weight_decay=weight_decay,
         nesterov=nesterov,
+        finite_scan=all_finite,
     )
     p, g = arr("params", params), arr("grads", grads)
     buf = arr("state.momentum_buffer", state.momentum_buffer)
@@ -138,6 +140,7 @@ def adam_step(
         eps=eps,
         weight_decay=weight_decay,
         amsgrad=amsgrad,
+        finite_scan=all_finite,
     )
     return _adam(params, grads, state, h, decoupled=False)
 
@@ -163,6 +166,7 @@ def adamw_step(
         eps=eps,
         weight_decay=weight_decay,
         amsgrad=amsgrad,
+        finite_scan=all_finite,
     )
     return _adam(params, grads, state, h, decoupled=True)
 
@@ -190,6 +194,7 @@ def rmsprop_step(
         weight_decay=weight_decay,
         momentum=momentum,
         centered=centered,
+        finite_scan=all_finite,
     )
     p, g = arr("params", params), arr("grads", grads)
     sq = arr("state.square_avg", state.square_avg)
@@ -244,6 +249,7 @@ def adagrad_step(
         lr_decay=lr_decay,
         weight_decay=weight_decay,
         eps=eps,
+        finite_scan=all_finite,
     )
     p, g, s = arr("params", params), arr("grads", grads), arr("state.sum", state.sum)
     t = int(state.step) + 1
