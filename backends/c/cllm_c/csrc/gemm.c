@@ -940,9 +940,17 @@ int cllm_sgemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
      * so granularity costs little. Row blocks are one MC block of A; column
      * blocks a few NR panels, at least 8 blocks per thread when N allows. */
     if (j.split_rows) {
-        int64_t rows = (m + 4 * nt - 1) / (4 * nt);
-        rows = (rows + j.kr.mr - 1) / j.kr.mr * j.kr.mr;
-        j.span = rows < MC_MAX ? rows : MC_MAX;
+        /* A transposed is a weight gradient, dY^T X: K is the tokens, so the
+         * shared B spans many K slices and leaves L2 between blocks; each
+         * block re-reads it, and taller blocks (two per thread, not four)
+         * use each slice for twice the rows. The block count is a multiple
+         * of the threads, enough for blocks of at most MC rows. */
+        int64_t per_thread = trans_a ? 2 : 4, count = per_thread * nt;
+        int64_t least = (m + MC_MAX - 1) / MC_MAX;
+        if (count < least)
+            count = (least + nt - 1) / nt * nt;
+        int64_t rows = (m + count - 1) / count;
+        j.span = (rows + j.kr.mr - 1) / j.kr.mr * j.kr.mr; /* <= MC_MAX */
     } else {
         int64_t panels = (n + j.kr.nr - 1) / j.kr.nr, per = panels / (8 * nt);
         j.span = (per > 1 ? per : 1) * j.kr.nr;
