@@ -587,15 +587,23 @@ def test_gemm_every_edge_size_transpose_and_stride(simd, rng):
 
 
 @pytest.mark.parametrize(
-    "m, n, k, ta", [(100, 4000, 249, 0), (100, 4000, 249, 1), (1000, 100, 249, 0)]
+    "m, n, k, ta",
+    [
+        (100, 4000, 249, 0),
+        (100, 4000, 249, 1),
+        (1000, 100, 249, 0),
+        (1000, 100, 249, 1),
+    ],
 )
 def test_gemm_any_blocking_is_correct_and_thread_independent(rng, m, n, k, ta):
     # The block sizes are a benchmark knob; odd ones (a KC that is no multiple
     # of 16, an NC of two micro-panels) still give the product, with the same
     # bits for 1, 2 and 3 threads. 100 x 4000 splits C by columns, 1000 x 100
     # by rows; both leave a last micro-panel of A with fewer than 12 rows (read
-    # in place when A is not transposed, packed when it is). An NC that ends
-    # inside a micro-panel is refused.
+    # in place when A is not transposed, packed when it is). Split by rows, a
+    # transposed A (a weight gradient) takes fewer, taller blocks, here more
+    # than the threads need to keep each within MC. An NC that ends inside a
+    # micro-panel is refused.
     lib = _lib.lib
     a, b = _normal(rng, *((k, m) if ta else (m, k))), _normal(rng, n, k)
     before = _lib.num_threads()
