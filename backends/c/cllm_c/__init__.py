@@ -104,11 +104,11 @@ def build_info() -> dict[str, Any]:
 
 __all__ = [
     "activation_backward",
-    "all_finite",
     "activation_forward",
     "adagrad_step",
     "adam_step",
     "adamw_step",
+    "all_finite",
     "attention_backward",
     "attention_forward",
     "build_info",
