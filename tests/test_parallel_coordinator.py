@@ -598,6 +598,70 @@ def test_a_raising_step_start_callback_leaves_the_run_usable():
         assert coord.run_step(mb).step == 0
 
 
+# ========================================================= serial tail ====
+@pytest.mark.parametrize("accum", [1, 3])
+def test_the_step_tail_runs_inside_serial_with_every_worker_idle(accum):
+    """``serial()`` is entered once per step, after the last group returned,
+    and holds the optimizer step; the bits are those of no ``serial``."""
+    trainer = Trainer(delay=True)
+    events: list[str] = []
+    running = [0]  # grad_fn calls in progress
+    inner = trainer.grad_fn
+
+    def grad_fn(group: int, mb: tuple) -> tuple[np.ndarray, float, int]:
+        with trainer.lock:
+            running[0] += 1
+        try:
+            return inner(group, mb)
+        finally:
+            with trainer.lock:
+                running[0] -= 1
+                events.append("group")
+
+    class Serial:
+        def __enter__(self) -> None:
+            with trainer.lock:
+                assert running[0] == 0, "a worker computes inside serial()"
+                events.append("enter")
+
+        def __exit__(self, *exc: object) -> None:
+            events.append("exit")
+
+    step = trainer.optimizer_step
+
+    def optimizer_step(grad: np.ndarray, loss: float) -> float:
+        events.append("optimizer")
+        return step(grad, loss)
+
+    data = batches(7, 3, 16, accum)
+    with Coordinator(
+        3, grad_fn, optimizer_step, backend=BACKEND, timeout=WAIT, serial=Serial
+    ) as coord:
+        for mbs in data:
+            coord.run_accumulated(list(mbs))
+    per_step = ["group"] * (N_GROUPS * accum) + ["enter", "optimizer", "exit"]
+    assert events == per_step * len(data)
+    assert_same_bits(trainer, reference(3, 16, accum))
+
+
+def test_an_error_inside_serial_stops_the_run():
+    trainer = Trainer()
+
+    class Broken:
+        def __enter__(self) -> None:
+            raise RuntimeError("no threads for the tail")
+
+        def __exit__(self, *exc: object) -> None:
+            pass
+
+    coord = trainer.coordinator(2, serial=Broken)
+    with coord:
+        with pytest.raises(RuntimeError, match="no threads for the tail"):
+            coord.run_step(batches(1, 1, 16)[0][0])
+        assert coord.state is State.STOPPED
+    assert trainer.losses == []  # no optimizer step was taken
+
+
 # ============================================================ arguments ====
 def test_bad_arguments():
     trainer = Trainer()
@@ -606,6 +670,8 @@ def test_bad_arguments():
         Coordinator(0, *ok, backend=BACKEND)
     with pytest.raises(ConfigError):
         Coordinator(2, None, trainer.optimizer_step, backend=BACKEND)
+    with pytest.raises(ConfigError, match="serial"):
+        Coordinator(2, *ok, backend=BACKEND, serial=None)
     for bad in (0, -1.0, float("nan")):
         with pytest.raises(ConfigError):
             Coordinator(2, *ok, backend=BACKEND, timeout=bad)

@@ -11,11 +11,13 @@ from types import SimpleNamespace
 from typing import Any
 
 import cllm_numpy
+import numpy as np
 import pytest
 
 from cllm_spec.train.config import load_config
 from cllm_spec.train.engines import (
     ThreadSteps,
+    all_kernel_threads,
     auto_workers,
     kernel_threads,
     make_step_engine,
@@ -63,6 +65,45 @@ def test_a_backend_without_thread_counts_is_left_alone():
     half = SimpleNamespace(num_threads=lambda: 4)  # a count it cannot change
     with kernel_threads(half, 2):
         assert half.num_threads() == 4
+
+
+def test_all_kernel_threads_for_the_block_then_back():
+    backend = Threaded(2)
+    with kernel_threads(backend, 2), all_kernel_threads(backend, 2):
+        assert backend.num_threads() == 2
+    assert backend.history == [2, 1, 2, 1, 2]
+    with pytest.raises(KeyboardInterrupt), all_kernel_threads(backend, 8):
+        assert backend.num_threads() == 8
+        raise KeyboardInterrupt
+    assert backend.num_threads() == 2
+    with all_kernel_threads(backend, 2):  # already there: nothing to change
+        pass
+    with all_kernel_threads(cllm_numpy, 4):  # a backend without counts
+        pass
+    assert backend.history == [2, 1, 2, 1, 2, 8, 2]
+
+
+def test_the_step_tail_gets_every_kernel_thread_back():
+    """Two workers share two kernel threads (one each) while they compute; the
+    coordinator's reduction and optimizer step, with both idle, get both."""
+    backend = Threaded(2)
+    seen: dict[str, set[int]] = {"grad_fn": set(), "optimizer": set()}
+
+    class Engine(ThreadSteps):
+        def grad_fn(self, group: int, batch: Any) -> Any:
+            seen["grad_fn"].add(backend.num_threads())
+            n = int(batch.size)
+            return np.zeros(3, np.float32), float(n), n
+
+        def optimizer_step(self, grad: np.ndarray, loss: float) -> Any:
+            seen["optimizer"].add(backend.num_threads())
+            return None
+
+    with Engine(backend, 2, timeout=30.0) as engine:
+        engine.step([np.ones((24, 2), np.float32)])
+        engine.step([np.ones((24, 2), np.float32)])
+    assert seen == {"grad_fn": {1}, "optimizer": {2}}
+    assert backend.num_threads() == 2
 
 
 def test_thread_engine_shares_while_open(monkeypatch):

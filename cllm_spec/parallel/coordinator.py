@@ -44,6 +44,12 @@ One step
 5. ``optimizer_step(grad, loss)`` is called once; its return value is kept in
    :class:`StepResult` ``.optimizer_result`` (e.g. the pre-clip norm).
 
+From the moment the step's last group result arrives until ``optimizer_step``
+returns, no worker computes: the coordinator runs that tail (the last
+micro-batch's reduction, the final sum, the optimizer step) inside
+``serial()``, a context manager factory (default: none). An engine that gave
+each worker a share of the kernel threads hands them all back there.
+
 Failures
 --------
 - A ``grad_fn`` that raises (or returns something that breaks the contract) ends
@@ -108,11 +114,13 @@ a FIFO cannot do.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import threading
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, NamedTuple
@@ -230,18 +238,21 @@ class Coordinator:
         callbacks: Sequence[Any] = (),
         timeout: float | None = 600.0,
         join_timeout: float = 5.0,
+        serial: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext,
     ) -> None:
         self._allocation = allocate_groups(n_workers)
         for name, fn in (
             ("grad_fn", grad_fn),
             ("optimizer_step", optimizer_step),
             ("split_fn", split_fn),
+            ("serial", serial),
         ):
             if not callable(fn):
                 raise ConfigError(f"{name}: expected a callable, got {fn!r}")
         self._grad_fn = grad_fn
         self._optimizer_step = optimizer_step
         self._split_fn = split_fn
+        self._serial = serial
         self._backend = resolve_backend(backend)
         self._callbacks = tuple(callbacks)
         self._timeout = (
@@ -499,25 +510,39 @@ class Coordinator:
         arrived: list[dict[int, GroupResult]] = [{} for _ in range(n_micro)]
         micro_sums: list[tuple[int, np.ndarray]] = []
         summaries: list[GroupResult] = []
-        while pending:
+        while True:  # _plan gives every step at least one task
             msg = self._next_result(step, pending, deadline)
             if isinstance(msg, _Failed):
                 return msg
             r = msg.result
             del pending[(r.micro, r.group)]
             arrived[r.micro][r.group] = r
+            if not pending:
+                break  # the tail below reduces the last micro-batch
             if len(arrived[r.micro]) == expected[r.micro]:
-                # Group order, not arrival order: this is what fixes the bits.
-                ordered = [arrived[r.micro][g] for g in sorted(arrived[r.micro])]
-                micro_sums.append((r.micro, reduce_groups(self._backend, ordered)))
-                summaries.extend(x._replace(grads=_NO_GRADS) for x in ordered)
-                arrived[r.micro] = {}  # drop the group buffers early
-        micro_sums.sort(key=lambda pair: pair[0])
-        summaries.sort(key=lambda x: (x.micro, x.group))
-        grad, loss, tokens = finish_step(
-            self._backend, [s for _, s in micro_sums], summaries
-        )
-        return loss, tokens, self._optimizer_step(grad, loss)
+                self._reduce_micro(arrived, r.micro, micro_sums, summaries)
+        with self._serial():  # every worker is idle now
+            self._reduce_micro(arrived, r.micro, micro_sums, summaries)
+            micro_sums.sort(key=lambda pair: pair[0])
+            summaries.sort(key=lambda x: (x.micro, x.group))
+            grad, loss, tokens = finish_step(
+                self._backend, [s for _, s in micro_sums], summaries
+            )
+            return loss, tokens, self._optimizer_step(grad, loss)
+
+    def _reduce_micro(
+        self,
+        arrived: list[dict[int, GroupResult]],
+        micro: int,
+        micro_sums: list[tuple[int, np.ndarray]],
+        summaries: list[GroupResult],
+    ) -> None:
+        """Reduce micro-batch ``micro``, complete now, into ``micro_sums``."""
+        # Group order, not arrival order: this is what fixes the bits.
+        ordered = [arrived[micro][g] for g in sorted(arrived[micro])]
+        micro_sums.append((micro, reduce_groups(self._backend, ordered)))
+        summaries.extend(x._replace(grads=_NO_GRADS) for x in ordered)
+        arrived[micro] = {}  # drop the group buffers early
 
     def _dispatch(self, worker: int, work: _Work) -> None:
         try:

@@ -51,7 +51,10 @@ threads compute groups, and its count back when the engine stops: N workers
 already keep N cores busy, and on 2 cores, 2 workers each asking for 2 kernel
 threads ran 17% slower than with 1 each (the default model, 2 workers:
 43,100 against 51,800 tokens/s). Results never depend on the count. The
-evaluations and samples between steps run with the reduced count too.
+evaluations and samples between steps run with the reduced count too. The
+coordinator's tail of each step (the last reduction, clip, optimizer step),
+during which no worker computes, gets the whole count back
+(:func:`all_kernel_threads`).
 
 BLAS threads
 ============
@@ -228,6 +231,24 @@ def kernel_threads(backend: Any, workers: int) -> Iterator[None]:
         change(before)
 
 
+@contextlib.contextmanager
+def all_kernel_threads(backend: Any, total: int) -> Iterator[None]:
+    """The backend's kernel threads at ``total`` inside the block, then back
+    to what they were: for work that runs while the worker threads among
+    which :func:`kernel_threads` shared them out are idle."""
+    count = getattr(backend, "num_threads", None)
+    change = getattr(backend, "set_num_threads", None)
+    if count is None or change is None or int(count()) == total:
+        yield
+        return
+    before = int(count())
+    change(total)
+    try:
+        yield
+    finally:
+        change(before)
+
+
 class ThreadSteps(StepEngine):
     """``parallel.engine = threads``: a Coordinator of ``workers`` threads."""
 
@@ -238,11 +259,26 @@ class ThreadSteps(StepEngine):
         self.n_workers = workers
         self._backend = backend
         self._threads = contextlib.ExitStack()
+        self._all_threads: int | None = None  # the backend's count, set by _open
         self._coord = Coordinator(
-            workers, self.grad_fn, self.optimizer_step, backend=backend, timeout=timeout
+            workers,
+            self.grad_fn,
+            self.optimizer_step,
+            backend=backend,
+            timeout=timeout,
+            serial=self._serial,
         )
 
+    def _serial(self) -> contextlib.AbstractContextManager[None]:
+        """The step's tail, with every worker idle: all kernel threads."""
+        if self._all_threads is None:
+            return contextlib.nullcontext()
+        return all_kernel_threads(self._backend, self._all_threads)
+
     def _open(self) -> None:
+        count = getattr(self._backend, "num_threads", None)
+        if count is not None:  # the count kernel_threads shares out
+            self._all_threads = int(count())
         self._threads.enter_context(kernel_threads(self._backend, self.n_workers))
         try:
             self._coord.start()
@@ -428,6 +464,7 @@ __all__ = [
     "StepEngine",
     "StepTarget",
     "ThreadSteps",
+    "all_kernel_threads",
     "auto_workers",
     "blas_threads",
     "kernel_threads",
