@@ -78,6 +78,10 @@ C_MUTANTS = {
         "test_model.py",
         "test_forward_and_backward_match_oracle",
     ),
+    "groups_dw_first_rows": (
+        "test_model_groups.py",
+        "test_groups_in_one_pass_get_the_bits_of_their_own_passes",
+    ),
     "attention_head_stride": (
         "test_model.py",
         "test_forward_and_backward_match_oracle",

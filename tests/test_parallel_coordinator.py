@@ -598,6 +598,71 @@ def test_a_raising_step_start_callback_leaves_the_run_usable():
         assert coord.run_step(mb).step == 0
 
 
+# ============================================================ grad_many ====
+@pytest.mark.parametrize(("n_workers", "accum"), [(1, 1), (2, 3), (5, 2)])
+def test_grad_many_takes_a_workers_groups_of_a_micro_batch_in_one_call(
+    n_workers, accum
+):
+    """One call per (worker, micro-batch) with the worker's groups in order;
+    the bits, losses and token counts of grad_fn one group at a time."""
+    trainer = Trainer(delay=True)
+    calls: list[tuple[str, tuple[int, ...]]] = []
+
+    def grad_many(groups: list[int], mbs: list[tuple]) -> list[Any]:
+        with trainer.lock:
+            calls.append((threading.current_thread().name, tuple(groups)))
+        return [trainer.grad_fn(g, mb) for g, mb in zip(groups, mbs, strict=True)]
+
+    data = batches(7, 3, 16, accum)
+    coord = trainer.coordinator(n_workers, grad_many=grad_many)
+    with coord:
+        for mbs in data:
+            coord.run_accumulated(list(mbs))
+        total = coord.total_stats()
+    assert_same_bits(trainer, reference(3, 16, accum))
+    owned = coord.allocation.groups
+    want = sorted(
+        (f"{coord.thread_prefix}{w}", owned[w])
+        for w in range(n_workers)
+        for _ in range(3 * accum)
+        if owned[w]
+    )
+    assert sorted(calls) == want
+    assert total.batches == 3 * accum * N_GROUPS
+    assert total.tokens == sum(n for _, _, n in trainer.calls)
+
+
+def test_an_error_in_grad_many_names_every_group_of_the_call():
+    trainer = Trainer()
+
+    def grad_many(groups: list[int], mbs: list[tuple]) -> list[Any]:
+        if 5 in groups:
+            raise ValueError("boom in a call")
+        return [trainer.grad_fn(g, mb) for g, mb in zip(groups, mbs, strict=True)]
+
+    coord = trainer.coordinator(2, grad_many=grad_many)
+    with coord:
+        with pytest.raises(ValueError, match="boom in a call") as info:
+            coord.run_step(batches(1, 1, 16)[0][0])
+    note = " ".join(getattr(info.value, "__notes__", []))
+    owner = coord.allocation.group_to_worker[5]
+    mine = ", ".join(map(str, coord.allocation.groups[owner]))
+    assert f"worker {owner}" in note and f"groups {mine} (computed in one" in note
+    assert trainer.losses == []
+
+
+def test_grad_many_with_a_result_missing_is_a_shape_error():
+    trainer = Trainer()
+
+    def grad_many(groups: list[int], mbs: list[tuple]) -> list[Any]:
+        return [trainer.grad_fn(g, mb) for g, mb in zip(groups, mbs, strict=True)][1:]
+
+    coord = trainer.coordinator(3, grad_many=grad_many)
+    with coord:
+        with pytest.raises(ShapeError, match="grad_many: 3 results for 4 groups"):
+            coord.run_step(batches(1, 1, 16)[0][0])
+
+
 # ========================================================= serial tail ====
 @pytest.mark.parametrize("accum", [1, 3])
 def test_the_step_tail_runs_inside_serial_with_every_worker_idle(accum):
@@ -672,6 +737,8 @@ def test_bad_arguments():
         Coordinator(2, None, trainer.optimizer_step, backend=BACKEND)
     with pytest.raises(ConfigError, match="serial"):
         Coordinator(2, *ok, backend=BACKEND, serial=None)
+    with pytest.raises(ConfigError, match="grad_many"):
+        Coordinator(2, *ok, backend=BACKEND, grad_many=42)
     for bad in (0, -1.0, float("nan")):
         with pytest.raises(ConfigError):
             Coordinator(2, *ok, backend=BACKEND, timeout=bad)

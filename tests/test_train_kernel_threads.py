@@ -89,7 +89,9 @@ def test_the_step_tail_gets_every_kernel_thread_back():
     backend = Threaded(2)
     seen: dict[str, set[int]] = {"grad_fn": set(), "optimizer": set()}
 
-    class Engine(ThreadSteps):
+    class Target:  # a trainer without grad_many: the engine calls grad_fn
+        params = np.zeros(3, np.float32)
+
         def grad_fn(self, group: int, batch: Any) -> Any:
             seen["grad_fn"].add(backend.num_threads())
             n = int(batch.size)
@@ -99,7 +101,9 @@ def test_the_step_tail_gets_every_kernel_thread_back():
             seen["optimizer"].add(backend.num_threads())
             return None
 
-    with Engine(backend, 2, timeout=30.0) as engine:
+    engine = ThreadSteps(backend, 2, timeout=30.0)
+    engine.bind(Target())
+    with engine:
         engine.step([np.ones((24, 2), np.float32)])
         engine.step([np.ones((24, 2), np.float32)])
     assert seen == {"grad_fn": {1}, "optimizer": {2}}

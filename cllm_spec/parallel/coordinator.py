@@ -35,7 +35,13 @@ One step
    Workers beyond the 12th own no group, get no message and stay idle.
 3. Each worker calls ``grad_fn`` per group; every result goes into its own buffer
    (the returned array), with its loss sum and token count
-   (:mod:`cllm_spec.parallel.reduction` gives the contract).
+   (:mod:`cllm_spec.parallel.reduction` gives the contract). Given
+   ``grad_many``, a worker makes one call ``grad_many(groups, batches)`` for
+   its groups of a micro-batch instead, which returns the results
+   ``grad_fn`` would give for each, in order and with the same bits (the
+   trainer's runs them in one forward and backward, see
+   :mod:`cllm_spec.model_groups`). An error it raises is reported on all the
+   groups of the call (below).
 4. The coordinator reduces each micro-batch's group gradients as soon as that
    micro-batch is complete, by the backend's fixed tree in group order, then the
    micro-batch sums by the same tree in micro-batch order, then divides by the
@@ -56,8 +62,9 @@ Failures
   the run: the coordinator stops every worker, joins the threads (at most
   ``join_timeout`` seconds in total), fires ``on_error(error, worker)`` and
   raises **that exception object** from ``run_step``, with a note naming the
-  worker, its thread, the group, micro-batch and step. If several workers fail,
-  the first failure to reach the coordinator is raised.
+  worker, its thread, the group (for ``grad_many``, every group of the call),
+  micro-batch and step. If several workers fail, the first failure to reach
+  the coordinator is raised.
 - No result within ``timeout`` seconds of the step's start: the same stop, then
   ``QueueTimeoutError`` naming the missing groups and their workers (a thread
   stuck inside ``grad_fn`` cannot be killed; it is a daemon and exits after its
@@ -217,6 +224,7 @@ class _Failed(NamedTuple):
     micro: int
     group: int
     error: BaseException
+    together: tuple[int, ...] = ()  # the groups of a grad_many call that raised
 
 
 _STOP = object()  # the stop message; any non-None object would do
@@ -239,6 +247,7 @@ class Coordinator:
         timeout: float | None = 600.0,
         join_timeout: float = 5.0,
         serial: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext,
+        grad_many: Callable[[list[int], list[Any]], Sequence[Any]] | None = None,
     ) -> None:
         self._allocation = allocate_groups(n_workers)
         for name, fn in (
@@ -246,6 +255,7 @@ class Coordinator:
             ("optimizer_step", optimizer_step),
             ("split_fn", split_fn),
             ("serial", serial),
+            ("grad_many", grad_many or grad_fn),
         ):
             if not callable(fn):
                 raise ConfigError(f"{name}: expected a callable, got {fn!r}")
@@ -253,6 +263,7 @@ class Coordinator:
         self._optimizer_step = optimizer_step
         self._split_fn = split_fn
         self._serial = serial
+        self._grad_many = grad_many
         self._backend = resolve_backend(backend)
         self._callbacks = tuple(callbacks)
         self._timeout = (
@@ -478,9 +489,16 @@ class Coordinator:
             raise
         if isinstance(outcome, _Failed):
             error = outcome.error
+            where = (
+                f"group {outcome.group}"
+                if not outcome.together
+                else "groups "
+                + ", ".join(map(str, outcome.together))
+                + " (computed in one grad_many call)"
+            )
             error.add_note(
                 f"raised by worker {outcome.worker} (thread "
-                f"{self.thread_prefix}{outcome.worker}) on group {outcome.group} "
+                f"{self.thread_prefix}{outcome.worker}) on {where} "
                 f"of micro-batch {outcome.micro} in step {outcome.step}"
             )
             self._fail(error, outcome.worker)
@@ -607,11 +625,57 @@ class Coordinator:
             self._record(worker, idle_since=waiting_since)
             if msg is _STOP:
                 return
-            for task in msg.tasks:
-                if self._stop_event.is_set() or not self._run_task(
-                    worker, msg.step, task
+            for run in self._runs(msg.tasks):
+                if self._stop_event.is_set() or not self._run_tasks(
+                    worker, msg.step, run
                 ):
                     return
+
+    def _runs(self, tasks: Sequence[_Task]) -> list[list[_Task]]:
+        """The tasks in the calls that compute them: with ``grad_many``, one
+        per micro-batch; otherwise one per group."""
+        if self._grad_many is None:
+            return [[t] for t in tasks]
+        runs: list[list[_Task]] = []
+        for t in tasks:
+            if runs and runs[-1][0].micro == t.micro:
+                runs[-1].append(t)
+            else:
+                runs.append([t])
+        return runs
+
+    def _run_tasks(self, worker: int, step: int, run: list[_Task]) -> bool:
+        """Compute ``run`` (groups of one micro-batch); False when the worker
+        must end."""
+        if len(run) == 1 or self._grad_many is None:
+            return self._one_by_one(worker, step, run)
+        started = time.monotonic()
+        try:
+            outs = list(self._grad_many([t.group for t in run], [t.batch for t in run]))
+            if len(outs) != len(run):
+                raise ShapeError(
+                    f"grad_many: {len(outs)} results for {len(run)} groups"
+                )
+            results = [
+                GroupResult(t.micro, t.group, *validate_grad_output(
+                    out, f"grad_many(group {t.group})"
+                ))
+                for t, out in zip(run, outs, strict=True)
+            ]  # fmt: skip
+        except BaseException as exc:  # delivered to the coordinator, never lost
+            self._record(worker, busy_since=started)
+            together = tuple(t.group for t in run)
+            self._post(_Failed(step, worker, run[0].micro, run[0].group, exc, together))
+            return False
+        tokens = sum(r.n_tokens for r in results)
+        self._record(worker, busy_since=started, batches=len(run), tokens=tokens)
+        return all(self._post(_Done(worker, r)) for r in results)
+
+    def _one_by_one(self, worker: int, step: int, run: list[_Task]) -> bool:
+        for task in run:
+            if self._stop_event.is_set() or not self._run_task(worker, step, task):
+                return False
+        return True
 
     def _run_task(self, worker: int, step: int, task: _Task) -> bool:
         """Compute one group; False when the worker must end."""

@@ -102,6 +102,16 @@ class StepTarget(Protocol):
         ...
 
 
+class GroupsTarget(StepTarget, Protocol):
+    """A target that can also compute several groups in one call."""
+
+    def grad_many(
+        self, groups: list[int], batches: list[Batch]
+    ) -> list[tuple[np.ndarray, float, int]]:
+        """``[grad_fn(g, b) for g, b in zip(groups, batches)]``, same bits."""
+        ...
+
+
 @contextlib.contextmanager
 def blas_threads(n: int) -> Iterator[None]:
     """At most ``n`` BLAS threads inside the block (``n = 0``: unchanged).
@@ -145,6 +155,17 @@ class StepEngine:
 
     def grad_fn(self, group: int, batch: Batch) -> tuple[np.ndarray, float, int]:
         return self._target().grad_fn(group, batch)
+
+    def grad_many(
+        self, groups: list[int], batches: list[Batch]
+    ) -> list[tuple[np.ndarray, float, int]]:
+        """The target's ``grad_many`` or, if it has none, its ``grad_fn`` per
+        group."""
+        target = self._target()
+        many = getattr(target, "grad_many", None)
+        if many is None:
+            return [target.grad_fn(g, b) for g, b in zip(groups, batches, strict=True)]
+        return list(many(groups, batches))
 
     def optimizer_step(self, grad: np.ndarray, loss: float) -> float:
         return self._target().optimizer_step(grad, loss)
@@ -267,6 +288,7 @@ class ThreadSteps(StepEngine):
             backend=backend,
             timeout=timeout,
             serial=self._serial,
+            grad_many=self.grad_many,
         )
 
     def _serial(self) -> contextlib.AbstractContextManager[None]:

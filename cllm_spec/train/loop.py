@@ -83,6 +83,7 @@ from cllm_spec.train.step import (
     apply_update,
     evaluate,
     group_gradients,
+    group_gradients_many,
 )
 
 SAMPLING = SamplingConfig(temperature=0.8)
@@ -268,11 +269,26 @@ class Trainer:
         of the step is in. The weights are scanned for NaN once per step (the
         first group to ask checks them; the others reuse it).
         """
+        return group_gradients(
+            self.backend, self.model_cfg, self._checked_params(), batch
+        )
+
+    def grad_many(
+        self, groups: list[int], batches: list[Batch]
+    ) -> list[tuple[np.ndarray, float, int]]:
+        """``grad_fn`` of each group, in one pass over all their rows where the
+        backend allows (group_gradients_many): the same bits."""
+        checked = self._checked_params()
+        return group_gradients_many(self.backend, self.model_cfg, checked, batches)
+
+    def _checked_params(self) -> CheckedParams:
+        """``params`` scanned for NaN once per step (the first group to ask
+        checks them; the others reuse it)."""
         checked = self._checked
         if checked is None or checked.flat is not self.params:
             checked = checked_params(self.backend, self.model_cfg, self.params)
             self._checked = checked
-        return group_gradients(self.backend, self.model_cfg, checked, batch)
+        return checked
 
     def optimizer_step(self, grad: np.ndarray, loss: float) -> float:
         """Clip, update ``params`` and the optimizer state; the pre-clip norm.

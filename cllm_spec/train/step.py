@@ -20,7 +20,10 @@ tokens of group ``g`` of micro-batch ``m`` (:mod:`cllm_spec.parallel.reduction`)
     params     = <optim.name>_step(params, g, lr=lr_at(s, schedule), ...)
 
 Read top to bottom: :func:`group_gradients` is one group's forward/backward
-(the summed loss ``l_mg`` and its gradient ``g_mg``), :func:`group_step_gradients`
+(the summed loss ``l_mg`` and its gradient ``g_mg``), :func:`group_gradients_many`
+the same for a worker's groups of one micro-batch in one pass over their rows
+where the backend can (:mod:`cllm_spec.model_groups`: the same bits, far fewer
+kernel calls), :func:`group_step_gradients`
 the whole step's loss and gradient by the group split, in the calling thread, and
 :func:`apply_update` the clip and the optimizer step. The step engines
 (:mod:`cllm_spec.train.engines`) hand the same groups to worker threads or MPI
@@ -45,7 +48,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from cllm_spec import checks
+from cllm_spec import checks, model_groups
 from cllm_spec.batching import iter_epoch
 from cllm_spec.errors import ConfigError, NonFiniteError
 from cllm_spec.metrics import perplexity, token_accuracy
@@ -117,6 +120,53 @@ def group_gradients(
         if not math.isfinite(loss):
             raise DivergedError(f"loss {loss}")
         return backward(backend, cfg, params, cache), loss, n
+
+
+def group_gradients_many(
+    backend: Any,
+    cfg: ModelConfig,
+    params: np.ndarray | CheckedParams,
+    batches: Sequence[Batch],
+) -> list[tuple[np.ndarray, float, int]]:
+    """:func:`group_gradients` of each batch, with the bits of one call per
+    batch, in one forward and backward over all their rows where the backend
+    allows (:mod:`cllm_spec.model_groups`): the per-row work then runs once
+    instead of once per group. Raises DivergedError on the first batch (in
+    order) whose loss is not finite, as the calls one by one would.
+    """
+    counts = [int(np.count_nonzero(b.mask)) for b in batches]
+    live = [i for i, n in enumerate(counts) if n > 0]
+    t = batches[0].input_ids.shape[1] if batches else 0
+    rows = [batches[i].input_ids.shape[0] for i in live]
+    same_t = all(batches[i].input_ids.shape[1] == t for i in live)
+    if len(live) < 2 or not same_t or not model_groups.supports(backend, rows, t):
+        return [group_gradients(backend, cfg, params, b) for b in batches]
+    ids = np.concatenate([batches[i].input_ids for i in live])
+    targets = np.concatenate([_group_targets(batches[i]) for i in live])
+    bounds = np.cumsum([0, *rows])
+    groups = [(int(bounds[j]), int(bounds[j + 1])) for j in range(len(live))]
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        done = model_groups.group_losses_and_gradients(
+            backend, cfg, params, ids, targets, groups
+        )
+    results: list[tuple[np.ndarray, float, int]] = []
+    by_batch = dict(zip(live, done, strict=True))
+    for i, batch in enumerate(batches):
+        if i not in by_batch:
+            results.append(group_gradients(backend, cfg, params, batch))
+            continue
+        loss, grad = by_batch[i]
+        if not math.isfinite(loss):
+            raise DivergedError(f"loss {loss}")
+        results.append((grad, loss, counts[i]))
+    return results
+
+
+def _group_targets(batch: Batch) -> np.ndarray:
+    """The batch's targets, with IGNORE_INDEX where its mask is 0."""
+    if np.all(batch.mask):
+        return np.asarray(batch.targets)
+    return mask_targets(batch.targets, batch.mask)
 
 
 def group_step_gradients(

@@ -12,12 +12,13 @@ lies.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from cllm_c._lib import F32, arr, check, empty, ffi, kernel, lib, out_ptr, ptr
-from cllm_c.ffn import _linear, _linear_backward
+from cllm_c.ffn import _linear, _linear_backward, _linear_backward_groups
 from cllm_spec.attention import (
     attention_scale,
     new_kv_cache,
@@ -352,8 +353,32 @@ def _mha_backward(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray, np.ndarray | None]:
     """``out``: (dw_qkv, db_qkv, dw_proj, db_proj) to write into, or None."""
     dw_qkv, db_qkv, dw_proj, db_proj = out or (None,) * 4
-    nh = int(cache.n_head)
     da, dw_proj, db_proj = _linear_backward(dy, cache.proj, dw_proj, db_proj)
+    dqkv = _attention_dqkv(da, cache)
+    dx, dw_qkv, db_qkv = _linear_backward(dqkv, cache.qkv, dw_qkv, db_qkv)
+    return dx, dw_qkv, db_qkv, dw_proj, db_proj
+
+
+def _mha_backward_groups(
+    dy: np.ndarray,
+    cache: MHACache,
+    groups: Sequence[tuple[int, int]],
+    outs: Sequence[tuple[np.ndarray, ...]],
+) -> np.ndarray:
+    """:func:`_mha_backward` with each group's parameter gradients (batch rows
+    ``groups[i]``) into ``outs[i] = (dw_qkv, db_qkv, dw_proj, db_proj)``; the
+    attention itself is per sequence, so it runs once for every row."""
+    da = _linear_backward_groups(dy, cache.proj, groups, [(o[2], o[3]) for o in outs])
+    dqkv = _attention_dqkv(da, cache)
+    return _linear_backward_groups(
+        dqkv, cache.qkv, groups, [(o[0], o[1]) for o in outs]
+    )
+
+
+def _attention_dqkv(da: np.ndarray, cache: MHACache) -> np.ndarray:
+    """The attention's backward from the merged heads' gradient ``da: (B, T,
+    C)`` to the fused QKV product's output gradient ``(B, T, 3C)``."""
+    nh = int(cache.n_head)
     b, t, c = da.shape
     dqkv = empty((b, t, 3 * c), dtype=da.dtype)  # (B, T, 3C)
     base = _qkv_pointer(cache.attn)
@@ -375,5 +400,4 @@ def _mha_backward(
         grads = _attend_backward(_split(da, 0, c, nh), cache.attn)
         for i, g in enumerate(grads):
             _merge(g, dqkv, i * c)
-    dx, dw_qkv, db_qkv = _linear_backward(dqkv, cache.qkv, dw_qkv, db_qkv)
-    return dx, dw_qkv, db_qkv, dw_proj, db_proj
+    return dqkv

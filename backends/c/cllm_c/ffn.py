@@ -6,6 +6,8 @@ validates with the same checks as the reference before calling C.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from cllm_c._lib import F32, arr, check, empty, kernel, lib, ptr
@@ -59,6 +61,37 @@ def _linear(
     return y, LinearCache(x, w, b is not None)
 
 
+def _linear_backward_operands(
+    dy: np.ndarray, cache: LinearCache
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(dy, x, w)`` contiguous and checked against each other."""
+    x, w, _ = cache
+    dyc = arr("dy", dy)
+    xc = arr("cache.x", x, dyc.dtype)
+    wc = arr("cache.w", w, dyc.dtype)
+    out_f, in_f = wc.shape if wc.ndim == 2 else (-1, -1)
+    arr("cache.x", xc, shape=(*dyc.shape[:-1], in_f))
+    arr("dy", dyc, shape=(*x.shape[:-1], out_f))
+    return dyc, xc, wc
+
+
+def _linear_backward_call(
+    dyc: np.ndarray,
+    xc: np.ndarray,
+    wc: np.ndarray,
+    dx: np.ndarray | None,
+    dw: np.ndarray | None,
+    db: np.ndarray | None,
+) -> None:
+    """The C call on checked operands; a None output is not computed."""
+    out_f, in_f = wc.shape
+    status = kernel("cllm_linear_backward", dyc.dtype)(
+        ptr(dyc), ptr(xc), ptr(wc), ptr(dx), ptr(dw), ptr(db), xc.size // in_f, in_f,
+        out_f,
+    )  # fmt: skip
+    check(status, "linear_backward")
+
+
 def _linear_backward(
     dy: np.ndarray,
     cache: LinearCache,
@@ -66,23 +99,35 @@ def _linear_backward(
     db: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """``dw``, ``db``: contiguous outputs to write into (new arrays when None)."""
-    x, w, has_bias = cache
-    dyc = arr("dy", dy)
-    xc = arr("cache.x", x, dyc.dtype)
-    wc = arr("cache.w", w, dyc.dtype)
-    out_f, in_f = wc.shape if wc.ndim == 2 else (-1, -1)
-    arr("cache.x", xc, shape=(*dyc.shape[:-1], in_f))
-    arr("dy", dyc, shape=(*x.shape[:-1], out_f))
-    n = xc.size // in_f
-    dt = dyc.dtype
-    dx = empty(x.shape, dtype=dt)  # (..., IN)
+    dyc, xc, wc = _linear_backward_operands(dy, cache)
+    dt, (out_f, in_f) = dyc.dtype, wc.shape
+    dx = empty(xc.shape, dtype=dt)  # (..., IN)
     dw = _out("dw", dw, (out_f, in_f), dt)
-    db = _out("db", db, (out_f,), dt) if has_bias else None
-    status = kernel("cllm_linear_backward", dt)(
-        ptr(dyc), ptr(xc), ptr(wc), ptr(dx), ptr(dw), ptr(db), n, in_f, out_f
-    )
-    check(status, "linear_backward")
+    db = _out("db", db, (out_f,), dt) if cache.has_bias else None
+    _linear_backward_call(dyc, xc, wc, dx, dw, db)
     return dx, dw, db
+
+
+def _linear_backward_groups(
+    dy: np.ndarray,
+    cache: LinearCache,
+    groups: Sequence[tuple[int, int]],
+    outs: Sequence[tuple[np.ndarray, np.ndarray | None]],
+) -> np.ndarray:
+    """``dx`` of every row, and each group's ``(dw, db)``, over the batch rows
+    ``[b0, b1)`` of ``groups[i]``, into ``outs[i]``: the bits of
+    :func:`_linear_backward` run on each group's rows alone (a row's dx does
+    not depend on the others, and each group's dw and db are the same C call
+    on the same rows)."""
+    dyc, xc, wc = _linear_backward_operands(dy, cache)
+    dt, (out_f, in_f) = dyc.dtype, wc.shape
+    dx = empty(xc.shape, dtype=dt)  # (B, ..., IN)
+    _linear_backward_call(dyc, xc, wc, dx, None, None)
+    for (b0, b1), (dw, db) in zip(groups, outs, strict=True):
+        dw = _out("dw", dw, (out_f, in_f), dt)
+        db = _out("db", db, (out_f,), dt) if cache.has_bias else None
+        _linear_backward_call(dyc[b0:b1], xc[b0:b1], wc, None, dw, db)
+    return dx
 
 
 def linear_forward(
@@ -302,3 +347,16 @@ def _ffn_backward(
         validate_linear_backward(dh, cache.fc)
     dx, dw_fc, db_fc = _linear_backward(dh, cache.fc, dw_fc, db_fc)  # (..., C)
     return dx, dw_fc, db_fc, dw_proj, db_proj
+
+
+def _ffn_backward_groups(
+    dy: np.ndarray,
+    cache: FFNCache,
+    groups: Sequence[tuple[int, int]],
+    outs: Sequence[tuple[np.ndarray, ...]],
+) -> np.ndarray:
+    """:func:`_ffn_backward` with each group's parameter gradients (batch rows
+    ``groups[i]``) into ``outs[i] = (dw_fc, db_fc, dw_proj, db_proj)``."""
+    da = _linear_backward_groups(dy, cache.proj, groups, [(o[2], o[3]) for o in outs])
+    dh = _activation_backward(da, cache.act)  # (B, T, F)
+    return _linear_backward_groups(dh, cache.fc, groups, [(o[0], o[1]) for o in outs])

@@ -23,6 +23,11 @@ capability): the same names, arguments and results as the public kernels, and
   ``ffn_backward(dy, cache, out=(dw_fc, db_fc, dw_proj, db_proj))`` and
   ``linear_backward(dy, cache, out=(dw,))`` (no bias) overwrite ``out`` and
   return the input gradient alone;
+- with ``groups=[(b0, b1), ...]`` (batch-row ranges), ``linear_backward``,
+  ``mha_backward`` and ``ffn_backward`` take ``out`` as one such tuple per
+  group: the input gradient of every row, and each group's parameter
+  gradients over its rows alone, with the bits of the call on that group's
+  rows (:func:`cllm_spec.model_groups.group_losses_and_gradients`);
 - ``embedding_backward(dx, cache, out=(dwte, dwpe))`` ADDS its scatter into
   ``out`` (the caller zeroes them, or leaves the LM head's gradient in dwte);
 - ``empty(shape, dtype)`` is the backend's output allocator (recycled buffers),
@@ -40,19 +45,24 @@ capability): the same names, arguments and results as the public kernels, and
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
 
-from cllm_c._lib import empty
-from cllm_c.attention import _mha, _mha_backward
+from cllm_c._lib import empty, lib
+from cllm_c.attention import _mha, _mha_backward, _mha_backward_groups
 from cllm_c.decode import decode_last
 from cllm_c.embedding import _embedding, _embedding_add_backward
 from cllm_c.ffn import (
     _ffn,
     _ffn_backward,
+    _ffn_backward_groups,
     _layernorm,
     _layernorm_backward,
     _linear,
     _linear_backward,
+    _linear_backward_groups,
     _residual_layernorm,
 )
 from cllm_c.losses import _cross_entropy, _cross_entropy_backward
@@ -65,6 +75,12 @@ from cllm_spec.protocols import (
     LinearCache,
     MHACache,
 )
+
+#: ``groups=`` gives each group its own bits when each has at least this many
+#: token rows: ``linear_forward`` sends fewer to the matrix-vector path
+#: (csrc/gemv.c), which sums in another order than the GEMM, so a small group
+#: run alone and run with others would differ.
+GROUP_MIN_ROWS = int(lib.CLLM_GEMV_MAX_ROWS) + 1
 
 
 def embedding_forward(
@@ -117,8 +133,14 @@ def mha_forward(
 
 
 def mha_backward(
-    dy: np.ndarray, cache: MHACache, *, out: tuple[np.ndarray, ...]
+    dy: np.ndarray,
+    cache: MHACache,
+    *,
+    out: Any,
+    groups: Sequence[tuple[int, int]] | None = None,
 ) -> np.ndarray:
+    if groups is not None:
+        return _mha_backward_groups(dy, cache, groups, out)
     return _mha_backward(dy, cache, out)[0]
 
 
@@ -135,8 +157,14 @@ def ffn_forward(
 
 
 def ffn_backward(
-    dy: np.ndarray, cache: FFNCache, *, out: tuple[np.ndarray, ...]
+    dy: np.ndarray,
+    cache: FFNCache,
+    *,
+    out: Any,
+    groups: Sequence[tuple[int, int]] | None = None,
 ) -> np.ndarray:
+    if groups is not None:
+        return _ffn_backward_groups(dy, cache, groups, out)
     return _ffn_backward(dy, cache, out)[0]
 
 
@@ -147,8 +175,14 @@ def linear_forward(
 
 
 def linear_backward(
-    dy: np.ndarray, cache: LinearCache, *, out: tuple[np.ndarray]
+    dy: np.ndarray,
+    cache: LinearCache,
+    *,
+    out: Any,
+    groups: Sequence[tuple[int, int]] | None = None,
 ) -> np.ndarray:
+    if groups is not None:
+        return _linear_backward_groups(dy, cache, groups, [(o[0], None) for o in out])
     return _linear_backward(dy, cache, out[0])[0]
 
 
@@ -171,6 +205,7 @@ def cross_entropy_backward(dloss: np.ndarray, cache: CrossEntropyCache) -> np.nd
 
 
 __all__ = [
+    "GROUP_MIN_ROWS",
     "cross_entropy_backward",
     "cross_entropy_forward",
     "decode_last",
