@@ -35,6 +35,7 @@ from cllm_spec.errors import (
     EmptyInputError,
     LifecycleError,
     ReplicaMismatchError,
+    ShapeError,
     Unsupported,
 )
 from cllm_spec.parallel import Coordinator, State, allocate_groups, split_rows
@@ -402,6 +403,46 @@ def test_one_rank_error_is_raised_with_the_rank_not_aborted():
     assert engine.state is State.STOPPED  # a failed engine takes no more steps
     with pytest.raises(LifecycleError):
         engine.run_step(make_data(7, 1, 16, 1)[0][0])
+
+
+def test_one_rank_grad_many_reproduces_the_coordinator():
+    """One grad_many call per micro-batch with the rank's groups; the bits of
+    grad_fn one group at a time."""
+    model = Sgd()
+    calls: list[tuple[int, ...]] = []
+
+    def grad_many(groups: list[int], mbs: list[tuple]) -> list[tuple]:
+        calls.append(tuple(groups))
+        return [model.grad_fn(g, mb) for g, mb in zip(groups, mbs, strict=True)]
+
+    with one_rank_engine(model, grad_many=grad_many) as engine:
+        for m in make_data(7, 4, 13, 2):
+            engine.run_accumulated(list(m))
+    ref, _ = reference(4, 13, 2)
+    assert model.losses == ref.losses and model.grads == ref.grads
+    assert model.w.tobytes() == ref.w.tobytes()
+    assert calls == [tuple(range(12))] * 8  # 4 steps of 2 micro-batches
+
+
+def test_one_rank_grad_many_error_names_its_groups():
+    model = Sgd()
+
+    def grad_many(groups: list[int], mbs: list[tuple]) -> list[tuple]:
+        raise KeyError("boom")
+
+    engine = one_rank_engine(model, grad_many=grad_many, check_every=0)
+    engine.start()
+    with pytest.raises(KeyError, match="boom") as info:
+        engine.run_step(make_data(7, 1, 16, 1)[0][0])
+    groups = ", ".join(map(str, range(12)))
+    assert info.value.__notes__ == [
+        f"raised by grad_many on groups {groups} of micro-batch 0",
+        "on MPI rank 0 of 1, in step 0",
+    ]
+    engine.stop()
+    short = one_rank_engine(Sgd(), grad_many=lambda g, b: [], check_every=0)
+    with short, pytest.raises(ShapeError, match="grad_many: 0 results for 12"):
+        short.run_step(make_data(7, 1, 16, 1)[0][0])
 
 
 def test_lifecycle():

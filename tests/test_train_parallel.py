@@ -266,6 +266,25 @@ def test_worker_counts_give_the_bits_of_one_worker(
     assert_same_tensors(run.tensors(), reference.tensors())
 
 
+@pytest.mark.parametrize("workers", [2, 12])
+def test_groups_in_one_pass_give_the_bits_of_one_group_at_a_time(
+    tmp_path, corpus, workers
+):
+    """The C backend runs a worker's groups of a micro-batch in one pass
+    (cllm_spec.model_groups): one worker computes all 12 at once, 12 workers
+    one each, the way every group ran before; the runs agree bit for bit."""
+    pytest.importorskip("cllm_c", reason="the C extension is not built")
+    # 24 rows: 2 per group, 32 token rows each, enough to run together
+    c = ("--set", "train.backend=c", "--set", "train.batch_size=24")
+    one = ok(run_tiny(tmp_path / "one", corpus, *c, "--set", "parallel.workers=1"))
+    many = ok(
+        run_tiny(tmp_path / "many", corpus, *c, "--set", f"parallel.workers={workers}")
+    )
+    assert len(one.trajectory()) == STEPS
+    assert many.trajectory() == one.trajectory()
+    assert_same_tensors(many.tensors(), one.tensors())
+
+
 def test_one_worker_runs_the_group_split_math(reference):
     """The logged loss of step 1 is the group-split mean of its two micro-batches
     under the initial parameters, recomputed here in this process."""

@@ -63,7 +63,11 @@ API (for the trainer)
 ---------------------
 ``MPIEngine(grad_fn, optimizer_step, *, backend=None, comm=None,
 split_fn=split_rows, state_fn=None, check_every=1, timeout=600.0,
-verify_batches=True, abort_on_error=True)``
+verify_batches=True, abort_on_error=True, grad_many=None)``
+
+- ``grad_many(groups, batches)``: optional, as the thread Coordinator's (one
+  call for this rank's groups of a micro-batch, the results of ``grad_fn`` for
+  each with the same bits).
 
 - ``comm``: an mpi4py intracommunicator (default ``MPI.COMM_WORLD``). The engine
   works on its own duplicate (made in :meth:`MPIEngine.start`), so its messages
@@ -357,8 +361,11 @@ class MPIEngine:
         timeout: float = 600.0,
         verify_batches: bool = True,
         abort_on_error: bool = True,
+        grad_many: Callable[[list[int], list[Any]], Sequence[Any]] | None = None,
     ) -> None:
         _callable("grad_fn", grad_fn)
+        if grad_many is not None:
+            _callable("grad_many", grad_many)
         _callable("optimizer_step", optimizer_step)
         _callable("split_fn", split_fn)
         self._check_every = expect_nonnegative_int("check_every", check_every)
@@ -372,6 +379,7 @@ class MPIEngine:
             )
         self._timeout = expect_in_range("timeout", timeout, 0.0, math.inf, lo_open=True)
         self._grad_fn = grad_fn
+        self._grad_many = grad_many
         self._optimizer_step = optimizer_step
         self._split_fn = split_fn
         self._state_fn = state_fn
@@ -502,7 +510,7 @@ class MPIEngine:
         start = time.monotonic()
         parts = [self._split(m, b) for m, b in enumerate(micro_batches)]
         fingerprint = _batch_fingerprint(parts) if self._verify_batches else ""
-        mine = [self._compute(m, g, parts[m][g]) for m, g in self._tasks(parts)]
+        mine = self._compute_mine(parts)
         gathered = self._exchange(f"step {step}", (fingerprint, mine))
         self._expect_same(
             [fp for fp, _ in gathered], f"step {step}: the batches differ"
@@ -543,6 +551,34 @@ class MPIEngine:
             for g in owned
             if groups[g] is not None
         ]
+
+    def _compute_mine(self, parts: Sequence[Sequence[Any]]) -> list[GroupResult]:
+        """This rank's groups, with ``grad_many`` one call per micro-batch."""
+        tasks = self._tasks(parts)
+        if self._grad_many is None:
+            return [self._compute(m, g, parts[m][g]) for m, g in tasks]
+        out: list[GroupResult] = []
+        for m in sorted({m for m, _ in tasks}):
+            groups = [g for mm, g in tasks if mm == m]
+            if len(groups) == 1:
+                out.append(self._compute(m, groups[0], parts[m][groups[0]]))
+                continue
+            try:
+                results = list(self._grad_many(groups, [parts[m][g] for g in groups]))
+                if len(results) != len(groups):
+                    raise ShapeError(
+                        f"grad_many: {len(results)} results for {len(groups)} groups"
+                    )
+            except BaseException as exc:
+                exc.add_note(
+                    f"raised by grad_many on groups {', '.join(map(str, groups))} "
+                    f"of micro-batch {m}"
+                )
+                raise
+            for g, res in zip(groups, results, strict=True):
+                checked = validate_grad_output(res, f"grad_many(group {g})")
+                out.append(GroupResult(m, g, *checked))
+        return out
 
     def _compute(self, m: int, g: int, part: Any) -> GroupResult:
         try:

@@ -344,6 +344,7 @@ class MPISteps(StepEngine):
             state_fn=self._weights,
             check_every=check_every,
             timeout=timeout,
+            grad_many=self.grad_many,
         )
         self._check_every = check_every
         self.rank = self._engine.rank
@@ -361,6 +362,16 @@ class MPISteps(StepEngine):
         out = super().grad_fn(group, batch)
         self._busy += time.monotonic() - started
         self._stats = self._stats.record(batches=1, tokens=out[2])
+        return out
+
+    def grad_many(
+        self, groups: list[int], batches: list[Batch]
+    ) -> list[tuple[np.ndarray, float, int]]:
+        started = time.monotonic()
+        out = super().grad_many(groups, batches)
+        self._busy += time.monotonic() - started
+        tokens = sum(int(o[2]) for o in out)
+        self._stats = self._stats.record(batches=len(out), tokens=tokens)
         return out
 
     def _open(self) -> None:
