@@ -151,6 +151,7 @@ from cllm_spec.parallel.reduction import (
     finish_step,
     reduce_groups,
     validate_grad_output,
+    validate_many_output,
 )
 from cllm_spec.parallel.split import split_rows
 from cllm_spec.parallel.stats import WorkerStats
@@ -650,21 +651,13 @@ class Coordinator:
         if len(run) == 1 or self._grad_many is None:
             return self._one_by_one(worker, step, run)
         started = time.monotonic()
+        groups = [t.group for t in run]
         try:
-            outs = list(self._grad_many([t.group for t in run], [t.batch for t in run]))
-            if len(outs) != len(run):
-                raise ShapeError(
-                    f"grad_many: {len(outs)} results for {len(run)} groups"
-                )
-            results = [
-                GroupResult(t.micro, t.group, *validate_grad_output(
-                    out, f"grad_many(group {t.group})"
-                ))
-                for t, out in zip(run, outs, strict=True)
-            ]  # fmt: skip
+            outs = self._grad_many(groups, [t.batch for t in run])
+            results = validate_many_output(outs, run[0].micro, groups)
         except BaseException as exc:  # delivered to the coordinator, never lost
             self._record(worker, busy_since=started)
-            together = tuple(t.group for t in run)
+            together = tuple(groups)
             self._post(_Failed(step, worker, run[0].micro, run[0].group, exc, together))
             return False
         tokens = sum(r.n_tokens for r in results)
@@ -672,6 +665,7 @@ class Coordinator:
         return all(self._post(_Done(worker, r)) for r in results)
 
     def _one_by_one(self, worker: int, step: int, run: list[_Task]) -> bool:
+        """Compute ``run`` one ``grad_fn`` call per group."""
         for task in run:
             if self._stop_event.is_set() or not self._run_task(worker, step, task):
                 return False

@@ -205,6 +205,7 @@ from cllm_spec.parallel.reduction import (
     finish_step,
     reduce_groups,
     validate_grad_output,
+    validate_many_output,
 )
 from cllm_spec.parallel.split import split_rows
 
@@ -564,20 +565,14 @@ class MPIEngine:
                 out.append(self._compute(m, groups[0], parts[m][groups[0]]))
                 continue
             try:
-                results = list(self._grad_many(groups, [parts[m][g] for g in groups]))
-                if len(results) != len(groups):
-                    raise ShapeError(
-                        f"grad_many: {len(results)} results for {len(groups)} groups"
-                    )
+                outs = self._grad_many(groups, [parts[m][g] for g in groups])
+                out.extend(validate_many_output(outs, m, groups))
             except BaseException as exc:
                 exc.add_note(
                     f"raised by grad_many on groups {', '.join(map(str, groups))} "
                     f"of micro-batch {m}"
                 )
                 raise
-            for g, res in zip(groups, results, strict=True):
-                checked = validate_grad_output(res, f"grad_many(group {g})")
-                out.append(GroupResult(m, g, *checked))
         return out
 
     def _compute(self, m: int, g: int, part: Any) -> GroupResult:

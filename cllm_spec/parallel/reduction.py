@@ -53,7 +53,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from cllm_spec.errors import ConfigError, DTypeError, EmptyInputError
+from cllm_spec.errors import ConfigError, DTypeError, EmptyInputError, ShapeError
 from cllm_spec.gradients import validate_flat, validate_same_flat
 
 
@@ -88,6 +88,20 @@ def validate_grad_output(out: object, where: str) -> tuple[np.ndarray, float, in
     if n_tokens < 0:
         raise ConfigError(f"{where}: n_tokens must be >= 0, got {n_tokens}")
     return grads, float(loss_sum), int(n_tokens)
+
+
+def validate_many_output(
+    outs: object, micro: int, groups: Sequence[int]
+) -> list[GroupResult]:
+    """Check a ``grad_many(groups, batches)`` return value: one ``grad_fn``
+    result per group, in order; as the groups' :class:`GroupResult`."""
+    if not isinstance(outs, list | tuple) or len(outs) != len(groups):
+        got = len(outs) if isinstance(outs, list | tuple) else type(outs).__name__
+        raise ShapeError(f"grad_many: {got} results for {len(groups)} groups")
+    return [
+        GroupResult(micro, g, *validate_grad_output(out, f"grad_many(group {g})"))
+        for g, out in zip(groups, outs, strict=True)
+    ]
 
 
 def reduce_groups(backend: Any, results: Sequence[GroupResult]) -> np.ndarray:
@@ -126,4 +140,10 @@ def finish_step(
     return grad, loss, n_tokens
 
 
-__all__ = ["GroupResult", "finish_step", "reduce_groups", "validate_grad_output"]
+__all__ = [
+    "GroupResult",
+    "finish_step",
+    "reduce_groups",
+    "validate_grad_output",
+    "validate_many_output",
+]
