@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from cllm_spec import model_groups
+from cllm_spec.errors import DTypeError, ShapeError
 from cllm_spec.model import ModelConfig, checked_params, init_params
 from cllm_spec.parallel import split_rows
 from cllm_spec.protocols import Batch
@@ -110,3 +111,18 @@ def test_a_non_finite_loss_is_a_diverged_error(monkeypatch):
     monkeypatch.setattr(model_groups, "group_losses_and_gradients", second_diverges)
     with pytest.raises(DivergedError, match="loss inf"):
         group_gradients_many(backend, CFG, params, parts)
+
+
+def test_malformed_groups_get_the_typed_errors_of_one_by_one():
+    backend = _backend("c")
+    rng = np.random.default_rng(7)
+    params = init_params(CFG, rng, np.float32)
+    parts = _parts(rng, 24, 20)
+    short = parts[1]._replace(targets=parts[1].targets[:, :-1])  # (2, 19)
+    flat = parts[2]._replace(input_ids=parts[2].input_ids.ravel())  # 1-D ids
+    for bad in (short, flat):
+        with pytest.raises((ShapeError, DTypeError)) as alone:
+            group_gradients(backend, CFG, params, bad)
+        with pytest.raises(type(alone.value)) as together:
+            group_gradients_many(backend, CFG, params, [parts[0], bad, *parts[3:]])
+        assert str(together.value) == str(alone.value)

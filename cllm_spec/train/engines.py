@@ -102,16 +102,6 @@ class StepTarget(Protocol):
         ...
 
 
-class GroupsTarget(StepTarget, Protocol):
-    """A target that can also compute several groups in one call."""
-
-    def grad_many(
-        self, groups: list[int], batches: list[Batch]
-    ) -> list[tuple[np.ndarray, float, int]]:
-        """``[grad_fn(g, b) for g, b in zip(groups, batches)]``, same bits."""
-        ...
-
-
 @contextlib.contextmanager
 def blas_threads(n: int) -> Iterator[None]:
     """At most ``n`` BLAS threads inside the block (``n = 0``: unchanged).
@@ -159,8 +149,9 @@ class StepEngine:
     def grad_many(
         self, groups: list[int], batches: list[Batch]
     ) -> list[tuple[np.ndarray, float, int]]:
-        """The target's ``grad_many`` or, if it has none, its ``grad_fn`` per
-        group."""
+        """The target's ``grad_many(groups, batches)`` (the results of its
+        ``grad_fn`` for each group, same bits, in one call) or, for a target
+        without one, its ``grad_fn`` per group."""
         target = self._target()
         many = getattr(target, "grad_many", None)
         if many is None:

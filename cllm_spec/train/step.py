@@ -136,10 +136,14 @@ def group_gradients_many(
     """
     counts = [int(np.count_nonzero(b.mask)) for b in batches]
     live = [i for i, n in enumerate(counts) if n > 0]
-    t = batches[0].input_ids.shape[1] if batches else 0
-    rows = [batches[i].input_ids.shape[0] for i in live]
-    same_t = all(batches[i].input_ids.shape[1] == t for i in live)
-    if len(live) < 2 or not same_t or not model_groups.supports(backend, rows, t):
+    shapes = [_shape(batches[i]) for i in live]
+    t = shapes[0][1] if shapes and shapes[0] else 0
+    rows = [shape[0] if shape else 0 for shape in shapes]
+    if (
+        len(live) < 2
+        or any(shape is None or shape[1] != t for shape in shapes)
+        or not model_groups.supports(backend, rows, t)
+    ):  # one by one, where the model's validation says what is wrong, if anything
         return [group_gradients(backend, cfg, params, b) for b in batches]
     ids = np.concatenate([batches[i].input_ids for i in live])
     targets = np.concatenate([_group_targets(batches[i]) for i in live])
@@ -160,6 +164,17 @@ def group_gradients_many(
             raise DivergedError(f"loss {loss}")
         results.append((grad, loss, counts[i]))
     return results
+
+
+def _shape(batch: Batch) -> tuple[int, int] | None:
+    """``(rows, T)`` when ids, targets and mask are 2-D arrays of that shape."""
+    arrays = (batch.input_ids, batch.targets, batch.mask)
+    if not all(isinstance(a, np.ndarray) and a.ndim == 2 for a in arrays):
+        return None
+    shape = batch.input_ids.shape
+    if batch.targets.shape != shape or batch.mask.shape != shape:
+        return None
+    return int(shape[0]), int(shape[1])
 
 
 def _group_targets(batch: Batch) -> np.ndarray:
