@@ -69,7 +69,8 @@ def group_losses_and_gradients(
     """``(summed loss, d(summed loss)/d params)`` of each group.
 
     ``ids, targets: (B, T)`` hold the groups' rows; group ``i`` is the batch
-    rows ``groups[i] = (b0, b1)``, the groups disjoint. The caller checks
+    rows ``groups[i] = (b0, b1)``, the groups disjoint and covering every row
+    (a row in no group would carry an unwritten gradient). The caller checks
     :func:`supports` first. A loss may come out NaN or inf (the caller
     decides); its gradient is then computed all the same.
     """
