@@ -141,10 +141,14 @@ from cllm_spec.attention import validate_kv_cache_for
 from cllm_spec.errors import ConfigError, DTypeError, ShapeError, Unsupported
 from cllm_spec.model_params import (
     ACTIVATIONS,
+    ATTN_PARAMS,
     DIMENSIONAL_FREQUENCIES,
     INIT_STD,
     INITS,
+    LN_PARAMS,
+    MLP_PARAMS,
     ModelConfig,
+    head_param,
     init_params,
     lattice_embedding,
     param_count,
@@ -484,11 +488,7 @@ def _forward(
 
 
 def _head_weight(cfg: ModelConfig, w: Mapping[str, np.ndarray]) -> np.ndarray:
-    return w[_head_name(cfg)]
-
-
-def _head_name(cfg: ModelConfig) -> str:
-    return "model.wte.weight" if cfg.tie_embeddings else "model.lm_head.weight"
+    return w[head_param(cfg)]
 
 
 def _kernels(backend: Any) -> tuple[Any, bool]:
@@ -563,11 +563,6 @@ def validate_backward(
     return flat
 
 
-_LN_NAMES = ("weight", "bias")
-_MLP_NAMES = ("mlp.fc.weight", "mlp.fc.bias", "mlp.proj.weight", "mlp.proj.bias")
-_ATTN_NAMES = ("attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight", "attn.proj.bias")
-
-
 def _store(
     g: Mapping[str, np.ndarray],
     prefix: str,
@@ -633,22 +628,22 @@ def backward(
             out = (g[prefix + "weight"], g[prefix + "bias"])
             result: np.ndarray = k.layernorm_backward(dh, ln, out=out, add_to=dx)
             return result
-        dln = _store(g, prefix, _LN_NAMES, backend.layernorm_backward(dh, ln))
+        dln = _store(g, prefix, LN_PARAMS, backend.layernorm_backward(dh, ln))
         total: np.ndarray = dx + dln
         return total
 
-    head = _head_name(cfg)
+    head = head_param(cfg)
     if direct:
         dh = k.linear_backward(dlogits, cache.lm_head, out=(g[head],))
     else:
         dh, dhead, _ = backend.linear_backward(dlogits, cache.lm_head)
-    dx = param_grads(k.layernorm_backward, "model.ln_f.", _LN_NAMES, dh, cache.ln_f)
+    dx = param_grads(k.layernorm_backward, "model.ln_f.", LN_PARAMS, dh, cache.ln_f)
     for i in reversed(range(cfg.n_layer)):
         p = f"model.h.{i}."
         blk = cache.blocks[i]
-        dh = param_grads(k.ffn_backward, p, _MLP_NAMES, dx, blk.mlp)
+        dh = param_grads(k.ffn_backward, p, MLP_PARAMS, dx, blk.mlp)
         dx = plus_norm_grad(p + "ln_2.", dh, blk.ln_2, dx)
-        dh = param_grads(k.mha_backward, p, _ATTN_NAMES, dx, blk.attn)
+        dh = param_grads(k.mha_backward, p, ATTN_PARAMS, dx, blk.attn)
         dx = plus_norm_grad(p + "ln_1.", dh, blk.ln_1, dx)
     wte, wpe = g["model.wte.weight"], g["model.wpe.weight"]
     if direct:

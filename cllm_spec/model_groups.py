@@ -43,11 +43,8 @@ from cllm_spec.model import (
     param_layout,
     validate_forward,
 )
+from cllm_spec.model_params import ATTN_PARAMS, LN_PARAMS, MLP_PARAMS, head_param
 from cllm_spec.protocols import EmbeddingCache, LayerNormCache
-
-_LN = ("weight", "bias")
-_MLP = ("mlp.fc.weight", "mlp.fc.bias", "mlp.proj.weight", "mlp.proj.bias")
-_ATTN = ("attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight", "attn.proj.bias")
 
 
 def supports(backend: Any, group_rows: Sequence[int], t: int) -> bool:
@@ -119,7 +116,7 @@ def _backward(
         """Each group's layer-norm backward on its rows; the input gradient
         added into ``dx`` or, when ``dx`` is None, into a new array."""
         total = k.empty(dh.shape, cache.dtype) if dx is None else dx
-        for (b0, b1), (gw, gb) in zip(groups, outs(prefix, _LN), strict=True):
+        for (b0, b1), (gw, gb) in zip(groups, outs(prefix, LN_PARAMS), strict=True):
             part = LayerNormCache(ln.x_hat[b0:b1], ln.rstd[b0:b1], ln.weight)
             if dx is None:
                 total[b0:b1] = k.layernorm_backward(dh[b0:b1], part, out=(gw, gb))
@@ -127,14 +124,14 @@ def _backward(
                 k.layernorm_backward(dh[b0:b1], part, out=(gw, gb), add_to=dx[b0:b1])
         return total
 
-    head = "model.wte.weight" if cfg.tie_embeddings else "model.lm_head.weight"
-    dh = k.linear_backward(dlogits, cache.lm_head, out=outs("", (head,)), groups=groups)
+    head = (head_param(cfg),)
+    dh = k.linear_backward(dlogits, cache.lm_head, out=outs("", head), groups=groups)
     dx = norm("model.ln_f.", dh, cache.ln_f, None)
     for i in reversed(range(cfg.n_layer)):
         p, blk = f"model.h.{i}.", cache.blocks[i]
-        dh = k.ffn_backward(dx, blk.mlp, out=outs(p, _MLP), groups=groups)
+        dh = k.ffn_backward(dx, blk.mlp, out=outs(p, MLP_PARAMS), groups=groups)
         dx = norm(p + "ln_2.", dh, blk.ln_2, dx)
-        dh = k.mha_backward(dx, blk.attn, out=outs(p, _ATTN), groups=groups)
+        dh = k.mha_backward(dx, blk.attn, out=outs(p, ATTN_PARAMS), groups=groups)
         dx = norm(p + "ln_1.", dh, blk.ln_1, dx)
     emb = cache.embedding
     for (b0, b1), g in zip(groups, views, strict=True):

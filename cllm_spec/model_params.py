@@ -175,6 +175,19 @@ class ModelConfig:
 
 
 # -------------------------------------------------------------- parameters ----
+#: The parameter names under a layer norm's prefix, and under a block's prefix
+#: for its MLP and attention, in the order their kernels' backward returns
+#: (and, with ``out=``, takes) their gradients.
+LN_PARAMS = ("weight", "bias")
+MLP_PARAMS = ("mlp.fc.weight", "mlp.fc.bias", "mlp.proj.weight", "mlp.proj.bias")
+ATTN_PARAMS = ("attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight", "attn.proj.bias")
+
+
+def head_param(cfg: ModelConfig) -> str:
+    """The LM head's weight: the token embedding when tied."""
+    return "model.wte.weight" if cfg.tie_embeddings else "model.lm_head.weight"
+
+
 def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     """Canonical name -> shape, in flat-buffer order (see the module docstring)."""
     v, c, f, t_max = cfg.vocab_size, cfg.n_embd, cfg.n_hidden, cfg.block_size
@@ -296,10 +309,14 @@ def lattice_embedding(vocab_size: int, n_embd: int) -> np.ndarray:
 
 __all__ = [
     "ACTIVATIONS",
+    "ATTN_PARAMS",
     "DIMENSIONAL_FREQUENCIES",
     "INITS",
     "INIT_STD",
+    "LN_PARAMS",
+    "MLP_PARAMS",
     "ModelConfig",
+    "head_param",
     "init_params",
     "lattice_embedding",
     "param_count",

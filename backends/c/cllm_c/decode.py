@@ -22,6 +22,7 @@ from cllm_c._lib import F32, check, empty, ffi, ids64, lib, out_ptr, ptr
 from cllm_c.ffn import _KINDS
 from cllm_spec.attention import attention_scale
 from cllm_spec.model import LN_EPS, ModelConfig, param_layout
+from cllm_spec.model_params import head_param
 from cllm_spec.protocols import KVCache
 
 _GLOBAL = (
@@ -52,8 +53,7 @@ def _offsets(cfg: ModelConfig) -> np.ndarray:
     """Where each tensor C reads starts in the flat buffer, in csrc/decode.c's
     order: (5 + 12 L,) int64."""
     at = param_layout(cfg).offsets
-    head = "model.wte.weight" if cfg.tie_embeddings else "model.lm_head.weight"
-    names = [*_GLOBAL, head]
+    names = [*_GLOBAL, head_param(cfg)]
     for i in range(cfg.n_layer):
         names += [f"model.h.{i}.{n}" for n in _BLOCK]
     out = np.array([at[n] for n in names], dtype=np.int64)
