@@ -111,6 +111,8 @@ the sum of the ``n_tokens`` of every group computed.
 
 Queues
 ------
+The worker threads, their inboxes and their statistics are
+:class:`cllm_spec.parallel.workers.Crew`'s.
 Results travel to the coordinator through the backend's bounded BatchQueue
 (``backend.make_batch_queue``): many producers, one consumer, and its close
 semantics wake blocked workers when the run stops. Each worker's inbox is a
@@ -130,7 +132,7 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
@@ -145,23 +147,19 @@ from cllm_spec.errors import (
 )
 from cllm_spec.parallel.allocation import N_GROUPS, Allocation, allocate_groups
 from cllm_spec.parallel.lifecycle import Lifecycle, LifecycleError, State
-from cllm_spec.parallel.messages import MessageQueue, Priority
 from cllm_spec.parallel.reduction import (
     GroupResult,
     finish_step,
     reduce_groups,
-    validate_grad_output,
-    validate_many_output,
 )
 from cllm_spec.parallel.split import split_rows
 from cllm_spec.parallel.stats import WorkerStats
+from cllm_spec.parallel.workers import Crew, Done, Failed, Task, Work
 
 GradFn = Callable[[int, Any], tuple[np.ndarray, float, int]]
 OptimizerStep = Callable[[np.ndarray, float], Any]
 SplitFn = Callable[[Any, int], Sequence[Any]]
 
-#: Holds one step's work message plus the stop message, with room to spare.
-_INBOX_CAPACITY = 4
 _REQUIRED_BACKEND = ("grad_tree_reduce", "grad_scale", "make_batch_queue")
 _coordinator_ids = itertools.count()
 
@@ -202,33 +200,6 @@ class Callbacks:
         """The run stopped because of ``error`` (raised by ``worker``, if any)."""
 
 
-# ---------------------------------------------------------- worker messages ----
-class _Task(NamedTuple):
-    micro: int
-    group: int
-    batch: Any
-
-
-class _Work(NamedTuple):
-    step: int
-    tasks: tuple[_Task, ...]
-
-
-class _Done(NamedTuple):
-    worker: int
-    result: GroupResult
-
-
-class _Failed(NamedTuple):
-    step: int
-    worker: int
-    micro: int
-    group: int
-    error: BaseException
-    together: tuple[int, ...] = ()  # the groups of a grad_many call that raised
-
-
-_STOP = object()  # the stop message; any non-None object would do
 _NO_GRADS = np.empty(0)  # stands in for a buffer already reduced, so it can be freed
 
 
@@ -260,11 +231,9 @@ class Coordinator:
         ):
             if not callable(fn):
                 raise ConfigError(f"{name}: expected a callable, got {fn!r}")
-        self._grad_fn = grad_fn
         self._optimizer_step = optimizer_step
         self._split_fn = split_fn
         self._serial = serial
-        self._grad_many = grad_many
         self._backend = resolve_backend(backend)
         self._callbacks = tuple(callbacks)
         self._timeout = (
@@ -278,25 +247,11 @@ class Coordinator:
         n = self._allocation.n_workers
         self._id = next(_coordinator_ids)
         self._lifecycle = Lifecycle()
-        self._inboxes = [MessageQueue(_INBOX_CAPACITY) for _ in range(n)]
         self._results = self._backend.make_batch_queue(max(N_GROUPS, n))
-        self._stop_event = threading.Event()
+        self._crew = Crew(n, self.thread_prefix, grad_fn, grad_many, self._results)
         self._stop_lock = threading.Lock()
         self._step_lock = threading.Lock()
         self._step_owner: int | None = None
-        self._threads = [
-            threading.Thread(
-                target=self._worker_loop,
-                args=(w,),
-                name=f"{self.thread_prefix}{w}",
-                daemon=True,  # a grad_fn stuck forever must not block exit
-            )
-            for w in range(n)
-        ]
-        self._started = False
-        self._stats = [WorkerStats()] * n
-        self._stats_since = time.monotonic()
-        self._stats_lock = threading.Lock()
         self._steps = 0
         self._epoch: int | None = None
 
@@ -335,7 +290,7 @@ class Coordinator:
 
     def alive_workers(self) -> tuple[int, ...]:
         """Workers whose thread is still running."""
-        return tuple(w for w, t in enumerate(self._threads) if t.is_alive())
+        return self._crew.alive()
 
     # --------------------------------------------------------- lifecycle ----
     def start(self) -> None:
@@ -343,9 +298,7 @@ class Coordinator:
         self._lifecycle.transition(
             State.RUNNING, what="start", only_from=State.INITIALIZING
         )
-        self._started = True
-        for t in self._threads:
-            t.start()
+        self._crew.start()
 
     def pause(self) -> None:
         """RUNNING -> PAUSED; the step in flight finishes, later steps wait."""
@@ -378,18 +331,7 @@ class Coordinator:
             if self._lifecycle.state is State.STOPPED:
                 return
             self._lifecycle.transition(State.STOPPING, what="stop")
-            self._stop_event.set()
-            for inbox in self._inboxes:
-                try:  # CRITICAL overtakes any work still queued for the worker
-                    inbox.put(_STOP, Priority.CRITICAL, timeout=0)
-                except (QueueClosedError, QueueTimeoutError):
-                    pass  # closed below anyway; a closed inbox also ends the loop
-                inbox.close()
-            self._results.close()  # wakes workers blocked on a full result queue
-            if self._started:
-                deadline = time.monotonic() + self._join_timeout
-                for t in self._threads:
-                    t.join(max(0.0, deadline - time.monotonic()))
+            self._crew.stop(self._join_timeout)
             self._lifecycle.transition(State.STOPPED, what="stop")
 
     # ------------------------------------------------------------ epochs ----
@@ -456,9 +398,9 @@ class Coordinator:
             self._step_owner = None
             self._step_lock.release()
 
-    def _plan(self, micro_batches: list[Any]) -> tuple[list[list[_Task]], int]:
+    def _plan(self, micro_batches: list[Any]) -> tuple[list[list[Task]], int]:
         """Cut every micro-batch into groups and route them: per-worker task lists."""
-        tasks: list[list[_Task]] = [[] for _ in range(self.n_workers)]
+        tasks: list[list[Task]] = [[] for _ in range(self.n_workers)]
         n_tasks = 0
         for m, batch in enumerate(micro_batches):
             parts = self._split_fn(batch, N_GROUPS)
@@ -473,12 +415,12 @@ class Coordinator:
             for g, part in enumerate(parts):
                 if part is not None:
                     worker = self._allocation.group_to_worker[g]
-                    tasks[worker].append(_Task(m, g, part))
+                    tasks[worker].append(Task(m, g, part))
                     n_tasks += 1
         return tasks, n_tasks
 
     def _execute(
-        self, tasks: list[list[_Task]], n_micro: int, n_tasks: int
+        self, tasks: list[list[Task]], n_micro: int, n_tasks: int
     ) -> StepResult:
         step = self._steps
         start = time.monotonic()
@@ -488,7 +430,7 @@ class Coordinator:
         except BaseException as exc:
             self._fail(exc, None)
             raise
-        if isinstance(outcome, _Failed):
+        if isinstance(outcome, Failed):
             error = outcome.error
             where = (
                 f"group {outcome.group}"
@@ -513,8 +455,8 @@ class Coordinator:
         return result
 
     def _compute(
-        self, step: int, tasks: list[list[_Task]], n_micro: int
-    ) -> tuple[float, int, Any] | _Failed:
+        self, step: int, tasks: list[list[Task]], n_micro: int
+    ) -> tuple[float, int, Any] | Failed:
         """Hand out the work, reduce in the fixed order, take the optimizer step."""
         pending: dict[tuple[int, int], int] = {}
         expected = [0] * n_micro
@@ -524,14 +466,14 @@ class Coordinator:
                 expected[t.micro] += 1
         for w, own in enumerate(tasks):
             if own:
-                self._dispatch(w, _Work(step, tuple(own)))
+                self._dispatch(w, Work(step, tuple(own)))
         deadline = None if self._timeout is None else time.monotonic() + self._timeout
         arrived: list[dict[int, GroupResult]] = [{} for _ in range(n_micro)]
         micro_sums: list[tuple[int, np.ndarray]] = []
         summaries: list[GroupResult] = []
         while True:  # _plan gives every step at least one task
             msg = self._next_result(step, pending, deadline)
-            if isinstance(msg, _Failed):
+            if isinstance(msg, Failed):
                 return msg
             r = msg.result
             del pending[(r.micro, r.group)]
@@ -563,9 +505,9 @@ class Coordinator:
         summaries.extend(x._replace(grads=_NO_GRADS) for x in ordered)
         arrived[micro] = {}  # drop the group buffers early
 
-    def _dispatch(self, worker: int, work: _Work) -> None:
+    def _dispatch(self, worker: int, work: Work) -> None:
         try:
-            self._inboxes[worker].put(work, Priority.NORMAL, timeout=self._join_timeout)
+            self._crew.dispatch(worker, work, self._join_timeout)
         except QueueClosedError:
             raise LifecycleError(
                 f"step {work.step}: the coordinator was stopped during the step"
@@ -576,10 +518,10 @@ class Coordinator:
         step: int,
         pending: dict[tuple[int, int], int],
         deadline: float | None,
-    ) -> _Done | _Failed:
+    ) -> Done | Failed:
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
         try:
-            msg: _Done | _Failed = self._results.get(timeout=remaining)
+            msg: Done | Failed = self._results.get(timeout=remaining)
         except QueueTimeoutError:
             missing = ", ".join(
                 f"group {g} of micro-batch {m} (worker {w})"
@@ -614,109 +556,10 @@ class Coordinator:
             if handler is not None:
                 handler(*args)
 
-    # ----------------------------------------------------------- workers ----
-    def _worker_loop(self, worker: int) -> None:
-        inbox = self._inboxes[worker]
-        while True:
-            waiting_since = time.monotonic()
-            try:
-                msg = inbox.get()
-            except QueueClosedError:
-                return
-            self._record(worker, idle_since=waiting_since)
-            if msg is _STOP:
-                return
-            for run in self._runs(msg.tasks):
-                if self._stop_event.is_set() or not self._run_tasks(
-                    worker, msg.step, run
-                ):
-                    return
-
-    def _runs(self, tasks: Sequence[_Task]) -> list[list[_Task]]:
-        """The tasks in the calls that compute them: with ``grad_many``, one
-        per micro-batch; otherwise one per group."""
-        if self._grad_many is None:
-            return [[t] for t in tasks]
-        runs: list[list[_Task]] = []
-        for t in tasks:
-            if runs and runs[-1][0].micro == t.micro:
-                runs[-1].append(t)
-            else:
-                runs.append([t])
-        return runs
-
-    def _run_tasks(self, worker: int, step: int, run: list[_Task]) -> bool:
-        """Compute ``run`` (groups of one micro-batch); False when the worker
-        must end."""
-        if len(run) == 1 or self._grad_many is None:
-            return self._one_by_one(worker, step, run)
-        started = time.monotonic()
-        groups = [t.group for t in run]
-        try:
-            outs = self._grad_many(groups, [t.batch for t in run])
-            results = validate_many_output(outs, run[0].micro, groups)
-        except BaseException as exc:  # delivered to the coordinator, never lost
-            self._record(worker, busy_since=started)
-            together = tuple(groups)
-            self._post(_Failed(step, worker, run[0].micro, run[0].group, exc, together))
-            return False
-        tokens = sum(r.n_tokens for r in results)
-        self._record(worker, busy_since=started, batches=len(run), tokens=tokens)
-        return all(self._post(_Done(worker, r)) for r in results)
-
-    def _one_by_one(self, worker: int, step: int, run: list[_Task]) -> bool:
-        """Compute ``run`` one ``grad_fn`` call per group."""
-        for task in run:
-            if self._stop_event.is_set() or not self._run_task(worker, step, task):
-                return False
-        return True
-
-    def _run_task(self, worker: int, step: int, task: _Task) -> bool:
-        """Compute one group; False when the worker must end."""
-        started = time.monotonic()
-        try:
-            out = self._grad_fn(task.group, task.batch)
-            grads, loss_sum, n_tokens = validate_grad_output(
-                out, f"grad_fn(group {task.group})"
-            )
-        except BaseException as exc:  # delivered to the coordinator, never lost
-            self._record(worker, busy_since=started)
-            self._post(_Failed(step, worker, task.micro, task.group, exc))
-            return False
-        self._record(worker, busy_since=started, batches=1, tokens=n_tokens)
-        result = GroupResult(task.micro, task.group, grads, loss_sum, n_tokens)
-        return self._post(_Done(worker, result))
-
-    def _post(self, msg: _Done | _Failed) -> bool:
-        try:
-            self._results.put(msg)
-        except QueueClosedError:  # the run stopped; nobody needs this result
-            return False
-        return True
-
     # -------------------------------------------------------- statistics ----
-    def _record(
-        self,
-        worker: int,
-        *,
-        busy_since: float | None = None,
-        idle_since: float | None = None,
-        batches: int = 0,
-        tokens: int = 0,
-    ) -> None:
-        now = time.monotonic()
-        with self._stats_lock:
-            since = self._stats_since  # time before a reset is not counted
-            busy = 0.0 if busy_since is None else now - max(busy_since, since)
-            idle = 0.0 if idle_since is None else now - max(idle_since, since)
-            self._stats[worker] = self._stats[worker].record(
-                batches=batches, tokens=tokens, busy_s=busy, idle_s=idle
-            )
-
     def stats(self) -> tuple[WorkerStats, ...]:
         """One snapshot per worker, in worker order."""
-        with self._stats_lock:
-            return tuple(self._stats)
+        return self._crew.stats()
 
     def total_stats(self) -> WorkerStats:
         """All workers' statistics merged."""
@@ -724,9 +567,7 @@ class Coordinator:
 
     def reset_stats(self) -> None:
         """Zero every worker's statistics."""
-        with self._stats_lock:
-            self._stats = [WorkerStats()] * self.n_workers
-            self._stats_since = time.monotonic()
+        self._crew.reset_stats()
 
 
 def resolve_backend(backend: Any) -> Any:
