@@ -287,12 +287,17 @@ def validate_forward(
         )
     checks.expect_ids("ids", tokens, cfg.vocab_size)
     if targets is not None:
-        y = checks.expect_int("targets", targets)
-        checks.expect_shape("targets", y, tokens.shape)
-        checks.expect_ids("targets", y, cfg.vocab_size, ignore_index=IGNORE_INDEX)
+        validate_targets(cfg, targets, tokens.shape)
     if kv_caches is not None:
         _validate_kv_caches(cfg, kv_caches, offset, tokens.shape, flat.dtype)
     return flat
+
+
+def validate_targets(cfg: ModelConfig, targets: object, shape: tuple[int, ...]) -> None:
+    """Targets of ids of ``shape``: ints in ``[0, V)`` or ``IGNORE_INDEX``."""
+    y = checks.expect_int("targets", targets)
+    checks.expect_shape("targets", y, shape)
+    checks.expect_ids("targets", y, cfg.vocab_size, ignore_index=IGNORE_INDEX)
 
 
 def _validate_kv_caches(
@@ -689,4 +694,5 @@ __all__ = [
     "validate_backward",
     "validate_forward",
     "validate_params",
+    "validate_targets",
 ]

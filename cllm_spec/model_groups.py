@@ -41,7 +41,7 @@ from cllm_spec.model import (
     ModelConfig,
     forward,
     param_layout,
-    validate_forward,
+    validate_targets,
 )
 from cllm_spec.model_params import ATTN_PARAMS, LN_PARAMS, MLP_PARAMS, head_param
 from cllm_spec.protocols import EmbeddingCache, LayerNormCache
@@ -72,8 +72,9 @@ def group_losses_and_gradients(
     decides); its gradient is then computed all the same.
     """
     k = backend.model_kernels
-    # the checks forward_loss makes, once for all the groups
-    validate_forward(backend, cfg, params, ids, targets, None, 0, "all", "sum")
+    # forward_loss's checks, before any kernel runs: the targets here, the
+    # params and ids in forward
+    validate_targets(cfg, targets, np.shape(ids))
     logits, _, cache = forward(backend, cfg, params, ids)  # (B, T, V)
     b, t, v = logits.shape
     flat, tflat = logits.reshape(b * t, v), targets.reshape(b * t)

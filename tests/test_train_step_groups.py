@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from cllm_spec import model_groups
-from cllm_spec.errors import DTypeError, ShapeError
+from cllm_spec.errors import DTypeError, IdRangeError, ShapeError
 from cllm_spec.model import ModelConfig, checked_params, init_params
 from cllm_spec.parallel import split_rows
 from cllm_spec.protocols import Batch
@@ -126,3 +126,19 @@ def test_malformed_groups_get_the_typed_errors_of_one_by_one():
         with pytest.raises(type(alone.value)) as together:
             group_gradients_many(backend, CFG, params, [parts[0], bad, *parts[3:]])
         assert str(together.value) == str(alone.value)
+
+
+def test_a_target_out_of_range_is_refused_before_the_shared_pass(spy):
+    backend = _backend("c")
+    rng = np.random.default_rng(8)
+    params = init_params(CFG, rng, np.float32)
+    parts = _parts(rng, 24, 20)
+    targets = parts[0].targets.copy()  # group 0 counts every position
+    targets[0, 3] = CFG.vocab_size
+    bad = parts[0]._replace(targets=targets)
+    with pytest.raises(IdRangeError) as alone:
+        group_gradients(backend, CFG, params, bad)
+    with pytest.raises(IdRangeError, match="targets"):
+        group_gradients_many(backend, CFG, params, [bad, *parts[1:]])
+    assert "targets" in str(alone.value)
+    assert spy == [11]  # the shared pass was asked, and refused the call

@@ -110,9 +110,7 @@ def group_gradients(
         return np.zeros_like(flat), 0.0, 0
     # Overflow shows up as inf or NaN, which is checked and reported.
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        # a group whose every position counts (the usual case) needs no mask
-        full = n == batch.mask.size
-        targets = batch.targets if full else mask_targets(batch.targets, batch.mask)
+        targets = _group_targets(batch, n)
         loss, cache = forward_loss(
             backend, cfg, params, batch.input_ids, targets, loss_reduction="sum"
         )
@@ -146,7 +144,7 @@ def group_gradients_many(
     ):  # one by one, where the model's validation says what is wrong, if anything
         return [group_gradients(backend, cfg, params, b) for b in batches]
     ids = np.concatenate([batches[i].input_ids for i in live])
-    targets = np.concatenate([_group_targets(batches[i]) for i in live])
+    targets = np.concatenate([_group_targets(batches[i], counts[i]) for i in live])
     bounds = np.cumsum([0, *rows])
     groups = [(int(bounds[j]), int(bounds[j + 1])) for j in range(len(live))]
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
@@ -177,10 +175,12 @@ def _shape(batch: Batch) -> tuple[int, int] | None:
     return int(shape[0]), int(shape[1])
 
 
-def _group_targets(batch: Batch) -> np.ndarray:
-    """The batch's targets, with IGNORE_INDEX where its mask is 0."""
-    if np.all(batch.mask):
-        return np.asarray(batch.targets)
+def _group_targets(batch: Batch, n: int) -> np.ndarray:
+    """The batch's targets, with IGNORE_INDEX where its mask is 0; ``n`` is
+    the mask's count: a group whose every position counts (the usual case)
+    needs no masking pass."""
+    if n == batch.mask.size:
+        return batch.targets
     return mask_targets(batch.targets, batch.mask)
 
 
