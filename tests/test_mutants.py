@@ -90,6 +90,10 @@ C_MUTANTS = {
         "test_model.py",
         "test_decoding_steps_equal_the_full_forwards_last",
     ),
+    "ffn_act_skips_edge_rows": (
+        "test_ffn.py",
+        "test_ffn_backward_matches_oracle",
+    ),
     "all_finite_misses_tail": (
         "test_checks.py",
         "test_all_finite_finds_one_bad_value_anywhere",

@@ -56,6 +56,13 @@ int cllm_linear_forward(const float *x, const float *w, const float *b, float *y
 int cllm_linear_backward(const float *dy, const float *x, const float *w,
                          float *dx, float *dw, float *db,
                          int64_t n, int64_t in_features, int64_t out_features);
+/* linear_backward with the activation's backward fused into dx (the
+ * feed-forward block's projection): dx = (dy w) * act'(act_x), act_x (N, IN);
+ * the bits of linear_backward followed by activation_backward */
+int cllm_linear_backward_act(const float *dy, const float *x, const float *w,
+                             float *dx, float *dw, float *db, int64_t n,
+                             int64_t in_features, int64_t out_features, int kind,
+                             const float *act_x);
 int cllm_activation_forward(int kind, const float *x, float *y, int64_t n);
 int cllm_activation_backward(int kind, const float *x, const float *dy, float *dx,
                              int64_t n);

@@ -82,14 +82,32 @@ def _linear_backward_call(
     dx: np.ndarray | None,
     dw: np.ndarray | None,
     db: np.ndarray | None,
+    act: ActivationCache | None = None,
 ) -> None:
-    """The C call on checked operands; a None output is not computed."""
+    """The C call on checked operands; a None output is not computed. With
+    ``act`` (and ``dx``), ``dx`` is the gradient through that activation too,
+    ``(dy @ w) * act'(act.x)``: in float32 applied to each tile of dx as the
+    GEMM finishes it, the bits of the two calls without a pass of its own over
+    dx; in float64 the activation's backward after, in place."""
     out_f, in_f = wc.shape
-    status = kernel("cllm_linear_backward", dyc.dtype)(
-        ptr(dyc), ptr(xc), ptr(wc), ptr(dx), ptr(dw), ptr(db), xc.size // in_f, in_f,
-        out_f,
-    )  # fmt: skip
+    n, dt = xc.size // in_f, dyc.dtype
+    hx = None if act is None or dx is None else arr("cache.x", act.x, dt, dx.shape)
+    if hx is not None and dt == F32:
+        status = lib.cllm_linear_backward_act(
+            ptr(dyc), ptr(xc), ptr(wc), ptr(dx), ptr(dw), ptr(db), n, in_f, out_f,
+            _KINDS[act.kind], ptr(hx),
+        )  # fmt: skip
+        check(status, "linear_backward")
+        return
+    status = kernel("cllm_linear_backward", dt)(
+        ptr(dyc), ptr(xc), ptr(wc), ptr(dx), ptr(dw), ptr(db), n, in_f, out_f
+    )
     check(status, "linear_backward")
+    if hx is not None:
+        status = kernel("cllm_activation_backward", dt)(
+            _KINDS[act.kind], ptr(hx), ptr(dx), ptr(dx), hx.size
+        )
+        check(status, f"{act.kind} backward")
 
 
 def _linear_backward(
@@ -97,14 +115,16 @@ def _linear_backward(
     cache: LinearCache,
     dw: np.ndarray | None = None,
     db: np.ndarray | None = None,
+    act: ActivationCache | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """``dw``, ``db``: contiguous outputs to write into (new arrays when None)."""
+    """``dw``, ``db``: contiguous outputs to write into (new arrays when None);
+    ``act``: see :func:`_linear_backward_call`."""
     dyc, xc, wc = _linear_backward_operands(dy, cache)
     dt, (out_f, in_f) = dyc.dtype, wc.shape
     dx = empty(xc.shape, dtype=dt)  # (..., IN)
     dw = _out("dw", dw, (out_f, in_f), dt)
     db = _out("db", db, (out_f,), dt) if cache.has_bias else None
-    _linear_backward_call(dyc, xc, wc, dx, dw, db)
+    _linear_backward_call(dyc, xc, wc, dx, dw, db, act)
     return dx, dw, db
 
 
@@ -113,16 +133,17 @@ def _linear_backward_groups(
     cache: LinearCache,
     groups: Sequence[tuple[int, int]],
     outs: Sequence[tuple[np.ndarray, np.ndarray | None]],
+    act: ActivationCache | None = None,
 ) -> np.ndarray:
     """``dx`` of every row, and each group's ``(dw, db)``, over the batch rows
     ``[b0, b1)`` of ``groups[i]``, into ``outs[i]``: the bits of
     :func:`_linear_backward` run on each group's rows alone (a row's dx does
     not depend on the others, and each group's dw and db are the same C call
-    on the same rows)."""
+    on the same rows); ``act``: see :func:`_linear_backward_call`."""
     dyc, xc, wc = _linear_backward_operands(dy, cache)
     dt, (out_f, in_f) = dyc.dtype, wc.shape
     dx = empty(xc.shape, dtype=dt)  # (B, ..., IN)
-    _linear_backward_call(dyc, xc, wc, dx, None, None)
+    _linear_backward_call(dyc, xc, wc, dx, None, None, act)
     for (b0, b1), (dw, db) in zip(groups, outs, strict=True):
         dw = _out("dw", dw, (out_f, in_f), dt)
         db = _out("db", db, (out_f,), dt) if cache.has_bias else None
@@ -339,10 +360,13 @@ def _ffn_backward(
     consistent by construction and skip it.
     """
     dw_fc, db_fc, dw_proj, db_proj = out or (None,) * 4
-    da, dw_proj, db_proj = _linear_backward(dy, cache.proj, dw_proj, db_proj)
-    if checked:
-        validate_activation_backward(da, cache.act)
-    dh = _activation_backward(da, cache.act)  # (..., F)
+    if checked:  # against the (..., F) gradient the projection gives
+        da_like = np.broadcast_to(np.zeros((), dy.dtype), np.shape(cache.proj.x))
+        validate_activation_backward(da_like, cache.act)
+    # the activation's backward fused into the projection's input gradient
+    dh, dw_proj, db_proj = _linear_backward(
+        dy, cache.proj, dw_proj, db_proj, act=cache.act
+    )  # (..., F)
     if checked:
         validate_linear_backward(dh, cache.fc)
     dx, dw_fc, db_fc = _linear_backward(dh, cache.fc, dw_fc, db_fc)  # (..., C)
@@ -357,6 +381,6 @@ def _ffn_backward_groups(
 ) -> np.ndarray:
     """:func:`_ffn_backward` with each group's parameter gradients (batch rows
     ``groups[i]``) into ``outs[i] = (dw_fc, db_fc, dw_proj, db_proj)``."""
-    da = _linear_backward_groups(dy, cache.proj, groups, [(o[2], o[3]) for o in outs])
-    dh = _activation_backward(da, cache.act)  # (B, T, F)
+    proj = [(o[2], o[3]) for o in outs]
+    dh = _linear_backward_groups(dy, cache.proj, groups, proj, act=cache.act)
     return _linear_backward_groups(dh, cache.fc, groups, [(o[0], o[1]) for o in outs])

@@ -39,15 +39,15 @@ int cllm_linear_forward(const float *x, const float *w, const float *b, float *y
                       in_features, y, out_features, 0, b);
 }
 
-int cllm_linear_backward(const float *dy, const float *x, const float *w,
-                         float *dx, float *dw, float *db,
-                         int64_t n, int64_t in_features, int64_t out_features)
+static int linear_backward(const float *dy, const float *x, const float *w, float *dx,
+                           float *dw, float *db, int64_t n, int64_t in_features,
+                           int64_t out_features, const cllm_act_epilogue *ep)
 {
     int status;
     CLLM_CHECK(dy && x && w && n >= 0 && in_features >= 1 && out_features >= 1);
     if (dx) { /* dx (N, IN) = dy (N, OUT) w (OUT, IN) */
-        status = cllm_sgemm(0, 0, n, in_features, out_features, dy, out_features,
-                            w, in_features, dx, in_features, 0, NULL);
+        status = cllm_sgemm_act(0, 0, n, in_features, out_features, dy, out_features,
+                                w, in_features, dx, in_features, 0, NULL, ep);
         if (status != CLLM_OK)
             return status;
     }
@@ -58,6 +58,23 @@ int cllm_linear_backward(const float *dy, const float *x, const float *w,
             return status;
     }
     return db ? cllm_column_sum(dy, db, n, out_features) : CLLM_OK;
+}
+
+int cllm_linear_backward(const float *dy, const float *x, const float *w,
+                         float *dx, float *dw, float *db,
+                         int64_t n, int64_t in_features, int64_t out_features)
+{
+    return linear_backward(dy, x, w, dx, dw, db, n, in_features, out_features, NULL);
+}
+
+int cllm_linear_backward_act(const float *dy, const float *x, const float *w,
+                             float *dx, float *dw, float *db, int64_t n,
+                             int64_t in_features, int64_t out_features, int kind,
+                             const float *act_x)
+{
+    CLLM_CHECK(dx && act_x && kind >= ACT_RELU && kind <= ACT_GELU_TANH);
+    cllm_act_epilogue ep = {kind, act_x, NULL};
+    return linear_backward(dy, x, w, dx, dw, db, n, in_features, out_features, &ep);
 }
 
 /* ------------------------------------------------------- column sums ---- */
@@ -431,29 +448,52 @@ typedef struct {
     int64_t n;
 } act_job;
 
+/* x, dy, out: len elements (dy == NULL: the forward); the code path is a
+ * function of (kind, simd) alone, so a span's bits do not depend on where
+ * it starts or how long it is */
+static void act_span(int kind, int simd, const float *x, const float *dy, float *out,
+                     int64_t len)
+{
+#if CLLM_X86
+    /* ReLU is a memory-bound select: 16 lanes measured no faster */
+    if (simd >= CLLM_SIMD_AVX512 && kind != ACT_RELU) {
+        act_avx512(kind, x, dy, out, len);
+        return;
+    }
+    if (simd >= CLLM_SIMD_AVX2) {
+        if (dy)
+            act_backward_avx2(kind, x, dy, out, len);
+        else
+            act_forward_avx2(kind, x, out, len);
+        return;
+    }
+#else
+    (void)simd;
+#endif
+    if (dy)
+        act_backward_scalar(kind, x, dy, out, len);
+    else
+        act_forward_scalar(kind, x, out, len);
+}
+
 static void act_task(void *arg, int64_t q, int worker)
 {
     const act_job *j = arg;
     int64_t i0 = q * ELEM_BLOCK, len = j->n - i0 < ELEM_BLOCK ? j->n - i0 : ELEM_BLOCK;
     (void)worker;
-#if CLLM_X86
-    /* ReLU is a memory-bound select: 16 lanes measured no faster */
-    if (j->simd >= CLLM_SIMD_AVX512 && j->kind != ACT_RELU) {
-        act_avx512(j->kind, j->x + i0, j->dy ? j->dy + i0 : NULL, j->out + i0, len);
-        return;
-    }
-    if (j->simd >= CLLM_SIMD_AVX2) {
-        if (j->dy)
-            act_backward_avx2(j->kind, j->x + i0, j->dy + i0, j->out + i0, len);
+    act_span(j->kind, j->simd, j->x + i0, j->dy ? j->dy + i0 : NULL, j->out + i0, len);
+}
+
+void cllm_act_tile(const cllm_act_epilogue *e, float *c, int64_t off, int64_t ldc,
+                   int64_t rows, int64_t cols)
+{
+    int simd = cllm_simd_current;
+    for (int64_t r = 0; r < rows; r++, c += ldc, off += ldc) {
+        if (e->x) /* backward, in place: each element is loaded before it is stored */
+            act_span(e->kind, simd, e->x + off, c, c, cols);
         else
-            act_forward_avx2(j->kind, j->x + i0, j->out + i0, len);
-        return;
+            act_span(e->kind, simd, c, NULL, e->out + off, cols);
     }
-#endif
-    if (j->dy)
-        act_backward_scalar(j->kind, j->x + i0, j->dy + i0, j->out + i0, len);
-    else
-        act_forward_scalar(j->kind, j->x + i0, j->out + i0, len);
 }
 
 static int act_run(int kind, const float *x, const float *dy, float *out, int64_t n)
@@ -478,17 +518,26 @@ int cllm_activation_backward(int kind, const float *x, const float *dy, float *d
 }
 
 /* ------------------------------------------------------- ffn block ---- */
-/* The feed-forward block in one call: the same three kernels the wrapper
- * would call one by one, so the bits are theirs. A decoding step is a few
- * microseconds of arithmetic per kernel, as much as a call from Python. */
+/* The feed-forward block in one call: the same kernels the wrapper would
+ * call one by one, so the bits are theirs; on the GEMM the activation runs
+ * on each tile of h as the tile is finished (cllm_act_tile), not as a pass of
+ * its own over h. A decoding step is a few microseconds of arithmetic per
+ * kernel, as much as a call from Python. */
 int cllm_ffn_forward(const float *x, const float *w_fc, const float *b_fc,
                      const float *w_proj, const float *b_proj, int kind, float *h,
                      float *a, float *y, int64_t n, int64_t c, int64_t f)
 {
-    CLLM_CHECK(h && a && f >= 1 && (n <= INT64_MAX / f));
-    int status = cllm_linear_forward(x, w_fc, b_fc, h, n, c, f);
-    if (status == CLLM_OK)
-        status = cllm_activation_forward(kind, h, a, n * f);
+    CLLM_CHECK(x && w_fc && w_proj && h && a && y && n >= 0 && c >= 1 && f >= 1);
+    CLLM_CHECK(n <= INT64_MAX / f && kind >= ACT_RELU && kind <= ACT_GELU_TANH);
+    int status;
+    if (n <= CLLM_GEMV_MAX_ROWS) {
+        status = cllm_linear_forward(x, w_fc, b_fc, h, n, c, f);
+        if (status == CLLM_OK)
+            status = cllm_activation_forward(kind, h, a, n * f);
+    } else {
+        cllm_act_epilogue ep = {kind, NULL, a};
+        status = cllm_sgemm_act(0, 1, n, f, c, x, c, w_fc, c, h, f, 0, b_fc, &ep);
+    }
     if (status == CLLM_OK)
         status = cllm_linear_forward(a, w_proj, b_proj, y, n, f, c);
     return status;

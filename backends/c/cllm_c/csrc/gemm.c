@@ -463,6 +463,7 @@ typedef struct {
     int direct; /* A is read where it is stored, unpacked (direct_a) */
     int causal; /* CLLM_CAUSAL_*: the work a causal mask makes zero is skipped */
     int64_t shift;
+    const cllm_act_epilogue *ep; /* run on each tile after its last K slice */
 } gemm_t;
 
 /* A rows [i0, i0 + mc) x cols [p0, p0 + kc) into MR-tall micro-panels. */
@@ -597,6 +598,21 @@ static int causal_span(const gemm_t *g, int64_t i, int64_t rows, int64_t j, int6
     return 1;
 }
 
+/* The lines the epilogue will read (x) or write (out) for a tile, fetched
+ * while the micro-kernel computes it: on demand they would stall the
+ * epilogue on every row. */
+static void ep_prefetch(const cllm_act_epilogue *e, int64_t off, int64_t ldc,
+                        int64_t rows, int64_t cols)
+{
+    for (int64_t r = 0; r < rows; r++, off += ldc)
+        for (int64_t q = 0; q < cols; q += 16) {
+            if (e->x)
+                __builtin_prefetch(e->x + off + q, 0, 3);
+            else
+                __builtin_prefetch(e->out + off + q, 1, 3);
+        }
+}
+
 /* One MR x NR tile of C from an A micro-panel a(i, p) = a[i * ar + p * as]
  * and a packed B micro-panel, K slice [p0, p0 + kc) (the first, p0 = 0,
  * gives C its init). */
@@ -608,12 +624,18 @@ static void tile(const kernel_t *kr, const gemm_t *g, int64_t i, int64_t j,
                : g->bias ? INIT_BIAS : INIT_ZERO;
     int64_t rows = g->m - i < kr->mr ? g->m - i : kr->mr;
     int64_t cols = g->n - j < kr->nr ? g->n - j : kr->nr;
+    /* the epilogue once C holds its final sum (no causal product has one) */
+    int last = g->ep && p0 + kc == g->k;
     if (g->causal && !causal_span(g, i, rows, j, &p0, &kc, &a, as, &bp, kr->nr, init))
         return;
     float *c = g->c + i * g->ldc + j;
+    if (last)
+        ep_prefetch(g->ep, i * g->ldc + j, g->ldc, rows, cols);
     if (rows == kr->mr && cols == kr->nr) {
         kr->run(kc, a, ar, as, bp, c, g->ldc,
                 init == INIT_LOAD ? init : init | g->stream, g->bias ? g->bias + j : NULL);
+        if (last)
+            cllm_act_tile(g->ep, c, i * g->ldc + j, g->ldc, rows, cols);
         return;
     }
     float tmp[MR_MAX * NR_MAX], btmp[NR_MAX];
@@ -627,6 +649,8 @@ static void tile(const kernel_t *kr, const gemm_t *g, int64_t i, int64_t j,
     kr->run(kc, a, ar, as, bp, tmp, kr->nr, init, btmp);
     for (int64_t r = 0; r < rows; r++)
         memcpy(c + r * g->ldc, tmp + r * kr->nr, (size_t)cols * sizeof(float));
+    if (last)
+        cllm_act_tile(g->ep, c, i * g->ldc + j, g->ldc, rows, cols);
 }
 
 /* Packed B panels swept per A micro-panel: a group this large stays in L2
@@ -688,7 +712,8 @@ static int64_t kc_for(int64_t k)
 
 static int stream_ok(const gemm_t *g, const kernel_t *kr)
 {
-    return kr->mr == 12 && !g->accumulate && g->k <= kc_for(g->k)
+    /* an epilogue reads the tile back: it must stay in the cache */
+    return kr->mr == 12 && !g->accumulate && !g->ep && g->k <= kc_for(g->k)
            && g->m * g->n * (int64_t)sizeof(float) >= STREAM_MIN_BYTES
            && (uintptr_t)g->c % 64 == 0 && g->ldc % 16 == 0;
 }
@@ -741,11 +766,12 @@ static float *aligned_work(float *p)
 /* The k = 0 case: C is just its init value. */
 static void fill_init(const gemm_t *g)
 {
-    if (g->accumulate)
-        return;
-    for (int64_t i = 0; i < g->m; i++)
-        for (int64_t j = 0; j < g->n; j++)
-            g->c[i * g->ldc + j] = g->bias ? g->bias[j] : 0.0f;
+    if (!g->accumulate)
+        for (int64_t i = 0; i < g->m; i++)
+            for (int64_t j = 0; j < g->n; j++)
+                g->c[i * g->ldc + j] = g->bias ? g->bias[j] : 0.0f;
+    if (g->ep)
+        cllm_act_tile(g->ep, g->c, 0, g->ldc, g->m, g->n);
 }
 
 static void serial(gemm_t g, float *work)
@@ -787,7 +813,7 @@ void cllm_sgemm_serial(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k
                        float *work)
 {
     gemm_t g = {trans_a, trans_b, m, n, k, a, b, lda, ldb, c, ldc, accumulate, bias,
-                0, 0, 0, 0};
+                0, 0, 0, 0, NULL};
     serial(g, work);
 }
 
@@ -796,7 +822,7 @@ void cllm_sgemm_causal(int causal, int64_t shift, int trans_a, int trans_b, int6
                        int64_t ldb, float *c, int64_t ldc, float *work)
 {
     gemm_t g = {trans_a, trans_b, m, n, k, a, b, lda, ldb, c, ldc, 0, NULL,
-                0, 0, causal, shift};
+                0, 0, causal, shift, NULL};
     serial(g, work);
 }
 
@@ -915,23 +941,31 @@ int cllm_sgemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
                const float *a, int64_t lda, const float *b, int64_t ldb,
                float *c, int64_t ldc, int accumulate, const float *bias)
 {
+    return cllm_sgemm_act(trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc, accumulate,
+                          bias, NULL);
+}
+
+int cllm_sgemm_act(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
+                   const float *a, int64_t lda, const float *b, int64_t ldb, float *c,
+                   int64_t ldc, int accumulate, const float *bias,
+                   const cllm_act_epilogue *ep)
+{
     int status = check_args(m, n, k, a, lda, b, ldb, c, ldc, trans_a, trans_b);
     if (status != CLLM_OK || m == 0 || n == 0)
         return status;
+    gemm_t g = {trans_a, trans_b, m, n, k, a, b, lda, ldb, c, ldc, accumulate, bias,
+                0, 0, 0, 0, ep};
     int nt = cllm_threads_for(m * n * (k > 0 ? k : 1), (int64_t)1 << 21);
     if (nt == 1 || k == 0) {
         size_t floats = cllm_gemm_work_floats(m, n, k);
         float *w = scratch(floats);
         if (!w)
             return CLLM_ERR_NOMEM;
-        cllm_sgemm_serial(trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc, accumulate,
-                          bias, w);
+        serial(g, w);
         scratch_free(w, floats);
         return CLLM_OK;
     }
-    par_gemm j = {{trans_a, trans_b, m, n, k, a, b, lda, ldb, c, ldc, accumulate, bias,
-                   0, 0, 0, 0},
-                  pick_kernel(), m > n, kc_for(k), 0, 0, 0, NULL, NULL, 0};
+    par_gemm j = {g, pick_kernel(), m > n, kc_for(k), 0, 0, 0, NULL, NULL, 0};
     j.g.stream = stream_ok(&j.g, &j.kr) ? INIT_STREAM : 0;
     j.g.direct = direct_a(&j.g, &j.kr);
     /* a column split shares the packed A: nothing to share when A is direct */

@@ -26,6 +26,29 @@ void cllm_sgemm_serial(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k
  * Otherwise as cllm_sgemm_serial with accumulate 0 and no bias. The results
  * are the bits of the full product when B is finite (a skipped 0 * x adds
  * a zero; 0 * inf would have been NaN): the caller checks. */
+/* An elementwise step run on each finished tile of C while the tile is still
+ * in L1 (the feed-forward block's activation, see ffn.c), which saves a
+ * separate pass over an (N, F) array that does not stay in L2:
+ *   forward  (x == NULL): out = act(C), out laid out as C (ldc)
+ *   backward (x != NULL): C = C * act'(x), x laid out as C
+ * kind is an activation of ffn.c (relu, gelu, gelu_tanh). The per-element
+ * code is that of cllm_activation_forward / _backward: the same bits. */
+typedef struct {
+    int kind;
+    const float *x;
+    float *out;
+} cllm_act_epilogue;
+
+/* the epilogue on rows x cols of C at c, element (0, 0) at offset off of C */
+void cllm_act_tile(const cllm_act_epilogue *e, float *c, int64_t off, int64_t ldc,
+                   int64_t rows, int64_t cols);
+
+/* cllm_sgemm, then the epilogue on C (NULL: none) */
+int cllm_sgemm_act(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
+                   const float *a, int64_t lda, const float *b, int64_t ldb, float *c,
+                   int64_t ldc, int accumulate, const float *bias,
+                   const cllm_act_epilogue *ep);
+
 enum { CLLM_CAUSAL_NONE = 0, CLLM_CAUSAL_COLS, CLLM_CAUSAL_PREFIX, CLLM_CAUSAL_SUFFIX };
 
 void cllm_sgemm_causal(int causal, int64_t shift, int trans_a, int trans_b, int64_t m,
