@@ -205,10 +205,19 @@ State = SGDState | AdamState | RMSpropState | AdagradState
 
 
 def _validate_arrays(
-    params: Any, grads: Any, state: Any, cls: type[State], scan: FiniteScan
+    params: Any,
+    grads: Any,
+    state: Any,
+    cls: type[State],
+    scan: FiniteScan,
+    check_finite: bool = True,
 ) -> None:
     """params and grads (P,), the state of type ``cls`` with (P,) arrays, all
-    finite (``scan``: see :func:`cllm_spec.checks.expect_finite`)."""
+    finite (``scan``: see :func:`cllm_spec.checks.expect_finite`).
+
+    ``check_finite=False`` leaves out the finite scans, for a backend whose
+    step kernel refuses a NaN or inf input itself (reading every element
+    anyway); on that refusal it calls again with True for the spec's error."""
     p = _expect_params(params)
     checks.expect_float("grads", grads)
     checks.expect_same_dtype(("params", "grads"), (p, grads))
@@ -223,7 +232,7 @@ def _validate_arrays(
         checks.expect_same_dtype(("params", name), (p, arr))
         checks.expect_shape(name, arr, p.shape)
         arrays.append((name, arr))
-    for name, arr in arrays:
+    for name, arr in arrays if check_finite else ():
         checks.expect_finite(name, arr, scan)
 
 
@@ -238,6 +247,7 @@ def validate_sgd(
     weight_decay: Any,
     nesterov: Any,
     finite_scan: FiniteScan = None,
+    check_finite: bool = True,
 ) -> SGDHyper:
     """The checks of ``sgd_step``; returns the hyperparameters as Python scalars."""
     h = SGDHyper(
@@ -252,7 +262,7 @@ def validate_sgd(
             "nesterov: Nesterov momentum requires momentum > 0 and dampening == 0, "
             f"got momentum={h.momentum}, dampening={h.dampening}"
         )
-    _validate_arrays(params, grads, state, SGDState, finite_scan)
+    _validate_arrays(params, grads, state, SGDState, finite_scan, check_finite)
     return h
 
 
@@ -275,6 +285,7 @@ def validate_adam(
     weight_decay: Any,
     amsgrad: Any,
     finite_scan: FiniteScan = None,
+    check_finite: bool = True,
 ) -> AdamHyper:
     """The checks of ``adam_step`` and ``adamw_step`` (the same ranges)."""
     b1, b2 = _expect_betas(betas)
@@ -286,7 +297,7 @@ def validate_adam(
         weight_decay=_nonneg("weight_decay", weight_decay),
         amsgrad=checks.expect_flag("amsgrad", amsgrad),
     )
-    _validate_arrays(params, grads, state, AdamState, finite_scan)
+    _validate_arrays(params, grads, state, AdamState, finite_scan, check_finite)
     return h
 
 
@@ -302,6 +313,7 @@ def validate_rmsprop(
     momentum: Any,
     centered: Any,
     finite_scan: FiniteScan = None,
+    check_finite: bool = True,
 ) -> RMSpropHyper:
     """The checks of ``rmsprop_step``."""
     h = RMSpropHyper(
@@ -312,7 +324,7 @@ def validate_rmsprop(
         momentum=_nonneg("momentum", momentum),
         centered=checks.expect_flag("centered", centered),
     )
-    _validate_arrays(params, grads, state, RMSpropState, finite_scan)
+    _validate_arrays(params, grads, state, RMSpropState, finite_scan, check_finite)
     return h
 
 
@@ -326,6 +338,7 @@ def validate_adagrad(
     weight_decay: Any,
     eps: Any,
     finite_scan: FiniteScan = None,
+    check_finite: bool = True,
 ) -> AdagradHyper:
     """The checks of ``adagrad_step``."""
     h = AdagradHyper(
@@ -334,5 +347,5 @@ def validate_adagrad(
         weight_decay=_nonneg("weight_decay", weight_decay),
         eps=_nonneg("eps", eps),
     )
-    _validate_arrays(params, grads, state, AdagradState, finite_scan)
+    _validate_arrays(params, grads, state, AdagradState, finite_scan, check_finite)
     return h

@@ -440,12 +440,14 @@ BAD_CALLS: list[tuple[str, Callable[[], Any], type[Exception]]] = [
         lambda: cllm_c.mse_forward(np.ones(3, F32), np.ones(4, F32)),
         ShapeError,
     ),
+    # (a non-finite float32 optimizer input does reach C: the step kernel
+    # scans its inputs as it reads them; tests/test_c_optim_finite.py)
     (
-        "adam non-finite grads",
+        "adam non-finite float64 grads",
         lambda: cllm_c.adam_step(
-            np.ones(3, F32),
-            np.array([1.0, np.inf, 0.0], F32),
-            AdamState(*(np.zeros(3, F32) for _ in range(3)), 0),
+            np.ones(3, np.float64),
+            np.array([1.0, np.inf, 0.0]),
+            AdamState(*(np.zeros(3) for _ in range(3)), 0),
         ),
         NonFiniteError,
     ),
@@ -977,4 +979,8 @@ def test_the_c_backends_scan_serves_its_validation(monkeypatch):
     assert seen == [p.size]
     state = AdamState(np.zeros_like(p), np.zeros_like(p), np.zeros_like(p), 0)
     c.adamw_step(p, np.ones_like(p), state, lr=0.1)
+    assert seen[1:] == []  # float32: the step kernel scans what it reads
+    p64 = p.astype(np.float64)
+    state64 = AdamState(*(np.zeros_like(p64) for _ in range(3)), 0)
+    c.adamw_step(p64, np.ones_like(p64), state64, lr=0.1)
     assert seen[1:] == [p.size] * 5  # params, grads, exp_avg, exp_avg_sq, max

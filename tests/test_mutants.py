@@ -94,6 +94,10 @@ C_MUTANTS = {
         "test_ffn.py",
         "test_ffn_backward_matches_oracle",
     ),
+    "optim_nan_slips_through": (
+        "test_optim.py",
+        "test_bad_arrays_raise_typed_errors",
+    ),
     "all_finite_misses_tail": (
         "test_checks.py",
         "test_all_finite_finds_one_bad_value_anywhere",

@@ -7,7 +7,8 @@
  * twins) unless named otherwise; sizes are int64_t and C checks them again
  * (negative sizes, NULL arrays, ids out of range give a status). Outputs never
  * alias inputs unless the comment says so. The Python wrappers validate
- * everything with the spec's checks before any of these is called.
+ * everything with the spec's checks before any of these is called, except
+ * that the float32 optimizer steps scan their own inputs for NaN and inf.
  */
 
 enum {
@@ -19,7 +20,8 @@ enum {
     CLLM_ERR_CLOSED = 5,
     CLLM_ERR_REFCOUNT = 6,
     CLLM_ERR_EMPTY = 7,
-    CLLM_ERR_SYSTEM = 8
+    CLLM_ERR_SYSTEM = 8,
+    CLLM_ERR_NONFINITE = 9
 };
 
 enum {
@@ -142,7 +144,9 @@ int cllm_tree_reduce(const float *const *bufs, int k, int64_t n, float *out);
 
 /* optim.c: one fused pass per step; new arrays out, inputs untouched. The
  * 1 - beta style constants come from the caller, rounded once from double,
- * as the reference rounds them. */
+ * as the reference rounds them. The float32 steps return CLLM_ERR_NONFINITE
+ * when an input element (parameter, gradient or state) is NaN or inf; the
+ * outputs are then meaningless (the caller drops them). */
 int cllm_sgd_step(const float *p, const float *g, const float *buf, int64_t n,
                   float lr, float momentum, float one_minus_dampening,
                   float weight_decay, int nesterov, int first_step, float *p_out,

@@ -9,10 +9,12 @@ computes them in Python, and rounded once to the buffers' dtype by the call.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
-from cllm_c._lib import arr, check, empty, kernel, ptr
+from cllm_c._lib import F32, arr, check, empty, kernel, lib, ptr
 from cllm_c.checks import all_finite
 from cllm_spec.optim import (
     AdamHyper,
@@ -30,6 +32,20 @@ def _new(like: np.ndarray, count: int) -> list[np.ndarray]:
     return [empty(like.shape, dtype=like.dtype) for _ in range(count)]
 
 
+def _scans_in_kernel(params: Any) -> bool:
+    """The float32 step kernels scan their inputs for NaN and inf as they read
+    them (csrc/optim.c), so the wrapper leaves out the validator's scans."""
+    return getattr(params, "dtype", None) == F32
+
+
+def _check_step(status: int, what: str, validate: Callable[[], object]) -> None:
+    """``check`` for a step kernel: its refusal of a non-finite input becomes
+    the spec's error, from the full validation (with the scans left out)."""
+    if status == lib.CLLM_ERR_NONFINITE:
+        validate()
+    check(status, what)
+
+
 def sgd_step(
     params: np.ndarray,
     grads: np.ndarray,
@@ -42,10 +58,7 @@ def sgd_step(
     nesterov: bool = False,
 ) -> tuple[np.ndarray, SGDState]:
     """One ``torch.optim.SGD`` step (see ``cllm_spec.optim``)."""
-    h = validate_sgd(
-        params,
-        grads,
-        state,
+    hyper = dict(
         lr=lr,
         momentum=momentum,
         dampening=dampening,
@@ -53,6 +66,8 @@ def sgd_step(
         nesterov=nesterov,
         finite_scan=all_finite,
     )
+    in_kernel = _scans_in_kernel(params)
+    h = validate_sgd(params, grads, state, **hyper, check_finite=not in_kernel)
     p, g = arr("params", params), arr("grads", grads)
     buf = arr("state.momentum_buffer", state.momentum_buffer)
     p_out, buf_out = _new(p, 2)
@@ -70,7 +85,7 @@ def sgd_step(
         ptr(p_out),
         ptr(buf_out),
     )
-    check(status, "sgd_step")
+    _check_step(status, "sgd_step", lambda: validate_sgd(params, grads, state, **hyper))
     return p_out, SGDState(momentum_buffer=buf_out, step=int(state.step) + 1)
 
 
@@ -78,9 +93,15 @@ def _adam(
     params: np.ndarray,
     grads: np.ndarray,
     state: AdamState,
-    h: AdamHyper,
+    hyper: dict[str, Any],
     decoupled: bool,
 ) -> tuple[np.ndarray, AdamState]:
+    """Adam (or AdamW: ``decoupled``) with the hyperparameters of
+    ``validate_adam``, which this calls."""
+    scan = not _scans_in_kernel(params)
+    h: AdamHyper = validate_adam(
+        params, grads, state, **hyper, finite_scan=all_finite, check_finite=scan
+    )
     p, g = arr("params", params), arr("grads", grads)
     m, v = (
         arr("state.exp_avg", state.exp_avg),
@@ -113,7 +134,11 @@ def _adam(
         ptr(v_out),
         ptr(vmax_out),
     )
-    check(status, "adamw_step" if decoupled else "adam_step")
+    _check_step(
+        status,
+        "adamw_step" if decoupled else "adam_step",
+        lambda: validate_adam(params, grads, state, **hyper, finite_scan=all_finite),
+    )
     return p_out, AdamState(
         exp_avg=m_out, exp_avg_sq=v_out, max_exp_avg_sq=vmax_out, step=t
     )
@@ -131,18 +156,10 @@ def adam_step(
     amsgrad: bool = False,
 ) -> tuple[np.ndarray, AdamState]:
     """One ``torch.optim.Adam`` step: L2 weight decay added to the gradient."""
-    h = validate_adam(
-        params,
-        grads,
-        state,
-        lr=lr,
-        betas=betas,
-        eps=eps,
-        weight_decay=weight_decay,
-        amsgrad=amsgrad,
-        finite_scan=all_finite,
+    hyper = dict(
+        lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad
     )
-    return _adam(params, grads, state, h, decoupled=False)
+    return _adam(params, grads, state, hyper, decoupled=False)
 
 
 def adamw_step(
@@ -157,18 +174,10 @@ def adamw_step(
     amsgrad: bool = False,
 ) -> tuple[np.ndarray, AdamState]:
     """One ``torch.optim.AdamW`` step: p *= 1 - lr * wd, then Adam without wd."""
-    h = validate_adam(
-        params,
-        grads,
-        state,
-        lr=lr,
-        betas=betas,
-        eps=eps,
-        weight_decay=weight_decay,
-        amsgrad=amsgrad,
-        finite_scan=all_finite,
+    hyper = dict(
+        lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad
     )
-    return _adam(params, grads, state, h, decoupled=True)
+    return _adam(params, grads, state, hyper, decoupled=True)
 
 
 def rmsprop_step(
@@ -184,10 +193,7 @@ def rmsprop_step(
     centered: bool = False,
 ) -> tuple[np.ndarray, RMSpropState]:
     """One ``torch.optim.RMSprop`` step (see ``cllm_spec.optim``)."""
-    h = validate_rmsprop(
-        params,
-        grads,
-        state,
+    hyper = dict(
         lr=lr,
         alpha=alpha,
         eps=eps,
@@ -196,6 +202,8 @@ def rmsprop_step(
         centered=centered,
         finite_scan=all_finite,
     )
+    in_kernel = _scans_in_kernel(params)
+    h = validate_rmsprop(params, grads, state, **hyper, check_finite=not in_kernel)
     p, g = arr("params", params), arr("grads", grads)
     sq = arr("state.square_avg", state.square_avg)
     buf = arr("state.momentum_buffer", state.momentum_buffer)
@@ -220,7 +228,9 @@ def rmsprop_step(
         ptr(buf_out),
         ptr(ga_out),
     )
-    check(status, "rmsprop_step")
+    _check_step(
+        status, "rmsprop_step", lambda: validate_rmsprop(params, grads, state, **hyper)
+    )
     new_state = RMSpropState(
         square_avg=sq_out,
         momentum_buffer=buf_out,
@@ -241,16 +251,15 @@ def adagrad_step(
     eps: float = 1e-10,
 ) -> tuple[np.ndarray, AdagradState]:
     """One ``torch.optim.Adagrad`` step (see ``cllm_spec.optim``)."""
-    h = validate_adagrad(
-        params,
-        grads,
-        state,
+    hyper = dict(
         lr=lr,
         lr_decay=lr_decay,
         weight_decay=weight_decay,
         eps=eps,
         finite_scan=all_finite,
     )
+    in_kernel = _scans_in_kernel(params)
+    h = validate_adagrad(params, grads, state, **hyper, check_finite=not in_kernel)
     p, g, s = arr("params", params), arr("grads", grads), arr("state.sum", state.sum)
     t = int(state.step) + 1
     p_out, s_out = _new(p, 2)
@@ -265,5 +274,7 @@ def adagrad_step(
         ptr(p_out),
         ptr(s_out),
     )
-    check(status, "adagrad_step")
+    _check_step(
+        status, "adagrad_step", lambda: validate_adagrad(params, grads, state, **hyper)
+    )
     return p_out, AdagradState(sum=s_out, step=t)

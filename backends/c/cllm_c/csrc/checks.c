@@ -65,6 +65,17 @@ typedef struct {
     finite_fn scan;
 } finite_job;
 
+int cllm_finite_span(const float *x, int64_t len)
+{
+#if CLLM_X86
+    if (cllm_simd_current >= CLLM_SIMD_AVX512)
+        return finite_avx512_f32(x, len);
+    if (cllm_simd_current >= CLLM_SIMD_AVX2)
+        return finite_avx2_f32(x, len);
+#endif
+    return finite_scalar_f32(x, len);
+}
+
 static void finite_task(void *arg, int64_t q, int worker)
 {
     const finite_job *j = arg;
@@ -93,17 +104,12 @@ static int run(const void *x, size_t size, int64_t n, finite_fn scan, int *out)
     return CLLM_OK;
 }
 
+static int finite_span_f32(const void *x, int64_t len) { return cllm_finite_span(x, len); }
+
 int cllm_all_finite(const float *x, int64_t n, int *out)
 {
     CLLM_CHECK(x && out && n >= 0);
-    finite_fn scan = finite_scalar_f32;
-#if CLLM_X86
-    if (cllm_simd_current >= CLLM_SIMD_AVX512)
-        scan = finite_avx512_f32;
-    else if (cllm_simd_current >= CLLM_SIMD_AVX2)
-        scan = finite_avx2_f32;
-#endif
-    return run(x, sizeof *x, n, scan, out);
+    return run(x, sizeof *x, n, finite_span_f32, out);
 }
 
 int cllm_all_finite_f64(const double *x, int64_t n, int *out)

@@ -49,6 +49,9 @@ void cllm_parallel(int64_t chunks, int nt, cllm_chunk_fn fn, void *ctx);
             return CLLM_ERR_ARG;     \
     } while (0)
 
+/* checks.c: 1 iff none of x[0, len) is NaN or +-inf (one block, this thread) */
+int cllm_finite_span(const float *x, int64_t len);
+
 void *cllm_alloc(size_t bytes);
 void cllm_free(void *p);
 

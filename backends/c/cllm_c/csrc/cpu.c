@@ -33,6 +33,7 @@ const char *cllm_strerror(int status)
     case CLLM_ERR_REFCOUNT: return "reference count error";
     case CLLM_ERR_EMPTY: return "empty";
     case CLLM_ERR_SYSTEM: return "system call failed";
+    case CLLM_ERR_NONFINITE: return "non-finite input (NaN or inf)";
     default: return "unknown status";
     }
 }

@@ -156,21 +156,32 @@ typedef struct {
     float *out[4];
     int64_t n;
     void (*step)(const void *job, int64_t i0, int64_t len);
+    int nin;      /* inputs in use */
+    int nonfinite; /* set when some input element is NaN or inf */
 } optim_job;
 
+/* Every input block is scanned for NaN and inf right after the step has read
+ * it, from L2: the wrapper then need not scan the five (P,) buffers from
+ * memory before the call (csrc/checks.c; 3.6 -> 3.9 ms for the kernel on
+ * 1.3M parameters against 2.7 ms of scans). A non-finite input makes the
+ * call return CLLM_ERR_NONFINITE: its outputs are then garbage, the inputs
+ * untouched. */
 static void optim_task(void *arg, int64_t q, int worker)
 {
-    const optim_job *j = arg;
-    int64_t i0 = q * BLOCK;
+    optim_job *j = arg;
+    int64_t i0 = q * BLOCK, len = j->n - i0 < BLOCK ? j->n - i0 : BLOCK;
     (void)worker;
-    j->step(j, i0, j->n - i0 < BLOCK ? j->n - i0 : BLOCK);
+    j->step(j, i0, len);
+    for (int k = 0; k < j->nin; k++)
+        if (!cllm_finite_span(j->in[k] + i0, len))
+            __atomic_store_n(&j->nonfinite, 1, __ATOMIC_RELAXED);
 }
 
 static int optim_run(optim_job *j)
 {
     cllm_parallel((j->n + BLOCK - 1) / BLOCK, cllm_threads_for(j->n, BLOCK * 2),
                   optim_task, j);
-    return CLLM_OK;
+    return j->nonfinite ? CLLM_ERR_NONFINITE : CLLM_OK;
 }
 
 #define IN(k) (j->in[k] + i0)
@@ -205,7 +216,7 @@ int cllm_sgd_step(const float *p, const float *g, const float *buf, int64_t n,
 {
     CLLM_CHECK(p && g && buf && p_out && buf_out && n >= 0);
     sgd_t h = {lr, momentum, one_minus_dampening, weight_decay, nesterov, first_step};
-    optim_job j = {&h, {p, g, buf}, {p_out, buf_out}, n, sgd_step_block};
+    optim_job j = {&h, {p, g, buf}, {p_out, buf_out}, n, sgd_step_block, 3, 0};
     return optim_run(&j);
 }
 
@@ -220,7 +231,7 @@ int cllm_adam_step(const float *p, const float *g, const float *m, const float *
     adam_t h = {beta1, beta2, eps, weight_decay, decay_factor, step_size, bc2_sqrt,
                 one_minus_beta1, one_minus_beta2, decoupled, amsgrad};
     optim_job j = {&h, {p, g, m, v, vmax}, {p_out, m_out, v_out, vmax_out}, n,
-                   adam_step_block};
+                   adam_step_block, 5, 0};
     return optim_run(&j);
 }
 
@@ -234,7 +245,7 @@ int cllm_rmsprop_step(const float *p, const float *g, const float *sq,
     CLLM_CHECK(p && g && sq && buf && ga && p_out && sq_out && buf_out && ga_out && n >= 0);
     rms_t h = {lr, alpha, one_minus_alpha, eps, weight_decay, momentum, centered};
     optim_job j = {&h, {p, g, sq, buf, ga}, {p_out, sq_out, buf_out, ga_out}, n,
-                   rms_step_block};
+                   rms_step_block, 5, 0};
     return optim_run(&j);
 }
 
@@ -244,7 +255,7 @@ int cllm_adagrad_step(const float *p, const float *g, const float *sum, int64_t 
 {
     CLLM_CHECK(p && g && sum && p_out && sum_out && n >= 0);
     adagrad_t h = {clr, weight_decay, eps};
-    optim_job j = {&h, {p, g, sum}, {p_out, sum_out}, n, adagrad_step_block};
+    optim_job j = {&h, {p, g, sum}, {p_out, sum_out}, n, adagrad_step_block, 3, 0};
     return optim_run(&j);
 }
 
