@@ -98,6 +98,10 @@ C_MUTANTS = {
         "test_optim.py",
         "test_bad_arrays_raise_typed_errors",
     ),
+    "ce_grad_forward_unscaled": (
+        "test_model.py",
+        "test_forward_and_backward_match_oracle",
+    ),
     "all_finite_misses_tail": (
         "test_checks.py",
         "test_all_finite_finds_one_bad_value_anywhere",

@@ -108,6 +108,15 @@ int cllm_cross_entropy_forward(const float *logits, const int64_t *targets,
                                int64_t n, int64_t v, int64_t ignore_index,
                                double label_smoothing, int reduction, float *probs,
                                float *weight, float *per_row, float *loss);
+/* the forward, writing d loss / d logits (as the backward would with one
+ * dloss of 1) in place of the probabilities, each row while it is in the
+ * cache: a training step's backward then has no pass over (N, V) to make.
+ * dlogits may be logits (in place). */
+int cllm_cross_entropy_forward_grad(const float *logits, const int64_t *targets,
+                                    int64_t n, int64_t v, int64_t ignore_index,
+                                    double label_smoothing, int reduction,
+                                    float *dlogits, float *weight, float *per_row,
+                                    float *loss);
 /* dloss has n entries (reduction none) or 1; dlogits may be probs (in place) */
 int cllm_cross_entropy_backward(const float *probs, const int64_t *targets,
                                 const float *weight, const float *dloss,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cllm_c._lib import arr, check, empty, ids64, kernel, ptr, scalar_out
+from cllm_c._lib import F32, arr, check, empty, ids64, kernel, lib, ptr, scalar_out
 from cllm_spec.losses import (
     DEFAULT_HUBER_DELTA,
     DEFAULT_IGNORE_INDEX,
@@ -98,6 +98,13 @@ def cross_entropy_forward(
     return _cross_entropy(logits, targets, ignore, eps, red)
 
 
+class GradientCache(CrossEntropyCache):
+    """A cross-entropy cache whose ``probs`` holds ``d loss / d logits`` for a
+    ``dloss`` of 1, computed by the forward (``_cross_entropy(grad=True)``)."""
+
+    __slots__ = ()
+
+
 def _cross_entropy(
     logits: np.ndarray,
     targets: np.ndarray,
@@ -105,11 +112,16 @@ def _cross_entropy(
     eps: float,
     red: str,
     in_place: bool = False,
+    grad: bool = False,
 ) -> tuple[np.ndarray, CrossEntropyCache]:
     """The loss and its cache; with ``in_place`` the probabilities are written
     over ``logits`` (when that is a contiguous writeable array), which then no
     longer holds the logits: the model's training forward, which returns no
-    logits, saves an (N, V) buffer that way."""
+    logits, saves an (N, V) buffer that way. With ``grad`` the cache is a
+    :class:`GradientCache`: the gradient for ``dloss = 1`` in place of the
+    probabilities, each row written while it is in the cache (float32; float64
+    runs the backward after), the bits :func:`_cross_entropy_backward` would
+    give."""
     z = arr("logits", logits)
     n, v = z.shape
     dt = z.dtype
@@ -119,13 +131,24 @@ def _cross_entropy(
     weight = empty(n, dtype=dt)
     per_row = empty(n, dtype=dt)
     loss = scalar_out(dt)
-    status = kernel("cllm_cross_entropy_forward", dt)(
+    fused = grad and dt == F32
+    entry = (
+        lib.cllm_cross_entropy_forward_grad
+        if fused
+        else kernel("cllm_cross_entropy_forward", dt)
+    )
+    status = entry(
         ptr(z), tp, n, v, ignore, eps, _REDUCTIONS[red], ptr(probs), ptr(weight),
         ptr(per_row), loss,
     )  # fmt: skip
     check(status, "cross_entropy_forward")
     out = per_row if red == "none" else np.asarray(loss[0], dtype=dt)
-    return out, CrossEntropyCache(probs, targets.copy(), weight, eps, red)
+    cache = CrossEntropyCache(probs, targets.copy(), weight, eps, red)
+    if not grad:
+        return out, cache
+    if not fused:
+        _cross_entropy_backward(np.ones((), dtype=dt), cache, in_place=True)
+    return out, GradientCache(*cache)
 
 
 def cross_entropy_backward(dloss: np.ndarray, cache: CrossEntropyCache) -> np.ndarray:

@@ -40,7 +40,11 @@ capability): the same names, arguments and results as the public kernels, and
 - ``cross_entropy_backward`` writes the logits' gradient over ``cache.probs``
   (the model's backward consumes its cache), and ``cross_entropy_forward(...,
   overwrite=True)`` the probabilities over the logits (the model's
-  ``forward_loss`` returns none): one (N, V) buffer fewer each.
+  ``forward_loss`` returns none): one (N, V) buffer fewer each. Here the
+  forward writes the gradient itself, for the ``dloss`` of 1 the model's
+  backward passes, in place of the probabilities (row by row, while the row
+  is in the cache), and the backward hands it on: one pass over (N, V) fewer
+  per step.
 """
 
 from __future__ import annotations
@@ -65,7 +69,8 @@ from cllm_c.ffn import (
     _linear_backward_groups,
     _residual_layernorm,
 )
-from cllm_c.losses import _cross_entropy, _cross_entropy_backward
+from cllm_c.losses import GradientCache, _cross_entropy, _cross_entropy_backward
+from cllm_spec.errors import ConfigError
 from cllm_spec.protocols import (
     CrossEntropyCache,
     EmbeddingCache,
@@ -194,12 +199,20 @@ def cross_entropy_forward(
     reduction: str = "mean",
     overwrite: bool = False,
 ) -> tuple[np.ndarray, CrossEntropyCache]:
+    ignore = int(ignore_index)
     return _cross_entropy(
-        logits, targets, int(ignore_index), 0.0, reduction, in_place=overwrite
+        logits, targets, ignore, 0.0, reduction, in_place=overwrite, grad=True
     )
 
 
 def cross_entropy_backward(dloss: np.ndarray, cache: CrossEntropyCache) -> np.ndarray:
+    if isinstance(cache, GradientCache):  # the forward's gradient, for dloss = 1
+        if np.shape(dloss) != () or float(dloss) != 1.0:
+            raise ConfigError(
+                f"cross_entropy_backward: the model's gradient is for dloss = 1, "
+                f"got {dloss!r}"
+            )
+        return cache.probs
     # the model's backward consumes its cache: the gradient reuses probs' memory
     return _cross_entropy_backward(dloss, cache, in_place=True)
 

@@ -339,7 +339,7 @@ CLLM_AVX2 static double ce_row_avx2(const float *x, float *p, int64_t v,
 }
 #endif
 
-typedef struct {
+typedef struct ce_job {
     const float *logits;
     const int64_t *targets;
     const float *weight_in, *dloss;
@@ -349,18 +349,28 @@ typedef struct {
     float *probs, *weight, *out;
     int simd;
     int dloss_per_row;
+    const struct ce_job *grad; /* forward: then this backward on each row */
 } ce_job;
+
+static void ce_backward_task(void *arg, int64_t i, int worker);
+static void ce_row_forward(const ce_job *j, int64_t i);
 
 static void ce_forward_task(void *arg, int64_t i, int worker)
 {
     const ce_job *j = arg;
+    ce_row_forward(j, i);
+    if (j->grad) /* the row's gradient while it is in L2 */
+        ce_backward_task((void *)j->grad, i, worker);
+}
+
+static void ce_row_forward(const ce_job *j, int64_t i)
+{
     const float *x = j->logits + i * j->v;
     float m;
     double xsum = 0.0, lse;
     int64_t t = j->targets[i];
     /* the target's logit is read before the row is written: probs may be logits */
     float xt = t == j->ignore_index ? 0.0f : x[t];
-    (void)worker;
 #if CLLM_X86
     if (j->simd >= CLLM_SIMD_AVX2)
         lse = ce_row_avx2(x, j->probs + i * j->v, j->v, &m, j->eps == 0.0 ? NULL : &xsum);
@@ -379,10 +389,9 @@ static void ce_forward_task(void *arg, int64_t i, int worker)
     j->weight[i] = j->scale;
 }
 
-int cllm_cross_entropy_forward(const float *logits, const int64_t *targets,
-                               int64_t n, int64_t v, int64_t ignore_index,
-                               double label_smoothing, int reduction, float *probs,
-                               float *weight, float *per_row, float *loss)
+static int ce_forward(const float *logits, const int64_t *targets, int64_t n, int64_t v,
+                      int64_t ignore_index, double label_smoothing, int reduction,
+                      float *probs, float *weight, float *per_row, float *loss, int grad)
 {
     CLLM_CHECK(logits && targets && probs && weight && per_row && n >= 1 && v >= 1);
     CLLM_CHECK(reduction >= RED_MEAN && reduction <= RED_NONE);
@@ -396,9 +405,16 @@ int cllm_cross_entropy_forward(const float *logits, const int64_t *targets,
             return CLLM_ERR_ID_RANGE;
         count++;
     }
+    /* grad: the backward's job with dloss = 1 (coef = 1 * weight: the bits of
+     * cllm_cross_entropy_backward called so), over the probabilities */
+    static const float one = 1.0f;
+    ce_job back = {NULL, targets, weight, &one, n, v, 0, label_smoothing, 0.0f,
+                   (float)(label_smoothing / (double)v), (float)(1.0 - label_smoothing),
+                   probs, NULL, probs, cllm_simd_current, 0, NULL};
     ce_job j = {logits, targets, NULL, NULL, n, v, ignore_index, label_smoothing,
                 reduction != RED_MEAN ? 1.0f : count ? (float)(1.0 / (double)count) : 0.0f,
-                0.0f, 0.0f, probs, weight, per_row, cllm_simd_current, 0};
+                0.0f, 0.0f, probs, weight, per_row, cllm_simd_current, 0,
+                grad ? &back : NULL};
     cllm_parallel(n, cllm_threads_for(n * v, ELEM_BLOCK), ce_forward_task, &j);
     if (loss && reduction != RED_NONE) {
         double total = 0.0;
@@ -410,6 +426,25 @@ int cllm_cross_entropy_forward(const float *logits, const int64_t *targets,
             *loss = count ? (float)(total / (double)count) : NAN;
     }
     return CLLM_OK;
+}
+
+int cllm_cross_entropy_forward(const float *logits, const int64_t *targets,
+                               int64_t n, int64_t v, int64_t ignore_index,
+                               double label_smoothing, int reduction, float *probs,
+                               float *weight, float *per_row, float *loss)
+{
+    return ce_forward(logits, targets, n, v, ignore_index, label_smoothing, reduction,
+                      probs, weight, per_row, loss, 0);
+}
+
+int cllm_cross_entropy_forward_grad(const float *logits, const int64_t *targets,
+                                    int64_t n, int64_t v, int64_t ignore_index,
+                                    double label_smoothing, int reduction,
+                                    float *dlogits, float *weight, float *per_row,
+                                    float *loss)
+{
+    return ce_forward(logits, targets, n, v, ignore_index, label_smoothing, reduction,
+                      dlogits, weight, per_row, loss, 1);
 }
 
 static void ce_back_row_scalar(const float *p, float *d, int64_t v, float off,
@@ -469,7 +504,7 @@ int cllm_cross_entropy_backward(const float *probs, const int64_t *targets,
             return CLLM_ERR_ID_RANGE;
     ce_job j = {NULL, targets, weight, dloss, n, v, 0, label_smoothing, 0.0f,
                 (float)(label_smoothing / (double)v), (float)(1.0 - label_smoothing),
-                (float *)probs, NULL, dlogits, cllm_simd_current, dloss_per_row};
+                (float *)probs, NULL, dlogits, cllm_simd_current, dloss_per_row, NULL};
     cllm_parallel(n, cllm_threads_for(n * v, ELEM_BLOCK), ce_backward_task, &j);
     return CLLM_OK;
 }
