@@ -312,8 +312,7 @@ static double ce_row_scalar(const float *x, float *p, int64_t v, float *m_out,
 #if CLLM_X86
 /* xsum (the row's sum, for label smoothing) only when xsum != NULL: the
  * double conversions are most of the first pass's work */
-CLLM_AVX2 static double ce_row_avx2(const float *x, float *p, int64_t v,
-                                    float *m_out, double *xsum)
+CLLM_AVX2 static void ce_max_avx2(const float *x, int64_t v, float *m_out, double *xsum)
 {
     __m256 m8 = _mm256_set1_ps(-INFINITY);
     __m256d a0 = _mm256_setzero_pd(), a1 = a0;
@@ -333,8 +332,62 @@ CLLM_AVX2 static double ce_row_avx2(const float *x, float *p, int64_t v,
     if (xsum)
         *xsum = cllm_hsum256d(_mm256_add_pd(a0, a1)) + tail;
     *m_out = m;
-    double s = sum_exp_avx2(x, m, p, v);
+}
+
+CLLM_AVX2 static double ce_row_avx2(const float *x, float *p, int64_t v,
+                                    float *m_out, double *xsum)
+{
+    ce_max_avx2(x, v, m_out, xsum);
+    double s = sum_exp_avx2(x, *m_out, p, v);
     scale_row_avx2(p, (float)(1.0 / s), v);
+    return log(s);
+}
+
+/* The training forward's row on AVX-512 (cllm_cross_entropy_forward_grad):
+ * the probabilities are not stored; the sum of exp(x - m) is taken without
+ * them and a third pass takes the same exps again (the same lanes, the same
+ * values) to write the gradient d = (p * inv - off) * coef at once, streamed
+ * past the cache unless it goes over the logits, whose lines this pass has
+ * just read. The ops and roundings of ce_row_avx2 and then ce_back_row_avx2:
+ * the same bits, with one pass over the row and no row of probabilities
+ * written and read back. Returns the lse; *pt the target's probability. */
+CLLM_AVX512 static double ce_grad_row_avx512(const float *x, float *d, int64_t v, float xt,
+                                              float off, float coef, float *m_out,
+                                              double *xsum, float *pt)
+{
+    ce_max_avx2(x, v, m_out, xsum);
+    float m = *m_out;
+    double s = sum_exp_avx512(x, m, NULL, v);
+    float inv = (float)(1.0 / s);
+    __m512 vm = _mm512_set1_ps(m), vi = _mm512_set1_ps(inv);
+    __m512 vo = _mm512_set1_ps(off), vc = _mm512_set1_ps(coef);
+    *pt = _mm512_cvtss_f32(_mm512_mul_ps(cllm_exp512(_mm512_set1_ps(xt - m)), vi));
+    int stream = d != x;
+    int64_t j = 0;
+    if (stream) { /* up to d's first 64-byte boundary, then whole lines */
+        int64_t head = (int64_t)((64 - ((uintptr_t)d & 63)) & 63) / 4;
+        head = head < v ? head : v;
+        __mmask16 k = (__mmask16)((1u << head) - 1u);
+        __m512 p = _mm512_mul_ps(cllm_exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, x), vm)), vi);
+        _mm512_mask_storeu_ps(d, k, _mm512_mul_ps(_mm512_sub_ps(p, vo), vc));
+        j = head;
+    }
+    for (; j + 16 <= v; j += 16) {
+        __m512 p = _mm512_mul_ps(cllm_exp512(_mm512_sub_ps(_mm512_loadu_ps(x + j), vm)), vi);
+        __m512 r = _mm512_mul_ps(_mm512_sub_ps(p, vo), vc);
+        if (stream)
+            _mm512_stream_ps(d + j, r);
+        else
+            _mm512_storeu_ps(d + j, r);
+    }
+    if (j < v) {
+        __mmask16 k = (__mmask16)((1u << (v - j)) - 1u);
+        __m512 p = _mm512_mul_ps(
+            cllm_exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + j), vm)), vi);
+        _mm512_mask_storeu_ps(d + j, k, _mm512_mul_ps(_mm512_sub_ps(p, vo), vc));
+    }
+    if (stream)
+        _mm_sfence(); /* order the streamed stores before the caller's fix-up */
     return log(s);
 }
 #endif
@@ -358,6 +411,12 @@ static void ce_row_forward(const ce_job *j, int64_t i);
 static void ce_forward_task(void *arg, int64_t i, int worker)
 {
     const ce_job *j = arg;
+#if CLLM_X86
+    if (j->grad && j->simd >= CLLM_SIMD_AVX512) {
+        ce_row_forward(j, i); /* the gradient in the row's own passes */
+        return;
+    }
+#endif
     ce_row_forward(j, i);
     if (j->grad) /* the row's gradient while it is in L2 */
         ce_backward_task((void *)j->grad, i, worker);
@@ -371,9 +430,19 @@ static void ce_row_forward(const ce_job *j, int64_t i)
     int64_t t = j->targets[i];
     /* the target's logit is read before the row is written: probs may be logits */
     float xt = t == j->ignore_index ? 0.0f : x[t];
+    double *want_xsum = j->eps == 0.0 ? NULL : &xsum;
 #if CLLM_X86
-    if (j->simd >= CLLM_SIMD_AVX2)
-        lse = ce_row_avx2(x, j->probs + i * j->v, j->v, &m, j->eps == 0.0 ? NULL : &xsum);
+    if (j->grad && j->simd >= CLLM_SIMD_AVX512) {
+        const ce_job *b = j->grad;
+        float *d = j->probs + i * j->v, pt;
+        int counted = t != j->ignore_index;
+        /* the backward's coef for dloss = 1: 1 * weight */
+        float coef = 1.0f * (counted ? j->scale : 0.0f);
+        lse = ce_grad_row_avx512(x, d, j->v, xt, b->off, coef, &m, want_xsum, &pt);
+        if (counted)
+            d[t] = ((pt - b->off) - b->hit) * coef;
+    } else if (j->simd >= CLLM_SIMD_AVX2)
+        lse = ce_row_avx2(x, j->probs + i * j->v, j->v, &m, want_xsum);
     else
 #endif
         lse = ce_row_scalar(x, j->probs + i * j->v, j->v, &m, &xsum);
