@@ -879,9 +879,12 @@ def test_attention_in_the_token_layout_gives_the_head_layouts_bits(b, t, nh, hs)
         np.testing.assert_array_equal(got, want)
 
 
+# the finite check reads each row 16 floats at a time, then a masked tail:
+# HS 8 is all tail, HS 20 a whole vector (col 0) and a tail (col 19)
+@pytest.mark.parametrize(("hs", "col"), [(8, 0), (20, 0), (20, 19)])
 @pytest.mark.parametrize("t", [40, 400])  # 400: K of the products in two slices
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
-def test_causal_attention_skips_masked_work_only_when_it_is_all_finite(bad, t):
+def test_causal_attention_skips_masked_work_only_when_it_is_all_finite(bad, t, hs, col):
     # The causal products skip the zeros of att and ds past each query's last
     # key (cllm_sgemm_causal): the same bits as the whole product, as long as
     # what those zeros multiply is finite (the plain, non-causal-flagged
@@ -889,7 +892,7 @@ def test_causal_attention_skips_masked_work_only_when_it_is_all_finite(bad, t):
     # inf there must still reach the rows the whole product reaches with it
     # (0 * inf is NaN), as in the reference: the kernels check and fall back.
     lib, ffi, ptr = _lib.lib, _lib.ffi, _lib.ptr
-    b, nh, hs, late = 1, 2, 8, 30
+    b, nh, late = 1, 2, 30
     rng = np.random.default_rng(7)
     q, k, v, dout = (_normal(rng, b, nh, t, hs) for _ in range(4))
     heads = ffi.new("cllm_layout[7]", [(nh * t * hs, t * hs, hs)] * 7)
@@ -920,14 +923,14 @@ def test_causal_attention_skips_masked_work_only_when_it_is_all_finite(bad, t):
                            strict=True):  # fmt: skip
         assert fast.tobytes() == whole.tobytes()
     v_bad = v.copy()
-    v_bad[0, 0, late, 0] = bad  # key `late` is hidden from queries < late
+    v_bad[0, 0, late, col] = bad  # key `late` is hidden from queries < late
     got, _ = forward(v_bad)
-    assert np.isnan(got[0, 0, :late, 0]).all(), "0 * inf behind the mask was skipped"
+    assert np.isnan(got[0, 0, :late, col]).all(), "0 * inf behind the mask was skipped"
     np.testing.assert_array_equal(got[0, 1], clean[0, 1])  # the other head
     dout_bad = dout.copy()
-    dout_bad[0, 0, 3, 0] = bad  # query 3 sees keys <= 3 only
+    dout_bad[0, 0, 3, col] = bad  # query 3 sees keys <= 3 only
     fast, whole = backward(dout_bad, att, True), backward(dout_bad, att, False)
-    assert not np.isfinite(whole[2][0, 0, 4:, 0]).any()  # dv: att^T dout
+    assert not np.isfinite(whole[2][0, 0, 4:, col]).any()  # dv: att^T dout
     for f, w in zip(fast, whole, strict=True):
         np.testing.assert_array_equal(f, w)  # NaN where the whole product has NaN
 

@@ -48,6 +48,52 @@ BODY int finite_block_f64(const void *p, int64_t len)
     return top < 0x7ff0000000000000ull;
 }
 
+/* rows x cols floats at row stride ld: one running maximum over all rows, so
+ * a short row costs no call or reduction of its own (the attention checks
+ * (T, HS) blocks of a wider QKV row) */
+BODY int finite_rows_f32(const float *x, int64_t rows, int64_t cols, int64_t ld)
+{
+    uint32_t top = 0;
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t i = 0; i < cols; i++) {
+            uint32_t bits;
+            memcpy(&bits, x + r * ld + i, sizeof bits);
+            bits &= 0x7fffffffu;
+            top = bits > top ? bits : top;
+        }
+    return top < 0x7f800000u;
+}
+
+#if CLLM_X86
+/* the same maximum 16 lanes at a time, the row's tail through a mask (the
+ * masked-off lanes read as 0, and are not read) */
+CLLM_AVX512 static int finite_rows_avx512(const float *x, int64_t rows, int64_t cols,
+                                          int64_t ld)
+{
+    __m512i top = _mm512_setzero_si512(), abs = _mm512_set1_epi32(0x7fffffff);
+    int64_t whole = cols - cols % 16;
+    __mmask16 tail = (__mmask16)((1u << (cols % 16)) - 1u);
+    for (int64_t r = 0; r < rows; r++) {
+        const float *row = x + r * ld;
+        for (int64_t i = 0; i < whole; i += 16)
+            top = _mm512_max_epu32(top, _mm512_and_si512(_mm512_loadu_si512(row + i), abs));
+        if (tail)
+            top = _mm512_max_epu32(
+                top, _mm512_and_si512(_mm512_maskz_loadu_epi32(tail, row + whole), abs));
+    }
+    return _mm512_reduce_max_epu32(top) < 0x7f800000u;
+}
+#endif
+
+int cllm_finite_rows(const float *x, int64_t rows, int64_t cols, int64_t ld)
+{
+#if CLLM_X86
+    if (cllm_simd_current >= CLLM_SIMD_AVX512)
+        return finite_rows_avx512(x, rows, cols, ld);
+#endif
+    return finite_rows_f32(x, rows, cols, ld);
+}
+
 typedef int (*finite_fn)(const void *, int64_t);
 
 static int finite_scalar_f32(const void *x, int64_t len) { return finite_block_f32(x, len); }

@@ -51,6 +51,8 @@ void cllm_parallel(int64_t chunks, int nt, cllm_chunk_fn fn, void *ctx);
 
 /* checks.c: 1 iff none of x[0, len) is NaN or +-inf (one block, this thread) */
 int cllm_finite_span(const float *x, int64_t len);
+/* checks.c: the same for rows x cols floats at row stride ld */
+int cllm_finite_rows(const float *x, int64_t rows, int64_t cols, int64_t ld);
 
 void *cllm_alloc(size_t bytes);
 void cllm_free(void *p);
