@@ -11,8 +11,6 @@ ignored rows, both reductions the model uses, label smoothing and in place.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 
@@ -28,14 +26,6 @@ from cllm_c.losses import (  # noqa: E402
 from cllm_spec.errors import ConfigError  # noqa: E402
 
 
-@pytest.fixture
-def levels() -> Iterator[list[str]]:
-    saved, threads = _lib.simd_level(), cllm_c.num_threads()
-    yield [v for v in ("scalar", "avx2+fma", "avx512") if _lib.set_simd(v) == v]
-    _lib.set_simd(saved)
-    cllm_c.set_num_threads(threads)
-
-
 def _problem(dtype: type, n: int = 70, v: int = 261) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(n + v)
     logits = (3.0 * rng.standard_normal((n, v))).astype(dtype)
@@ -49,10 +39,10 @@ def _problem(dtype: type, n: int = 70, v: int = 261) -> tuple[np.ndarray, np.nda
 @pytest.mark.parametrize("in_place", (False, True))
 @pytest.mark.parametrize("dtype", (np.float32, np.float64))
 def test_the_forwards_gradient_is_the_bits_of_forward_then_backward(
-    reduction, smoothing, in_place, dtype, levels
+    reduction, smoothing, in_place, dtype, simd_levels
 ):
     logits, targets = _problem(dtype)
-    for level in levels:
+    for level in simd_levels:
         _lib.set_simd(level)
         for threads in (1, 2):
             cllm_c.set_num_threads(threads)

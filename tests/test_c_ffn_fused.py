@@ -13,8 +13,6 @@ threads. The conformance suite checks the values against the reference.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 
@@ -30,15 +28,6 @@ F32 = np.float32
 #: takes the matrix-vector path
 SHAPES = ((37, 24, 50), (96, 400, 64), (130, 128, 512), (5, 16, 40), (1, 8, 8))
 KINDS = ("relu", "gelu", "gelu_tanh")
-
-
-@pytest.fixture
-def levels() -> Iterator[list[str]]:
-    """The SIMD levels this CPU has, scalar included; restores level and threads."""
-    saved, threads = _lib.simd_level(), cllm_c.num_threads()
-    yield [v for v in ("scalar", "avx2+fma", "avx512") if _lib.set_simd(v) == v]
-    _lib.set_simd(saved)
-    cllm_c.set_num_threads(threads)
 
 
 def _block(rng: np.random.Generator, n: int, c: int, f: int) -> tuple[np.ndarray, ...]:
@@ -62,12 +51,12 @@ def _same(got: np.ndarray, want: np.ndarray, what: str) -> None:
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("kind", KINDS)
-def test_the_fused_block_has_the_bits_of_its_separate_kernels(shape, kind, levels):
+def test_the_fused_block_has_the_bits_of_its_separate_kernels(shape, kind, simd_levels):
     n, c, f = shape
     x, w_fc, b_fc, w_proj, b_proj, dy = _block(
         np.random.default_rng(n + c + f), n, c, f
     )
-    for level in levels:
+    for level in simd_levels:
         _lib.set_simd(level)
         for threads in (1, 2):
             cllm_c.set_num_threads(threads)
@@ -97,7 +86,7 @@ def test_the_fused_block_has_the_bits_of_its_separate_kernels(shape, kind, level
                 _same(g, want, f"{name} ({at})")
 
 
-def test_the_fused_backward_keeps_nan_and_the_relu_kink(levels):
+def test_the_fused_backward_keeps_nan_and_the_relu_kink(simd_levels):
     """ReLU passes a NaN input's gradient and zeroes h <= 0 (h = 0 included);
     the fused tile must do what activation_backward does there too."""
     n, c, f = 24, 16, 32
@@ -107,7 +96,7 @@ def test_the_fused_backward_keeps_nan_and_the_relu_kink(levels):
     h[0, :4] = (np.nan, 0.0, -0.0, np.inf)
     act = ActivationCache(h, "relu")
     fc, proj = cache.fc, cache.proj
-    for level in levels:
+    for level in simd_levels:
         _lib.set_simd(level)
         da, _, _ = cllm_c.linear_backward(dy, proj)
         want = cllm_c.activation_backward(da, act)
