@@ -223,16 +223,17 @@ def test_avx512_softmax_and_cross_entropy_are_the_avx2_bits(rng, threads):
         assert got["avx512"] == got["avx2+fma"], v
 
 
-def test_gradient_sum_of_squares_is_the_same_bits_on_every_simd_level(rng, threads):
+def test_gradient_sum_of_squares_is_the_same_bits_on_every_simd_level(
+    rng, threads, simd_levels
+):
     """Eight interleaved double sums per block, combined in a fixed order: the
     scalar, AVX2 and AVX-512 builds of it agree bit for bit, and with the
     float64 sum to rounding; lengths around the 8 lanes and the 16384 block."""
-    levels = [v for v in ("scalar", "avx2+fma", "avx512") if _lib.set_simd(v) == v]
     out = _lib.ffi.new("double *")
     for n in (1, 7, 8, 9, 16383, 16385, 40001):
         g = _normal(rng, n, scale=3.0)
         got = set()
-        for level in levels:
+        for level in simd_levels:
             _lib.set_simd(level)
             assert _lib.lib.cllm_grad_sumsq_scaled(_lib.ptr(g), n, 0, out) == 0
             got.add(out[0])
@@ -241,26 +242,25 @@ def test_gradient_sum_of_squares_is_the_same_bits_on_every_simd_level(rng, threa
         assert abs(got.pop() - want) <= 1e-12 * want
 
 
-def test_column_sums_are_the_same_bits_on_every_simd_level(rng, threads):
+def test_column_sums_are_the_same_bits_on_every_simd_level(rng, threads, simd_levels):
     """Bias and layer-norm parameter gradients are double sums in row order on
     every path, so each level gives the bits of the scalar twin (and the
     float64 sum, rounded once); widths around the 16-lane vectors and the
     64-column chunks. The x * y sums go through the layer norm's dweight."""
-    levels = [v for v in ("scalar", "avx2+fma", "avx512") if _lib.set_simd(v) == v]
-    assert levels[0] == "scalar"
+    assert simd_levels[0] == "scalar"
     for rows, cols in [(1, 1), (3, 7), (17, 16), (33, 65), (129, 100), (7, 300)]:
         dy, x = _normal(rng, rows, cols), _normal(rng, rows, cols)
         w, b = _normal(rng, cols), _normal(rng, cols)
         got = {}
         _lib.set_simd("scalar")  # one x_hat for all (its forward's bits vary by level)
         _, cache = cllm_c.layernorm_forward(x, w, b)
-        for lvl in levels:
+        for lvl in simd_levels:
             _lib.set_simd(lvl)
             db = _lib.empty((cols,), F32)
             assert _lib.lib.cllm_column_sum(_lib.ptr(dy), _lib.ptr(db), rows, cols) == 0
             _, dw, dbias = cllm_c.layernorm_backward(dy, cache)
             got[lvl] = (db, dw, dbias)
-        for lvl in levels:
+        for lvl in simd_levels:
             for one, base in zip(got[lvl], got["scalar"], strict=True):
                 assert one.tobytes() == base.tobytes(), (lvl, rows, cols)
         want = dy.astype(np.float64).sum(0).astype(F32)
@@ -884,7 +884,9 @@ def test_attention_in_the_token_layout_gives_the_head_layouts_bits(b, t, nh, hs)
 @pytest.mark.parametrize(("hs", "col"), [(8, 0), (20, 0), (20, 19)])
 @pytest.mark.parametrize("t", [40, 400])  # 400: K of the products in two slices
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
-def test_causal_attention_skips_masked_work_only_when_it_is_all_finite(bad, t, hs, col):
+def test_causal_attention_skips_masked_work_only_when_it_is_all_finite(
+    bad, t, hs, col, simd_levels
+):
     # The causal products skip the zeros of att and ds past each query's last
     # key (cllm_sgemm_causal): the same bits as the whole product, as long as
     # what those zeros multiply is finite (the plain, non-causal-flagged
@@ -918,21 +920,23 @@ def test_causal_attention_skips_masked_work_only_when_it_is_all_finite(bad, t, h
         assert status == lib.CLLM_OK
         return grads
 
-    clean, att = forward(v)
-    for fast, whole in zip(backward(dout, att, True), backward(dout, att, False),
-                           strict=True):  # fmt: skip
-        assert fast.tobytes() == whole.tobytes()
-    v_bad = v.copy()
-    v_bad[0, 0, late, col] = bad  # key `late` is hidden from queries < late
-    got, _ = forward(v_bad)
-    assert np.isnan(got[0, 0, :late, col]).all(), "0 * inf behind the mask was skipped"
-    np.testing.assert_array_equal(got[0, 1], clean[0, 1])  # the other head
-    dout_bad = dout.copy()
-    dout_bad[0, 0, 3, col] = bad  # query 3 sees keys <= 3 only
-    fast, whole = backward(dout_bad, att, True), backward(dout_bad, att, False)
-    assert not np.isfinite(whole[2][0, 0, 4:, col]).any()  # dv: att^T dout
-    for f, w in zip(fast, whole, strict=True):
-        np.testing.assert_array_equal(f, w)  # NaN where the whole product has NaN
+    for level in simd_levels:  # each level's finite check
+        _lib.set_simd(level)
+        clean, att = forward(v)
+        for fast, whole in zip(backward(dout, att, True), backward(dout, att, False),
+                               strict=True):  # fmt: skip
+            assert fast.tobytes() == whole.tobytes()
+        v_bad = v.copy()
+        v_bad[0, 0, late, col] = bad  # key `late` is hidden from queries < late
+        got, _ = forward(v_bad)
+        assert np.isnan(got[0, 0, :late, col]).all(), f"0 * inf skipped ({level})"
+        np.testing.assert_array_equal(got[0, 1], clean[0, 1])  # the other head
+        dout_bad = dout.copy()
+        dout_bad[0, 0, 3, col] = bad  # query 3 sees keys <= 3 only
+        fast, whole = backward(dout_bad, att, True), backward(dout_bad, att, False)
+        assert not np.isfinite(whole[2][0, 0, 4:, col]).any()  # dv: att^T dout
+        for f, w in zip(fast, whole, strict=True):
+            np.testing.assert_array_equal(f, w)  # NaN where the whole product has NaN
 
 
 def test_a_steps_worth_of_big_buffers_is_mapped_once():

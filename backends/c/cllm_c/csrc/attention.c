@@ -177,26 +177,13 @@ CLLM_AVX2 static void softmax_grad_row_avx2(const float *a, float *d, int64_t n)
 }
 #endif
 
-/* no inf or NaN in rows x cols at row stride ld (checks.c: vectorized; it
- * had been a fifth of the attention backward's time as a scalar loop) */
-static int rows_finite(const float *x, int64_t rows, int64_t cols, int64_t ld)
-{
-    return cllm_finite_rows(x, rows, cols, ld);
-}
-
 /* rows x cols at row stride ld, times s: one multiply per element, so every
  * SIMD level gives the same bits */
-static inline __attribute__((always_inline)) void
-scale_rows_body(float *x, int64_t rows, int64_t cols, int64_t ld, float s)
+static void scale_rows_scalar(float *x, int64_t rows, int64_t cols, int64_t ld, float s)
 {
     for (int64_t r = 0; r < rows; r++)
         for (int64_t i = 0; i < cols; i++)
             x[r * ld + i] *= s;
-}
-
-static void scale_rows_scalar(float *x, int64_t rows, int64_t cols, int64_t ld, float s)
-{
-    scale_rows_body(x, rows, cols, ld, s);
 }
 
 #if CLLM_X86
@@ -294,7 +281,7 @@ static void att_forward_task(void *arg, int64_t p, int worker)
     }
     /* out (Tq, HS) = att (Tq, Tk) v (Tk, HS): past a row's last visible key
      * att is 0, and 0 * v adds nothing unless v holds an inf or NaN */
-    int skip = j->causal && rows_finite(vp, tk, hs, l[L_V].row);
+    int skip = j->causal && cllm_finite_rows(vp, tk, hs, l[L_V].row);
     cllm_sgemm_causal(skip ? CLLM_CAUSAL_PREFIX : CLLM_CAUSAL_NONE, shift, 0, 0, tq, hs, tk,
                       ap, tk, vp, l[L_V].row, j->out + pair_at(l[L_OUT], p, nh),
                       l[L_OUT].row, w);
@@ -373,8 +360,9 @@ static void att_backward_task(void *arg, int64_t p, int worker)
     /* Under a causal mask att and ds are 0 past each query's last key: the
      * products skip those zeros (the same bits, see cllm_sgemm_causal) when
      * every operand they would have multiplied is finite */
-    int skip = j->causal && rows_finite(g, tq, hs, ldo) && rows_finite(qp, tq, hs, ldq)
-               && rows_finite(kp, tk, hs, ldk) && rows_finite(vp, tk, hs, ldv);
+    int skip = j->causal && cllm_finite_rows(g, tq, hs, ldo)
+               && cllm_finite_rows(qp, tq, hs, ldq) && cllm_finite_rows(kp, tk, hs, ldk)
+               && cllm_finite_rows(vp, tk, hs, ldv);
     int cols = skip ? CLLM_CAUSAL_COLS : CLLM_CAUSAL_NONE;
     int prefix = skip ? CLLM_CAUSAL_PREFIX : CLLM_CAUSAL_NONE;
     int suffix = skip ? CLLM_CAUSAL_SUFFIX : CLLM_CAUSAL_NONE;
