@@ -102,6 +102,10 @@ C_MUTANTS = {
         "test_model.py",
         "test_forward_and_backward_match_oracle",
     ),
+    "attention_blocks_dk_unscaled": (
+        "test_attention_training_shapes.py",
+        "test_mha_forward_and_backward_match_oracle_at_training_shapes",
+    ),
     "all_finite_misses_tail": (
         "test_checks.py",
         "test_all_finite_finds_one_bad_value_anywhere",

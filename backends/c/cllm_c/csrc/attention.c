@@ -7,6 +7,7 @@
  * depend on the thread count. Masked entries get probability exactly 0 and
  * a query that sees no key gets a zero row (the spec's deviation from
  * PyTorch's NaN). */
+#include "attention_blocks.h"
 #include "gemm.h"
 #include "simd_math.h"
 
@@ -246,6 +247,7 @@ typedef struct {
     const uint8_t *mask;
     int64_t nh, tq, tk, hs;
     int causal, simd;
+    int blocks; /* finite pairs go through attention_blocks.c */
     float scale;
     float *out, *att, *dq, *dk, *dv, *work;
     size_t per, gemm_floats;
@@ -253,21 +255,10 @@ typedef struct {
     cllm_layout lay[L_COUNT]; /* L_OUT is out (forward) or dout (backward) */
 } att_job;
 
-static void att_forward_task(void *arg, int64_t p, int worker)
+/* the masked softmax of each of a pair's rows of scores, in place */
+static void softmax_rows(const att_job *j, float *ap, const uint8_t *mp)
 {
-    const att_job *j = arg;
-    int64_t tq = j->tq, tk = j->tk, hs = j->hs, nh = j->nh;
-    const cllm_layout *l = j->lay;
-    float *w = j->work + j->per * (size_t)worker;
-    const float *qp = j->q + pair_at(l[L_Q], p, nh);
-    const float *kp = j->k + pair_at(l[L_K], p, nh), *vp = j->v + pair_at(l[L_V], p, nh);
-    const uint8_t *mp = j->mask ? j->mask + (p / j->nh) * tk : NULL;
-    float *ap = j->att + p * tq * tk;
-    int64_t shift = tk - tq;
-    /* scores (Tq, Tk) = q (Tq, HS) k^T (HS, Tk); under a causal mask the
-     * hidden ones are not computed (the softmax never reads them) */
-    cllm_sgemm_causal(j->causal ? CLLM_CAUSAL_COLS : CLLM_CAUSAL_NONE, shift, 0, 1, tq, tk,
-                      hs, qp, l[L_Q].row, kp, l[L_K].row, ap, tk, w);
+    int64_t tq = j->tq, tk = j->tk;
     for (int64_t i = 0; i < tq; i++) {
         /* bottom-right causal alignment: query i sees j <= i + Tk - Tq */
         int64_t limit = j->causal ? i + (tk - tq) + 1 : tk;
@@ -279,12 +270,58 @@ static void att_forward_task(void *arg, int64_t p, int worker)
 #endif
         att_row_scalar(ap + i * tk, tk, limit, mp, j->scale);
     }
-    /* out (Tq, HS) = att (Tq, Tk) v (Tk, HS): past a row's last visible key
-     * att is 0, and 0 * v adds nothing unless v holds an inf or NaN */
+}
+
+static void att_forward_task(void *arg, int64_t p, int worker)
+{
+    const att_job *j = arg;
+    int64_t tq = j->tq, tk = j->tk, hs = j->hs, nh = j->nh;
+    const cllm_layout *l = j->lay;
+    float *w = j->work + j->per * (size_t)worker;
+    const float *qp = j->q + pair_at(l[L_Q], p, nh);
+    const float *kp = j->k + pair_at(l[L_K], p, nh), *vp = j->v + pair_at(l[L_V], p, nh);
+    const uint8_t *mp = j->mask ? j->mask + (p / j->nh) * tk : NULL;
+    float *ap = j->att + p * tq * tk, *op = j->out + pair_at(l[L_OUT], p, nh);
+    int64_t shift = tk - tq;
+    /* out = att v: past a row's last visible key att is 0, and 0 * v adds
+     * nothing unless v holds an inf or NaN */
     int skip = j->causal && cllm_finite_rows(vp, tk, hs, l[L_V].row);
+#if CLLM_X86
+    if (skip && j->blocks) {
+        cllm_att_over_keys(qp, l[L_Q].row, tq, kp, l[L_K].row, tk, hs, shift, ap, w);
+        softmax_rows(j, ap, mp);
+        cllm_att_mix(ap, tq, tk, shift, vp, l[L_V].row, hs, op, l[L_OUT].row, NULL);
+        return;
+    }
+#endif
+    /* scores (Tq, Tk) = q (Tq, HS) k^T (HS, Tk); under a causal mask the
+     * hidden ones are not computed (the softmax never reads them) */
+    cllm_sgemm_causal(j->causal ? CLLM_CAUSAL_COLS : CLLM_CAUSAL_NONE, shift, 0, 1, tq, tk,
+                      hs, qp, l[L_Q].row, kp, l[L_K].row, ap, tk, w);
+    softmax_rows(j, ap, mp);
+    /* out (Tq, HS) = att (Tq, Tk) v (Tk, HS) */
     cllm_sgemm_causal(skip ? CLLM_CAUSAL_PREFIX : CLLM_CAUSAL_NONE, shift, 0, 0, tq, hs, tk,
-                      ap, tk, vp, l[L_V].row, j->out + pair_at(l[L_OUT], p, nh),
-                      l[L_OUT].row, w);
+                      ap, tk, vp, l[L_V].row, op, l[L_OUT].row, w);
+}
+
+/* A pair's products go through attention_blocks.c where they fit (causal,
+ * no padding mask, AVX-512); cllm_attention_blocks(0) sends them all
+ * through the GEMM, so the two can be compared. */
+static int use_blocks = 1;
+void cllm_attention_blocks(int on) { use_blocks = on; }
+
+static int blocks_for(const att_job *j)
+{
+    return use_blocks && j->causal && !j->mask && j->simd >= CLLM_SIMD_AVX512
+           && cllm_att_blocks_fit(j->tq, j->tk, j->hs);
+}
+
+/* per-worker floats: a GEMM's workspace, and the blocks' transposed keys */
+static size_t pair_floats(const att_job *j, int64_t m, int64_t nk)
+{
+    size_t gemm = cllm_gemm_work_floats(m, nk, nk);
+    size_t keys = (size_t)(j->hs * j->tk);
+    return gemm > keys ? gemm : keys;
 }
 
 static int run_forward(att_job *j, int64_t b)
@@ -292,7 +329,8 @@ static int run_forward(att_job *j, int64_t b)
     int64_t tq = j->tq, tk = j->tk, hs = j->hs, pairs = b * j->nh;
     int nt = cllm_threads_for(pairs * tq * tk * hs, (int64_t)1 << 16);
     j->simd = cllm_simd_current;
-    j->per = cllm_gemm_work_floats(tq, tk > hs ? tk : hs, tk > hs ? tk : hs);
+    j->blocks = blocks_for(j);
+    j->per = pair_floats(j, tq, tk > hs ? tk : hs);
     j->work = cllm_alloc(j->per * (size_t)nt * sizeof(float));
     if (!j->work)
         return CLLM_ERR_NOMEM;
@@ -342,6 +380,18 @@ int cllm_attention_forward_ex(const float *q, const float *k, const float *v,
 }
 
 /* ---------------------------------------------------------- backward ---- */
+/* ds = softmax'(da) row by row, in place over da; with `skip` (causal,
+ * finite operands) the keys past each query's last are 0 without work */
+static void softmax_grad_rows(const att_job *j, const float *ap, float *ds, int skip)
+{
+    int64_t tq = j->tq, tk = j->tk, shift = tk - tq;
+    for (int64_t i = 0; i < tq; i++) {
+        int64_t seen = skip && i + shift + 1 < tk ? i + shift + 1 : tk;
+        j->grad_row(ap + i * tk, ds + i * tk, seen);
+        memset(ds + i * tk + seen, 0, (size_t)(tk - seen) * sizeof(float));
+    }
+}
+
 static void att_backward_task(void *arg, int64_t p, int worker)
 {
     const att_job *j = arg;
@@ -366,15 +416,21 @@ static void att_backward_task(void *arg, int64_t p, int worker)
     int cols = skip ? CLLM_CAUSAL_COLS : CLLM_CAUSAL_NONE;
     int prefix = skip ? CLLM_CAUSAL_PREFIX : CLLM_CAUSAL_NONE;
     int suffix = skip ? CLLM_CAUSAL_SUFFIX : CLLM_CAUSAL_NONE;
+#if CLLM_X86
+    if (skip && j->blocks) {
+        cllm_att_mix_t(ap, tq, tk, shift, g, ldo, hs, dvp, lddv, NULL);
+        cllm_att_over_keys(g, ldo, tq, vp, ldv, tk, hs, shift, ds, w);
+        softmax_grad_rows(j, ap, ds, skip);
+        cllm_att_mix(ds, tq, tk, shift, kp, ldk, hs, dqp, lddq, &j->scale);
+        cllm_att_mix_t(ds, tq, tk, shift, qp, ldq, hs, dkp, lddk, &j->scale);
+        return;
+    }
+#endif
     /* dv (Tk, HS) = att^T (Tk, Tq) dout (Tq, HS) */
     cllm_sgemm_causal(suffix, shift, 1, 0, tk, hs, tq, ap, tk, g, ldo, dvp, lddv, w);
     /* da (Tq, Tk) = dout (Tq, HS) v^T (HS, Tk) */
     cllm_sgemm_causal(cols, shift, 0, 1, tq, tk, hs, g, ldo, vp, ldv, ds, tk, w);
-    for (int64_t i = 0; i < tq; i++) {
-        int64_t seen = skip && i + shift + 1 < tk ? i + shift + 1 : tk;
-        j->grad_row(ap + i * tk, ds + i * tk, seen);
-        memset(ds + i * tk + seen, 0, (size_t)(tk - seen) * sizeof(float));
-    }
+    softmax_grad_rows(j, ap, ds, skip);
     /* dq (Tq, HS) = ds (Tq, Tk) k (Tk, HS), then * scale */
     cllm_sgemm_causal(prefix, shift, 0, 0, tq, hs, tk, ds, tk, kp, ldk, dqp, lddq, w);
     scale_rows(dqp, tq, hs, lddq, j->scale, j->simd);
@@ -394,7 +450,8 @@ static int run_backward(att_job *j, int64_t b)
     if (j->simd >= CLLM_SIMD_AVX2)
         j->grad_row = softmax_grad_row_avx2;
 #endif
-    j->gemm_floats = cllm_gemm_work_floats(big, big > hs ? big : hs, big > hs ? big : hs);
+    j->blocks = blocks_for(j);
+    j->gemm_floats = pair_floats(j, big, big > hs ? big : hs);
     j->per = j->gemm_floats + (size_t)(tq * tk) + 16;
     j->work = cllm_alloc(j->per * (size_t)nt * sizeof(float));
     if (!j->work)

@@ -28,6 +28,7 @@
  * cllm_dgemm is the float64 path: plain loops, rows split over threads.
  */
 #include "gemm.h"
+#include "simd_math.h"
 
 #include <string.h>
 
@@ -294,33 +295,6 @@ static inline __mmask16 lanes(int64_t n) /* the first n (0..16) lanes */
     return n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1u);
 }
 
-/* row i of r becomes column i */
-CLLM_AVX512 static inline void transpose16(__m512 r[16])
-{
-    __m512 t[16];
-    for (int i = 0; i < 16; i += 2) {
-        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
-        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
-    }
-    for (int i = 0; i < 16; i += 4) {
-        __m512d t0 = _mm512_castps_pd(t[i]), t1 = _mm512_castps_pd(t[i + 1]);
-        __m512d t2 = _mm512_castps_pd(t[i + 2]), t3 = _mm512_castps_pd(t[i + 3]);
-        r[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(t0, t2));
-        r[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(t0, t2));
-        r[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(t1, t3));
-        r[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(t1, t3));
-    }
-    for (int h = 0; h < 16; h += 8)
-        for (int i = 0; i < 4; i++) {
-            t[h + i] = _mm512_shuffle_f32x4(r[h + i], r[h + i + 4], 0x88);
-            t[h + i + 4] = _mm512_shuffle_f32x4(r[h + i], r[h + i + 4], 0xdd);
-        }
-    for (int i = 0; i < 8; i++) {
-        r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
-        r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xdd);
-    }
-}
-
 #ifndef PACK_AHEAD
 #define PACK_AHEAD 128 /* floats */
 #endif
@@ -388,7 +362,7 @@ CLLM_AVX512 static void pack_a12(const float *s, int64_t lda, int64_t rows, int6
         int64_t w = kc - p < 16 ? kc - p : 16;
         __m512 r[16];
         load16(r, s, lda, rows, p, w, kc);
-        transpose16(r);
+        cllm_transpose16(r);
         for (int64_t t = 0; t < w; t++)
             _mm512_mask_storeu_ps(d + (p + t) * 12, 0x0FFF, r[t]);
     }
@@ -420,7 +394,7 @@ CLLM_AVX512 static void pack_b32(const float *s, int64_t ldb, int64_t cols, int6
             int64_t w = kc - p < 16 ? kc - p : 16;
             __m512 r[16];
             load16(r, s + h * ldb, ldb, rows, p, w, kc);
-            transpose16(r);
+            cllm_transpose16(r);
             for (int64_t t = 0; t < w; t++)
                 _mm512_store_ps(d + (p + t) * 32 + h, r[t]);
         }
