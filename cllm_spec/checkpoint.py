@@ -170,6 +170,7 @@ from cllm_spec.checkpoint_format import (
 )
 from cllm_spec.checkpoint_metadata import check_metadata
 from cllm_spec.errors import CheckpointError, ConfigError
+from cllm_spec.files import fsync_directory
 from cllm_spec.model import ModelConfig, param_layout, param_shapes
 from cllm_spec.protocols import AdagradState, AdamState, RMSpropState, SGDState
 
@@ -414,22 +415,7 @@ def _atomic_write(target: Path, prepared: _Prepared) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp_name)
         raise
-    _fsync_directory(directory)
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make the rename itself durable (POSIX); a no-op where directories can't
-    be opened."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some file systems refuse fsync on directories; the data is synced
-    finally:
-        os.close(fd)
+    fsync_directory(directory)
 
 
 # --------------------------------------------------------------- reading ---

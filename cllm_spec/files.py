@@ -7,6 +7,10 @@ checkpoint, a corpus or a config goes through :func:`open_regular`, which opens
 without blocking, checks the *opened* descriptor (so a path swapped between a
 check and the open cannot slip through) and refuses anything but a regular file
 before a single byte is read.
+
+Writers of checkpoints and run logs replace a file by renaming a finished
+temporary one over it; :func:`fsync_directory` then makes the rename itself
+durable.
 """
 
 from __future__ import annotations
@@ -66,4 +70,19 @@ def open_regular(
     return handle, info.st_size
 
 
-__all__ = ["describe_kind", "open_regular"]
+def fsync_directory(directory: Path) -> None:
+    """Make a rename in ``directory`` durable (POSIX); a no-op where
+    directories can't be opened."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems refuse fsync on directories; the data is synced
+    finally:
+        os.close(fd)
+
+
+__all__ = ["describe_kind", "fsync_directory", "open_regular"]

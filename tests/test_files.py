@@ -1,4 +1,5 @@
-"""open_regular refuses everything but a regular file, without blocking."""
+"""open_regular refuses everything but a regular file, without blocking;
+fsync_directory syncs the directory a rename happened in."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from cllm_spec.errors import CheckpointError, EmptyInputError
-from cllm_spec.files import open_regular
+from cllm_spec.files import fsync_directory, open_regular
 
 
 def test_regular_file_opens_with_its_size(tmp_path: Path) -> None:
@@ -63,3 +64,22 @@ def test_symlink_to_regular_file_is_followed(tmp_path: Path) -> None:
 def test_missing_path_is_file_not_found(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         open_regular(tmp_path / "nope", "corpus", EmptyInputError)
+
+
+def test_fsync_directory_syncs_that_directory(tmp_path: Path, monkeypatch) -> None:
+    synced: list[tuple[int, int]] = []
+    real_fsync = os.fsync
+
+    def record(fd: int) -> None:
+        info = os.fstat(fd)
+        synced.append((info.st_dev, info.st_ino))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", record)
+    fsync_directory(tmp_path)
+    want = os.stat(tmp_path)
+    assert synced == [(want.st_dev, want.st_ino)]
+
+
+def test_fsync_directory_of_a_missing_directory_does_nothing(tmp_path: Path) -> None:
+    fsync_directory(tmp_path / "gone")  # no error: there is nothing to make durable

@@ -42,9 +42,8 @@ from typing import Any
 
 from tqdm import tqdm  # type: ignore[import-untyped]
 
-from cllm_spec.checkpoint import _fsync_directory as fsync_directory
 from cllm_spec.errors import ConfigError
-from cllm_spec.files import open_regular
+from cllm_spec.files import fsync_directory, open_regular
 from cllm_spec.parallel import WorkerStats
 
 METRICS_FILE = "metrics.jsonl"
