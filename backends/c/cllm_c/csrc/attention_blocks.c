@@ -109,6 +109,32 @@ BLOCK_FN void cols16(int64_t p0, int64_t p1, const float *a, int64_t lda,
     block(1, RB, p0, p1, a, 1, lda, b, ldb, c, ldc, scale);
 }
 
+/* the same over `cols` columns (a multiple of 16 at least as wide, which b
+ * and c hold): blocks of 32 columns and, where 16 or fewer are left, 16 */
+CLLM_AVX512 static void rows_wide(int64_t rows, int64_t cols, int64_t p0, int64_t p1,
+                                  const float *a, int64_t lda, const float *b, int64_t ldb,
+                                  float *c, int64_t ldc, const float *scale)
+{
+    for (int64_t j = 0; j < cols; j += 32) {
+        if (cols - j > 16)
+            rows32(rows, p0, p1, a, lda, b + j, ldb, c + j, ldc, scale);
+        else
+            rows16(rows, p0, p1, a, lda, b + j, ldb, c + j, ldc, scale);
+    }
+}
+
+CLLM_AVX512 static void cols_wide(int64_t cols, int64_t p0, int64_t p1, const float *a,
+                                  int64_t lda, const float *b, int64_t ldb, float *c,
+                                  int64_t ldc, const float *scale)
+{
+    for (int64_t j = 0; j < cols; j += 32) {
+        if (cols - j > 16)
+            cols32(p0, p1, a, lda, b + j, ldb, c + j, ldc, scale);
+        else
+            cols16(p0, p1, a, lda, b + j, ldb, c + j, ldc, scale);
+    }
+}
+
 /* yt (HS, Tk) = y^T, y (Tk, HS) at row stride ldy, in 16 x 16 blocks */
 CLLM_AVX512 static void transpose_keys(const float *y, int64_t ldy, int64_t tk, int64_t hs,
                                        float *yt)
@@ -133,12 +159,7 @@ CLLM_AVX512 void cllm_att_over_keys(const float *x, int64_t ldx, int64_t tq, con
         int64_t rows = tq - i < RB ? tq - i : RB;
         /* the keys the block's last row sees, in whole vectors (tk % 16 == 0) */
         int64_t need = i + rows + shift < tk ? i + rows + shift : tk;
-        for (int64_t j = 0; j < need; j += 32) {
-            if (need - j > 16)
-                rows32(rows, 0, hs, x + i * ldx, ldx, work + j, tk, s + i * tk + j, tk, NULL);
-            else
-                rows16(rows, 0, hs, x + i * ldx, ldx, work + j, tk, s + i * tk + j, tk, NULL);
-        }
+        rows_wide(rows, need, 0, hs, x + i * ldx, ldx, work, tk, s + i * tk, tk, NULL);
     }
 }
 
@@ -149,12 +170,7 @@ CLLM_AVX512 void cllm_att_mix(const float *p, int64_t tq, int64_t tk, int64_t sh
     for (int64_t i = 0; i < tq; i += RB) {
         int64_t rows = tq - i < RB ? tq - i : RB;
         int64_t end = i + rows + shift < tk ? i + rows + shift : tk; /* p > end: 0 */
-        for (int64_t d = 0; d < hs; d += 32) {
-            if (hs - d >= 32)
-                rows32(rows, 0, end, p + i * tk, tk, y + d, ldy, out + i * ldo + d, ldo, scale);
-            else
-                rows16(rows, 0, end, p + i * tk, tk, y + d, ldy, out + i * ldo + d, ldo, scale);
-        }
+        rows_wide(rows, hs, 0, end, p + i * tk, tk, y, ldy, out + i * ldo, ldo, scale);
     }
 }
 
@@ -164,12 +180,7 @@ CLLM_AVX512 void cllm_att_mix_t(const float *p, int64_t tq, int64_t tk, int64_t 
 {
     for (int64_t j = 0; j < tk; j += RB) { /* tk % 16 == 0: whole blocks */
         int64_t start = j - shift > 0 ? j - shift : 0; /* p < start: 0 */
-        for (int64_t d = 0; d < hs; d += 32) {
-            if (hs - d >= 32)
-                cols32(start, tq, p + j, tk, y + d, ldy, out + j * ldo + d, ldo, scale);
-            else
-                cols16(start, tq, p + j, tk, y + d, ldy, out + j * ldo + d, ldo, scale);
-        }
+        cols_wide(hs, start, tq, p + j, tk, y, ldy, out + j * ldo, ldo, scale);
     }
 }
 #else
