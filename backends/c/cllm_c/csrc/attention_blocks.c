@@ -75,9 +75,9 @@ block(const int nv, int64_t rows, int64_t p0, int64_t p1, const float *a, const 
 
 /* A by rows (a(r, p) = a[r * lda + p]) and by columns (a(r, p) =
  * a[p * lda + r]), each with 32 or 16 columns of C */
-BLOCK_FN void rows32(int64_t rows, int64_t p0, int64_t p1, const float *a,
-                               int64_t lda, const float *b, int64_t ldb, float *c,
-                               int64_t ldc, const float *scale)
+BLOCK_FN void rows32(int64_t rows, int64_t p0, int64_t p1, const float *a, int64_t lda,
+                     const float *b, int64_t ldb, float *c, int64_t ldc,
+                     const float *scale)
 {
     if (rows == RB) /* every block but a last short one: no clamping */
         block(2, RB, p0, p1, a, lda, 1, b, ldb, c, ldc, scale);
@@ -85,9 +85,9 @@ BLOCK_FN void rows32(int64_t rows, int64_t p0, int64_t p1, const float *a,
         block(2, rows, p0, p1, a, lda, 1, b, ldb, c, ldc, scale);
 }
 
-BLOCK_FN void rows16(int64_t rows, int64_t p0, int64_t p1, const float *a,
-                               int64_t lda, const float *b, int64_t ldb, float *c,
-                               int64_t ldc, const float *scale)
+BLOCK_FN void rows16(int64_t rows, int64_t p0, int64_t p1, const float *a, int64_t lda,
+                     const float *b, int64_t ldb, float *c, int64_t ldc,
+                     const float *scale)
 {
     if (rows == RB) /* every block but a last short one: no clamping */
         block(1, RB, p0, p1, a, lda, 1, b, ldb, c, ldc, scale);
@@ -96,15 +96,15 @@ BLOCK_FN void rows16(int64_t rows, int64_t p0, int64_t p1, const float *a,
 }
 
 BLOCK_FN void cols32(int64_t p0, int64_t p1, const float *a, int64_t lda,
-                               const float *b, int64_t ldb, float *c, int64_t ldc,
-                               const float *scale)
+                     const float *b, int64_t ldb, float *c, int64_t ldc,
+                     const float *scale)
 {
     block(2, RB, p0, p1, a, 1, lda, b, ldb, c, ldc, scale);
 }
 
 BLOCK_FN void cols16(int64_t p0, int64_t p1, const float *a, int64_t lda,
-                               const float *b, int64_t ldb, float *c, int64_t ldc,
-                               const float *scale)
+                     const float *b, int64_t ldb, float *c, int64_t ldc,
+                     const float *scale)
 {
     block(1, RB, p0, p1, a, 1, lda, b, ldb, c, ldc, scale);
 }
