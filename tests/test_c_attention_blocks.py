@@ -6,7 +6,9 @@ cuts (which rows need which keys) and the 1/sqrt(HS) of dq and dk applied as
 they are stored. They are claimed to give the GEMM's bits; these tests hold
 them to it, with ``cllm_attention_blocks(0)`` sending every pair through the
 GEMM: the model's attention over the token layout forward and backward, and
-a causal attention with fewer queries than keys, at 1 and 2 threads. The
+a causal attention with fewer queries than keys, at 1 and 2 threads. The hook
+also counts the calls that ran with the blocks, so a shape that should take
+them and does not (the two paths would then agree trivially) fails too. The
 conformance suite (test_attention_training_shapes.py) checks the values
 against the reference.
 """
@@ -56,13 +58,15 @@ def avx512() -> Iterator[None]:
     cllm_c.set_num_threads(1)
 
 
-def _both(run) -> tuple[list[np.ndarray], list[np.ndarray]]:  # type: ignore[no-untyped-def]
-    """run()'s arrays through the blocks, then through the GEMM."""
+def _both(run, calls: int) -> tuple[list[np.ndarray], list[np.ndarray]]:  # type: ignore[no-untyped-def]
+    """run()'s arrays through the blocks, then through the GEMM; ``calls`` is
+    how many of run()'s kernel calls must have run with the blocks (0 where
+    the shapes do not fit them), and none may with the blocks off."""
     _lib.lib.cllm_attention_blocks(1)
     blocks = [np.array(a) for a in run()]
-    _lib.lib.cllm_attention_blocks(0)
+    assert _lib.lib.cllm_attention_blocks(0) == calls, "the blocks were not used"
     gemm = [np.array(a) for a in run()]
-    _lib.lib.cllm_attention_blocks(1)
+    assert _lib.lib.cllm_attention_blocks(1) == 0, "blocks off, yet used"
     return blocks, gemm
 
 
@@ -101,7 +105,8 @@ def test_mha_through_the_blocks_has_the_gemms_bits(shape, threads, avx512):
         y, cache, _ = cllm_c.mha_forward(x, w_qkv, b_qkv, w_proj, b_proj, n_head=nh)
         return (y, cache.attn.att, *cllm_c.mha_backward(dy, cache))
 
-    blocks, gemm = _both(run)
+    fits = t % 16 == 0 and (c // nh) % 16 == 0
+    blocks, gemm = _both(run, 2 if fits else 0)  # the forward and the backward
     _same(blocks, gemm, ("y", "att", "dx", "dw_qkv", "db_qkv", "dw_proj", "db_proj"))
 
 
@@ -119,7 +124,7 @@ def test_causal_attention_through_the_blocks_has_the_gemms_bits(shape, avx512):
         out, cache = cllm_c.attention_forward(q, k, v, causal=True)
         return out, cache.att
 
-    blocks, gemm = _both(run)
+    blocks, gemm = _both(run, 1)
     _same(blocks, gemm, ("out", "att"))
 
 
@@ -143,7 +148,7 @@ def test_a_non_finite_value_the_mask_hides_still_reaches_the_output(bad, avx512)
         assert status == 0
         return out, att
 
-    blocks, gemm = _both(run)
+    blocks, gemm = _both(run, 1)  # the call runs with the blocks; the pair does not
     _same(blocks, gemm, ("out", "att"))
     column = blocks[0][0, 1, :, 5]
     assert np.isnan(column[:-1]).all(), "the NaN of 0 * inf went missing"

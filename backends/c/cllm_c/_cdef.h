@@ -51,8 +51,9 @@ int cllm_sgemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
 void cllm_gemm_avx512(int on);
 int cllm_gemm_set_blocking(int64_t kc, int64_t mc, int64_t nc);
 /* attention.c: 0 sends every attention pair through the GEMM instead of the
- * AVX-512 blocks of attention_blocks.c (the same bits), to compare them */
-void cllm_attention_blocks(int on);
+ * AVX-512 blocks of attention_blocks.c (the same bits), to compare them;
+ * returns the calls that took the blocks since the last call */
+int64_t cllm_attention_blocks(int on);
 
 /* ffn.c: linear_forward runs rows <= CLLM_GEMV_MAX_ROWS on cllm_gemv, more on
  * the GEMM */

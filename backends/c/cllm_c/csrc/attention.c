@@ -306,14 +306,26 @@ static void att_forward_task(void *arg, int64_t p, int worker)
 
 /* A pair's products go through attention_blocks.c where they fit (causal,
  * no padding mask, AVX-512); cllm_attention_blocks(0) sends them all
- * through the GEMM, so the two can be compared. */
+ * through the GEMM, so the two can be compared. It returns how many forward
+ * or backward calls ran with the blocks since it was last called (a pair
+ * with a non-finite operand still takes the GEMM), so a test can tell that
+ * they were used at all. */
 static int use_blocks = 1;
-void cllm_attention_blocks(int on) { use_blocks = on; }
+static int64_t block_calls;
+
+int64_t cllm_attention_blocks(int on)
+{
+    use_blocks = on;
+    return __atomic_exchange_n(&block_calls, 0, __ATOMIC_RELAXED);
+}
 
 static int blocks_for(const att_job *j)
 {
-    return use_blocks && j->causal && !j->mask && j->simd >= CLLM_SIMD_AVX512
-           && cllm_att_blocks_fit(j->tq, j->tk, j->hs);
+    int on = use_blocks && j->causal && !j->mask && j->simd >= CLLM_SIMD_AVX512
+             && cllm_att_blocks_fit(j->tq, j->tk, j->hs);
+    if (on)
+        __atomic_add_fetch(&block_calls, 1, __ATOMIC_RELAXED);
+    return on;
 }
 
 /* per-worker floats: a GEMM's workspace, and the blocks' transposed keys */

@@ -14,8 +14,9 @@
 /* Tq <= Tk, Tk and HS multiples of 16 (0 off x86) */
 int cllm_att_blocks_fit(int64_t tq, int64_t tk, int64_t hs);
 
-/* attention.c: 0 sends every pair through the GEMM, to compare the two */
-void cllm_attention_blocks(int on);
+/* attention.c: 0 sends every pair through the GEMM, to compare the two;
+ * returns the calls that took the blocks since the last call */
+int64_t cllm_attention_blocks(int on);
 
 #if CLLM_X86
 /* s (Tq, Tk) = x y^T for the keys each query sees (scores, da; the others

@@ -1,5 +1,5 @@
-/* Vector math for the AVX2 and AVX-512 paths: exp, erfc and horizontal
- * reductions.
+/* Vector math for the AVX2 and AVX-512 paths: exp, erfc, horizontal
+ * reductions and a 16 x 16 transpose in registers.
  * Included by the component files; every function carries its target
  * (AVX2 or AVX-512) so it can only be inlined into code built for it. No -ffast-math anywhere: these
  * are written to keep IEEE special values (NaN in, NaN out; -inf -> 0). */
