@@ -26,14 +26,19 @@ from cllm_c import _lib  # noqa: E402
 
 F32 = np.float32
 #: (B, T, C, NH): HS 16 to 64, T ending on a whole and a half block of 8
-#: rows; T = 40 is no multiple of 16, so it stays on the GEMM (a control)
+#: rows; T = 40 is no multiple of 16 and T = 400 is past one K slice of the
+#: GEMM (KC_DEFAULT), so those stay on the GEMM (controls)
 MHA_SHAPES = (
     (2, 16, 32, 2),
     (3, 64, 128, 4),
     (2, 80, 96, 2),
     (1, 128, 128, 2),
     (2, 40, 64, 2),
+    (1, 400, 32, 2),
 )
+#: the GEMM's K slice (gemm.c KC_MAX): a longer K sums each slice from 0 and
+#: adds it to C, which the blocks' single chain would not match
+KC_DEFAULT = 384
 #: (Tq, Tk, HS): causal with the queries at the end of the keys
 #: (23, 32): the first block's last row sees 17 keys, one past a vector
 CAUSAL_SHAPES = (
@@ -105,7 +110,7 @@ def test_mha_through_the_blocks_has_the_gemms_bits(shape, threads, avx512):
         y, cache, _ = cllm_c.mha_forward(x, w_qkv, b_qkv, w_proj, b_proj, n_head=nh)
         return (y, cache.attn.att, *cllm_c.mha_backward(dy, cache))
 
-    fits = t % 16 == 0 and (c // nh) % 16 == 0
+    fits = t % 16 == 0 and (c // nh) % 16 == 0 and t <= KC_DEFAULT
     blocks, gemm = _both(run, 2 if fits else 0)  # the forward and the backward
     _same(blocks, gemm, ("y", "att", "dx", "dw_qkv", "db_qkv", "dw_proj", "db_proj"))
 
@@ -154,3 +159,25 @@ def test_a_non_finite_value_the_mask_hides_still_reaches_the_output(bad, avx512)
     assert np.isnan(column[:-1]).all(), "the NaN of 0 * inf went missing"
     assert not np.isfinite(column[-1]), "the query that sees the bad value"
     assert np.isfinite(blocks[0][0, 0]).all(), "another head saw the bad value"
+
+
+def test_a_shorter_gemm_k_slice_sends_attention_back_to_the_gemm(avx512):
+    """The blocks give the GEMM's bits only where every product is one K
+    slice; with KC 64 a T = 128 attention must take the GEMM (bits as the
+    blocks off), and the blocks must come back with the default KC."""
+    lib = _lib.lib
+    x, w_qkv, b_qkv, w_proj, b_proj, dy = _mha_case(
+        np.random.default_rng(5), 2, 128, 64
+    )
+
+    def run() -> tuple[np.ndarray, ...]:
+        y, cache, _ = cllm_c.mha_forward(x, w_qkv, b_qkv, w_proj, b_proj, n_head=2)
+        return (y, cache.attn.att, *cllm_c.mha_backward(dy, cache))
+
+    assert lib.cllm_gemm_set_blocking(64, 240, 3072) == lib.CLLM_OK
+    try:
+        blocks, gemm = _both(run, 0)
+    finally:
+        assert lib.cllm_gemm_set_blocking(KC_DEFAULT, 240, 3072) == lib.CLLM_OK
+    _same(blocks, gemm, ("y", "att", "dx", "dw_qkv", "db_qkv", "dw_proj", "db_proj"))
+    _both(run, 2)

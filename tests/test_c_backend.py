@@ -880,9 +880,11 @@ def test_attention_in_the_token_layout_gives_the_head_layouts_bits(b, t, nh, hs)
 
 
 # the finite check reads each row 16 floats at a time, then a masked tail:
-# HS 8 is all tail, HS 20 a whole vector (col 0) and a tail (col 19)
-@pytest.mark.parametrize(("hs", "col"), [(8, 0), (20, 0), (20, 19)])
-@pytest.mark.parametrize("t", [40, 400])  # 400: K of the products in two slices
+# HS 8 is all tail, HS 20 a whole vector (col 0) and a tail (col 19); at
+# T = 64 HS 16 and 32 take the AVX-512 blocks (csrc/attention_blocks.c),
+# which must fall back to the whole products as the GEMM's causal cuts do
+@pytest.mark.parametrize(("hs", "col"), [(8, 0), (20, 0), (20, 19), (16, 15), (32, 17)])
+@pytest.mark.parametrize("t", [40, 64, 400])  # 400: K of the products in two slices
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
 def test_causal_attention_skips_masked_work_only_when_it_is_all_finite(
     bad, t, hs, col, simd_levels

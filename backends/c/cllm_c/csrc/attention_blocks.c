@@ -1,6 +1,7 @@
 /* attention_blocks: the products of one (batch, head) pair of causal
  * attention at AVX-512, in blocks cut to attention's shapes (HS and Tk
- * multiples of 16, as in training).
+ * multiples of 16, as in training, and Tk within one K slice of the GEMM:
+ * 384 by default).
  *
  * The blocked GEMM (gemm.c) runs these products in 12 x 32 tiles with both
  * operands packed. At T = 64 and HS = 32 that is a poor fit: 64 rows are
@@ -19,6 +20,7 @@
  * finite, as for the GEMM's causal products, gemm.h). So the results are
  * the GEMM's bits; tests/test_c_attention_blocks.py holds them to it. */
 #include "attention_blocks.h"
+#include "gemm.h"
 #include "simd_math.h"
 
 #if CLLM_X86
@@ -29,7 +31,9 @@
 
 int cllm_att_blocks_fit(int64_t tq, int64_t tk, int64_t hs)
 {
-    return tq >= 1 && tq <= tk && tk % 16 == 0 && hs >= 16 && hs % 16 == 0;
+    /* every product's K (HS, Tq or Tk) one GEMM slice, or the bits differ */
+    return tq >= 1 && tq <= tk && tk % 16 == 0 && hs >= 16 && hs % 16 == 0
+           && cllm_gemm_one_slice(tk) && cllm_gemm_one_slice(hs);
 }
 
 /* c(r, 16 NV) = [scale *] sum_{p0 <= p < p1} a(r, p) b(p, :) for r < rows,

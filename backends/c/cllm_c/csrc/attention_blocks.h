@@ -11,7 +11,8 @@
 
 #include "cllm.h"
 
-/* Tq <= Tk, Tk and HS multiples of 16 (0 off x86) */
+/* Tq <= Tk, Tk and HS multiples of 16, each product's K one GEMM slice
+ * (cllm_gemm_one_slice); 0 off x86 */
 int cllm_att_blocks_fit(int64_t tq, int64_t tk, int64_t hs);
 
 /* attention.c: 0 sends every pair through the GEMM, to compare the two;

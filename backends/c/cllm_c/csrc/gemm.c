@@ -668,6 +668,10 @@ static void macro(const kernel_t *kr, const gemm_t *g, int64_t i0, int64_t mc,
     }
 }
 
+/* 1 iff a product with inner dimension k runs as one K slice (one chain of
+ * fmas per output from 0; a longer K adds per-slice sums to C) */
+int cllm_gemm_one_slice(int64_t k) { return k <= KC_MAX; }
+
 static int64_t kc_for(int64_t k)
 {
     int64_t blocks = (k + KC_MAX - 1) / KC_MAX;

@@ -6,6 +6,11 @@
 
 #include "cllm.h"
 
+/* 1 iff a product with inner dimension k is one K slice: each output one
+ * chain of fmas from 0 (a longer K sums each slice from 0 and adds it to C,
+ * so a kernel that must give the GEMM's bits has to stay within one). */
+int cllm_gemm_one_slice(int64_t k);
+
 /* Workspace (in floats) cllm_sgemm_serial needs for an (m, n, k) product. */
 size_t cllm_gemm_work_floats(int64_t m, int64_t n, int64_t k);
 
