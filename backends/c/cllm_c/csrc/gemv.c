@@ -10,6 +10,18 @@
  * streamed once, as stored (rows of K contiguous floats), and multiplied with
  * every x row while it is in L1.
  *
+ * At one or two x rows (one or two sequences decoding), the weight is read
+ * one row at a time, so in address order: a single forward stream, which the
+ * hardware prefetcher follows at the memory's rate with no software prefetch.
+ * A block of GEMV_ROWS rows read together is GEMV_ROWS streams K floats
+ * apart, which it did not follow: on one core of an AMD EPYC that reads 29 GB/s,
+ * the 30000 x 384 LM head streamed at 17-21 GB/s in blocks (with the far
+ * prefetch below) and 24-27 GB/s one row at a time, and production decoding
+ * rose from 189-203 to 222-290 tokens/s on one thread and from 225-245 to
+ * 288-319 on two (medians of alternating runs). At three x rows the two
+ * measured alike on one thread, and at four the blocks were faster (20 GB/s
+ * against 11), each weight vector serving four x rows from a register.
+ *
  * Up to 16 rows (a 16-token prompt, or 16 samples decoded together): on the
  * model's shapes (N x K = 30000 x 384, 1536 x 384, 384 x 1536, 512 x 128)
  * this was 2.1-2.8x faster than the GEMM at M = 16 and still 1.3-2.0x at 32
@@ -19,18 +31,21 @@
  * Bits: y(m, j) is one chain of products over k in a fixed lane order
  * (lane-wise fused multiply-adds, then the lanes summed in a fixed order, then
  * the bias added), whatever M, the row block j falls in, or the thread that
- * computes it. Threads claim chunks of GEMV_CHUNK output columns, a size fixed
- * by the problem, so results are bitwise identical for any thread count. The
+ * computes it, or whether its weight row was read in a block or alone.
+ * Threads claim chunks of GEMV_CHUNK output columns, a size fixed by the
+ * problem, so results are bitwise identical for any thread count. The
  * scalar twin sums k in order with contraction off (-std=c99), so SIMD and
  * scalar differ in the last bits, each deterministic on its own. */
 #include "cllm.h"
 #include "simd_math.h"
 
 #define GEMV_ROWS 4   /* weight rows streamed together */
+#define STREAM_MAX_M 2 /* up to this many x rows, weight rows are read alone */
 #define GEMV_CHUNK 64 /* output columns per parallel chunk */
-/* How far ahead the kernels prefetch the weight: about 32 KB, and at least
- * the block after next, into L2. The hardware prefetcher alone kept one core
- * at ~70% of its streaming-read rate on a 46 MB LM head. An L1 prefetch of
+/* How far ahead the block kernels (three x rows and more) prefetch the
+ * weight: about 32 KB, and at least the block after next, into L2. On blocks
+ * the hardware prefetcher alone kept one core at ~70% of its streaming-read
+ * rate on a 46 MB LM head. An L1 prefetch of
  * the block after next (the previous rule) then reached 10-12 GB/s on the
  * 30000 x 384, 1152 x 384 and 384 x 1536 weights on one core of an AMD EPYC
  * that reads 29 GB/s, the L1's few outstanding misses being the limit; into
@@ -165,8 +180,41 @@ group_avx2(const gemv_job *g, const float *rows[GEMV_ROWS], int64_t m0, int mr,
     }
 }
 
+/* Weight row j against the mr <= STREAM_MAX_M x rows: group_avx2's chains
+ * for one row, so its bits */
+CLLM_AVX2 static inline __attribute__((always_inline)) void
+row_avx2(const gemv_job *g, int64_t j, int mr)
+{
+    const float *row = g->w + j * g->k;
+    int64_t k = g->k, p = 0;
+    __m256 acc[STREAM_MAX_M];
+    for (int i = 0; i < mr; i++)
+        acc[i] = _mm256_setzero_ps();
+    for (; p + 8 <= k; p += 8) {
+        __m256 wv = _mm256_loadu_ps(row + p);
+        for (int i = 0; i < mr; i++)
+            acc[i] = _mm256_fmadd_ps(_mm256_loadu_ps(g->x + i * k + p), wv, acc[i]);
+    }
+    if (p < k) {
+        __m256i mask = cllm_tail_mask(k - p);
+        __m256 wv = _mm256_maskload_ps(row + p, mask);
+        for (int i = 0; i < mr; i++)
+            acc[i] = _mm256_fmadd_ps(_mm256_maskload_ps(g->x + i * k + p, mask), wv,
+                                     acc[i]);
+    }
+    for (int i = 0; i < mr; i++) {
+        float dot = cllm_hsum256(acc[i]);
+        g->y[i * g->n + j] = g->b ? dot + g->b[j] : dot;
+    }
+}
+
 CLLM_AVX2 static void block_avx2(const gemv_job *g, int64_t j0)
 {
+    if (g->m <= STREAM_MAX_M) {
+        for (int64_t j = j0; j < j0 + GEMV_ROWS && j < g->n; j++)
+            g->m == 2 ? row_avx2(g, j, 2) : row_avx2(g, j, 1);
+        return;
+    }
     const float *rows[GEMV_ROWS];
     block_rows(g, j0, rows);
     int64_t m0 = 0;
@@ -221,8 +269,41 @@ group_avx512(const gemv_job *g, const float *rows[GEMV_ROWS], int64_t m0, int mr
     }
 }
 
+/* Weight row j against the mr <= STREAM_MAX_M x rows: group_avx512's chains
+ * for one row, so its bits */
+CLLM_AVX512 static inline __attribute__((always_inline)) void
+row_avx512(const gemv_job *g, int64_t j, int mr)
+{
+    const float *row = g->w + j * g->k;
+    int64_t k = g->k, p = 0;
+    __m512 acc[STREAM_MAX_M];
+    for (int i = 0; i < mr; i++)
+        acc[i] = _mm512_setzero_ps();
+    for (; p + 16 <= k; p += 16) {
+        __m512 wv = _mm512_loadu_ps(row + p);
+        for (int i = 0; i < mr; i++)
+            acc[i] = _mm512_fmadd_ps(_mm512_loadu_ps(g->x + i * k + p), wv, acc[i]);
+    }
+    if (p < k) {
+        __mmask16 mask = (__mmask16)((1u << (k - p)) - 1u);
+        __m512 wv = _mm512_maskz_loadu_ps(mask, row + p);
+        for (int i = 0; i < mr; i++)
+            acc[i] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, g->x + i * k + p), wv,
+                                     acc[i]);
+    }
+    for (int i = 0; i < mr; i++) {
+        float dot = _mm512_reduce_add_ps(acc[i]);
+        g->y[i * g->n + j] = g->b ? dot + g->b[j] : dot;
+    }
+}
+
 CLLM_AVX512 static void block_avx512(const gemv_job *g, int64_t j0)
 {
+    if (g->m <= STREAM_MAX_M) {
+        for (int64_t j = j0; j < j0 + GEMV_ROWS && j < g->n; j++)
+            g->m == 2 ? row_avx512(g, j, 2) : row_avx512(g, j, 1);
+        return;
+    }
     const float *rows[GEMV_ROWS];
     block_rows(g, j0, rows);
     int64_t m0 = 0;
