@@ -21,9 +21,10 @@ from cllm_spec.parallel.allocation import (
     allocate_groups,
 )
 from cllm_spec.parallel.coordinator import Callbacks, Coordinator, StepResult
+from cllm_spec.parallel.digests import weights_digest
 from cllm_spec.parallel.lifecycle import TRANSITIONS, Lifecycle, LifecycleError, State
 from cllm_spec.parallel.messages import MessageQueue, MessageQueueStats, Priority
-from cllm_spec.parallel.mpi import MPIEngine, weights_digest
+from cllm_spec.parallel.mpi import MPIEngine
 from cllm_spec.parallel.reduction import (
     GroupResult,
     finish_step,
