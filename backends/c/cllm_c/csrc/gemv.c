@@ -109,9 +109,9 @@ static void block_rows(const gemv_job *g, int64_t j0, const float *rows[GEMV_ROW
     }
 }
 
-static void store(const gemv_job *g, int64_t m, int64_t j0, const float *dots)
+static void store(const gemv_job *g, int64_t m, int64_t j0, const float *dots, int nr)
 {
-    for (int r = 0; r < GEMV_ROWS && j0 + r < g->n; r++)
+    for (int r = 0; r < nr && j0 + r < g->n; r++)
         g->y[m * g->n + j0 + r] = g->b ? dots[r] + g->b[j0 + r] : dots[r];
 }
 
@@ -129,179 +129,130 @@ static void block_scalar(const gemv_job *g, int64_t j0)
                 acc = xm[p] * rows[r][p] + acc;
             dots[r] = acc;
         }
-        store(g, m, j0, dots);
+        store(g, m, j0, dots, GEMV_ROWS);
     }
 }
 
 #if CLLM_X86
 /* --------------------------------------------------------------- AVX2 ---- */
-/* MR x rows of one group: MR * GEMV_ROWS accumulators + GEMV_ROWS weight
- * vectors fit the 16 ymm registers for MR <= 2. */
+/* mr x rows against nr weight rows: GEMV_ROWS, a block, or 1, a row read
+ * alone (STREAM_MAX_M), with no software prefetch. MR * GEMV_ROWS
+ * accumulators + GEMV_ROWS weight vectors fit the 16 ymm registers for
+ * MR <= 2. */
 #define AVX2_MR 2
 CLLM_AVX2 static inline __attribute__((always_inline)) void
-group_avx2(const gemv_job *g, const float *rows[GEMV_ROWS], int64_t m0, int mr,
+group_avx2(const gemv_job *g, const float *const *rows, int nr, int64_t m0, int mr,
            int64_t j0)
 {
-    int far;
-    int64_t k = g->k, p = 0, ahead = ahead_floats(g, j0, &far);
+    int far = 0;
+    int64_t k = g->k, p = 0, ahead = nr == GEMV_ROWS ? ahead_floats(g, j0, &far) : 0;
     __m256 acc[AVX2_MR][GEMV_ROWS];
     for (int i = 0; i < mr; i++)
-        for (int r = 0; r < GEMV_ROWS; r++)
+        for (int r = 0; r < nr; r++)
             acc[i][r] = _mm256_setzero_ps();
     for (; p + 8 <= k; p += 8) {
         __m256 wv[GEMV_ROWS];
-        for (int r = 0; r < GEMV_ROWS; r++) {
+        for (int r = 0; r < nr; r++) {
             if (ahead && m0 == 0 && p % 16 == 0) /* one prefetch per 64-byte line */
                 prefetch(rows[r] + p + ahead, far);
             wv[r] = _mm256_loadu_ps(rows[r] + p);
         }
         for (int i = 0; i < mr; i++) {
             __m256 xv = _mm256_loadu_ps(g->x + (m0 + i) * k + p);
-            for (int r = 0; r < GEMV_ROWS; r++)
+            for (int r = 0; r < nr; r++)
                 acc[i][r] = _mm256_fmadd_ps(xv, wv[r], acc[i][r]);
         }
     }
     if (p < k) { /* the K % 8 tail: masked loads read nothing past the row */
         __m256i mask = cllm_tail_mask(k - p);
         __m256 wv[GEMV_ROWS];
-        for (int r = 0; r < GEMV_ROWS; r++)
+        for (int r = 0; r < nr; r++)
             wv[r] = _mm256_maskload_ps(rows[r] + p, mask);
         for (int i = 0; i < mr; i++) {
             __m256 xv = _mm256_maskload_ps(g->x + (m0 + i) * k + p, mask);
-            for (int r = 0; r < GEMV_ROWS; r++)
+            for (int r = 0; r < nr; r++)
                 acc[i][r] = _mm256_fmadd_ps(xv, wv[r], acc[i][r]);
         }
     }
     for (int i = 0; i < mr; i++) {
         float dots[GEMV_ROWS];
-        for (int r = 0; r < GEMV_ROWS; r++)
+        for (int r = 0; r < nr; r++)
             dots[r] = cllm_hsum256(acc[i][r]);
-        store(g, m0 + i, j0, dots);
-    }
-}
-
-/* Weight row j against the mr <= STREAM_MAX_M x rows: group_avx2's chains
- * for one row, so its bits */
-CLLM_AVX2 static inline __attribute__((always_inline)) void
-row_avx2(const gemv_job *g, int64_t j, int mr)
-{
-    const float *row = g->w + j * g->k;
-    int64_t k = g->k, p = 0;
-    __m256 acc[STREAM_MAX_M];
-    for (int i = 0; i < mr; i++)
-        acc[i] = _mm256_setzero_ps();
-    for (; p + 8 <= k; p += 8) {
-        __m256 wv = _mm256_loadu_ps(row + p);
-        for (int i = 0; i < mr; i++)
-            acc[i] = _mm256_fmadd_ps(_mm256_loadu_ps(g->x + i * k + p), wv, acc[i]);
-    }
-    if (p < k) {
-        __m256i mask = cllm_tail_mask(k - p);
-        __m256 wv = _mm256_maskload_ps(row + p, mask);
-        for (int i = 0; i < mr; i++)
-            acc[i] = _mm256_fmadd_ps(_mm256_maskload_ps(g->x + i * k + p, mask), wv,
-                                     acc[i]);
-    }
-    for (int i = 0; i < mr; i++) {
-        float dot = cllm_hsum256(acc[i]);
-        g->y[i * g->n + j] = g->b ? dot + g->b[j] : dot;
+        store(g, m0 + i, j0, dots, nr);
     }
 }
 
 CLLM_AVX2 static void block_avx2(const gemv_job *g, int64_t j0)
 {
     if (g->m <= STREAM_MAX_M) {
-        for (int64_t j = j0; j < j0 + GEMV_ROWS && j < g->n; j++)
-            g->m == 2 ? row_avx2(g, j, 2) : row_avx2(g, j, 1);
+        for (int64_t j = j0; j < j0 + GEMV_ROWS && j < g->n; j++) {
+            const float *row = g->w + j * g->k;
+            g->m == 2 ? group_avx2(g, &row, 1, 0, 2, j) : group_avx2(g, &row, 1, 0, 1, j);
+        }
         return;
     }
     const float *rows[GEMV_ROWS];
     block_rows(g, j0, rows);
     int64_t m0 = 0;
     for (; m0 + 2 <= g->m; m0 += 2)
-        group_avx2(g, rows, m0, 2, j0);
+        group_avx2(g, rows, GEMV_ROWS, m0, 2, j0);
     if (m0 < g->m)
-        group_avx2(g, rows, m0, 1, j0);
+        group_avx2(g, rows, GEMV_ROWS, m0, 1, j0);
 }
 
 /* ------------------------------------------------------------ AVX-512 ---- */
-/* 4 x rows x 4 weight rows = 16 accumulators of the 32 zmm registers */
+/* mr x rows against nr weight rows, as group_avx2; 4 x rows x 4 weight rows
+ * = 16 accumulators of the 32 zmm registers */
 #define AVX512_MR 4
 CLLM_AVX512 static inline __attribute__((always_inline)) void
-group_avx512(const gemv_job *g, const float *rows[GEMV_ROWS], int64_t m0, int mr,
+group_avx512(const gemv_job *g, const float *const *rows, int nr, int64_t m0, int mr,
              int64_t j0)
 {
-    int far;
-    int64_t k = g->k, p = 0, ahead = ahead_floats(g, j0, &far);
+    int far = 0;
+    int64_t k = g->k, p = 0, ahead = nr == GEMV_ROWS ? ahead_floats(g, j0, &far) : 0;
     __m512 acc[AVX512_MR][GEMV_ROWS];
     for (int i = 0; i < mr; i++)
-        for (int r = 0; r < GEMV_ROWS; r++)
+        for (int r = 0; r < nr; r++)
             acc[i][r] = _mm512_setzero_ps();
     for (; p + 16 <= k; p += 16) {
         __m512 wv[GEMV_ROWS];
-        for (int r = 0; r < GEMV_ROWS; r++) {
+        for (int r = 0; r < nr; r++) {
             if (ahead && m0 == 0) /* the first x group fetches ahead */
                 prefetch(rows[r] + p + ahead, far);
             wv[r] = _mm512_loadu_ps(rows[r] + p);
         }
         for (int i = 0; i < mr; i++) {
             __m512 xv = _mm512_loadu_ps(g->x + (m0 + i) * k + p);
-            for (int r = 0; r < GEMV_ROWS; r++)
+            for (int r = 0; r < nr; r++)
                 acc[i][r] = _mm512_fmadd_ps(xv, wv[r], acc[i][r]);
         }
     }
     if (p < k) { /* the K % 16 tail: masked loads read nothing past the row */
         __mmask16 mask = (__mmask16)((1u << (k - p)) - 1u);
         __m512 wv[GEMV_ROWS];
-        for (int r = 0; r < GEMV_ROWS; r++)
+        for (int r = 0; r < nr; r++)
             wv[r] = _mm512_maskz_loadu_ps(mask, rows[r] + p);
         for (int i = 0; i < mr; i++) {
             __m512 xv = _mm512_maskz_loadu_ps(mask, g->x + (m0 + i) * k + p);
-            for (int r = 0; r < GEMV_ROWS; r++)
+            for (int r = 0; r < nr; r++)
                 acc[i][r] = _mm512_fmadd_ps(xv, wv[r], acc[i][r]);
         }
     }
     for (int i = 0; i < mr; i++) {
         float dots[GEMV_ROWS];
-        for (int r = 0; r < GEMV_ROWS; r++)
+        for (int r = 0; r < nr; r++)
             dots[r] = _mm512_reduce_add_ps(acc[i][r]);
-        store(g, m0 + i, j0, dots);
-    }
-}
-
-/* Weight row j against the mr <= STREAM_MAX_M x rows: group_avx512's chains
- * for one row, so its bits */
-CLLM_AVX512 static inline __attribute__((always_inline)) void
-row_avx512(const gemv_job *g, int64_t j, int mr)
-{
-    const float *row = g->w + j * g->k;
-    int64_t k = g->k, p = 0;
-    __m512 acc[STREAM_MAX_M];
-    for (int i = 0; i < mr; i++)
-        acc[i] = _mm512_setzero_ps();
-    for (; p + 16 <= k; p += 16) {
-        __m512 wv = _mm512_loadu_ps(row + p);
-        for (int i = 0; i < mr; i++)
-            acc[i] = _mm512_fmadd_ps(_mm512_loadu_ps(g->x + i * k + p), wv, acc[i]);
-    }
-    if (p < k) {
-        __mmask16 mask = (__mmask16)((1u << (k - p)) - 1u);
-        __m512 wv = _mm512_maskz_loadu_ps(mask, row + p);
-        for (int i = 0; i < mr; i++)
-            acc[i] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, g->x + i * k + p), wv,
-                                     acc[i]);
-    }
-    for (int i = 0; i < mr; i++) {
-        float dot = _mm512_reduce_add_ps(acc[i]);
-        g->y[i * g->n + j] = g->b ? dot + g->b[j] : dot;
+        store(g, m0 + i, j0, dots, nr);
     }
 }
 
 CLLM_AVX512 static void block_avx512(const gemv_job *g, int64_t j0)
 {
     if (g->m <= STREAM_MAX_M) {
-        for (int64_t j = j0; j < j0 + GEMV_ROWS && j < g->n; j++)
-            g->m == 2 ? row_avx512(g, j, 2) : row_avx512(g, j, 1);
+        for (int64_t j = j0; j < j0 + GEMV_ROWS && j < g->n; j++) {
+            const float *row = g->w + j * g->k;
+            g->m == 2 ? group_avx512(g, &row, 1, 0, 2, j) : group_avx512(g, &row, 1, 0, 1, j);
+        }
         return;
     }
     const float *rows[GEMV_ROWS];
@@ -309,11 +260,11 @@ CLLM_AVX512 static void block_avx512(const gemv_job *g, int64_t j0)
     int64_t m0 = 0;
     /* constant group sizes, so each call keeps its accumulators in registers */
     for (; m0 + 4 <= g->m; m0 += 4)
-        group_avx512(g, rows, m0, 4, j0);
+        group_avx512(g, rows, GEMV_ROWS, m0, 4, j0);
     switch (g->m - m0) {
-    case 3: group_avx512(g, rows, m0, 3, j0); break;
-    case 2: group_avx512(g, rows, m0, 2, j0); break;
-    case 1: group_avx512(g, rows, m0, 1, j0); break;
+    case 3: group_avx512(g, rows, GEMV_ROWS, m0, 3, j0); break;
+    case 2: group_avx512(g, rows, GEMV_ROWS, m0, 2, j0); break;
+    case 1: group_avx512(g, rows, GEMV_ROWS, m0, 1, j0); break;
     default: break;
     }
 }
