@@ -34,6 +34,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from cllm_spec.errors import BackendError
+from cllm_spec.protocols import COMPONENT_FUNCTIONS
 from cllm_spec.registry import available_backends, default_backend_name, get_backend
 from cllm_spec.tolerances import TABLE, Tolerance, tolerance
 from conformance.comparator import compare, describe_failure
@@ -177,9 +178,16 @@ def rng(request: pytest.FixtureRequest) -> np.random.Generator:
 
 
 def component_of(nodeid: str) -> str:
-    """``conformance/test_losses.py::test_x[...]`` -> ``losses``."""
-    stem = Path(nodeid.split("::", 1)[0]).stem
-    return stem.removeprefix("test_")
+    """``conformance/test_losses.py::test_x[...]`` -> ``losses``.
+
+    A component tested in several files names them ``test_<component>_<part>.py``:
+    ``conformance/test_attention_kv_cache.py::test_x`` -> ``attention``.
+    """
+    stem = Path(nodeid.split("::", 1)[0]).stem.removeprefix("test_")
+    for component in COMPONENT_FUNCTIONS:
+        if stem.startswith(f"{component}_"):
+            return component
+    return stem
 
 
 # ------------------------------------------------------------- checker -----

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from cllm_spec.tolerances import tolerance
+from conformance.attention_helpers import mha_params, up
 from conformance.strategies import as_oracle, normal
-from conformance.test_attention import mha_params, up
 
 #: (B, T, C, NH): HS = 16, 32, 48 and 64; T = 16 is one vector of keys, 80
 #: ends on a half block, 128 is the production length; B * T <= 130 rows, as

@@ -21,16 +21,19 @@ REPO = Path(__file__).resolve().parents[1]
 BACKEND_MUTANTS = {
     "queue_lifo": ("test_batching.py", "test_queue_fifo_order"),
     "attention_no_scale": (
-        "test_attention.py",
+        "test_attention_forward.py",
         "test_scale_is_inverse_sqrt_head_size_golden",
     ),
     "attention_causal_leak": (
-        "test_attention.py",
+        "test_attention_forward.py",
         "test_causality_future_keys_and_values",
     ),
-    "kv_cache_late": ("test_attention.py", "test_kv_cache_append_writes_at_length"),
+    "kv_cache_late": (
+        "test_attention_kv_cache.py",
+        "test_kv_cache_append_writes_at_length",
+    ),
     "kv_decode_batch_row0": (
-        "test_attention.py",
+        "test_attention_kv_cache.py",
         "test_kv_decoding_of_a_batch_equals_the_full_forward_over_head_sizes",
     ),
     "ce_smoothing_v_minus_1": (
@@ -41,13 +44,16 @@ BACKEND_MUTANTS = {
         "test_losses.py",
         "test_bug11_ce_nonnegative_and_finite_at_logit_gap",
     ),
-    "gelu_swapped": ("test_ffn.py", "test_gelu_minus_gelu_tanh_is_pinned"),
+    "gelu_swapped": (
+        "test_ffn_activations.py",
+        "test_gelu_minus_gelu_tanh_is_pinned",
+    ),
     "gemv_drops_k_tail": (
-        "test_ffn.py",
+        "test_ffn_linear.py",
         "test_linear_few_rows_match_oracle_over_edge_sizes",
     ),
     "layernorm_unbiased": (
-        "test_ffn.py",
+        "test_ffn_layernorm.py",
         "test_layernorm_golden_biased_variance_eps_inside_sqrt",
     ),
     "adam_no_bias_correction": (
@@ -91,7 +97,7 @@ C_MUTANTS = {
         "test_decoding_steps_equal_the_full_forwards_last",
     ),
     "ffn_act_skips_edge_rows": (
-        "test_ffn.py",
+        "test_ffn_block.py",
         "test_ffn_backward_matches_oracle",
     ),
     "optim_nan_slips_through": (
