@@ -326,3 +326,24 @@ def test_cllm_conformance_with_a_missing_backend_is_a_usage_error(tmp_path):
 def test_other_commands_still_refuse_unknown_arguments(tmp_path):
     result = run_cllm(tmp_path, "backends", "--bogus")
     assert result.returncode == 2 and "unrecognized arguments: --bogus" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("nodeid", "component"),
+    [
+        ("conformance/test_losses.py::test_x[c]", "losses"),
+        ("conformance/test_attention_kv_cache.py::test_x", "attention"),
+        ("conformance/test_ffn_layernorm.py::test_x[c-1]", "ffn"),
+        # not a component of the spec: the stem stays whole
+        ("conformance/test_model_groups.py::test_x", "model_groups"),
+        ("conformance/test_protocol.py::test_x", "protocol"),
+    ],
+)
+def test_component_of_maps_part_files_to_their_component(
+    nodeid: str, component: str
+) -> None:
+    """A component tested in parts (test_<component>_<part>.py) keeps its
+    component's tolerance and report row."""
+    from conformance.conftest import component_of
+
+    assert component_of(nodeid) == component
