@@ -1,4 +1,5 @@
-"""Parallel training on one machine: worker threads, one coordinator, fixed bits.
+"""Parallel training: worker threads on one machine (one coordinator), MPI
+ranks past it, the same bits for any number of either.
 
 - :mod:`~cllm_spec.parallel.allocation`: the 12 symmetry groups over N workers
   (ONE_TO_ONE when N >= 12, else ROUND_ROBIN);
@@ -8,7 +9,10 @@
 - :mod:`~cllm_spec.parallel.coordinator`: the coordinator and its workers;
 - :mod:`~cllm_spec.parallel.lifecycle`, :mod:`~cllm_spec.parallel.messages`,
   :mod:`~cllm_spec.parallel.stats`: its state machine, control-message queue and
-  per-worker statistics.
+  per-worker statistics;
+- :mod:`~cllm_spec.parallel.mpi`: the engine of one MPI rank, with its parts
+  ``mpi_groups``, ``mpi_transport`` and ``mpi_abort``;
+- :mod:`~cllm_spec.parallel.digests`: the weight and batch digests ranks compare.
 
 Nothing here imports the model: a step is driven by a gradient function and an
 optimizer function that the trainer supplies.

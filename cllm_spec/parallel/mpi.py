@@ -59,6 +59,13 @@ than the others (every exchange carries the call's name and sequence number).
 the coordinator's type (``groups`` counts the group micro-batches of all ranks),
 so a trainer can drive either engine.
 
+This module holds the engine and its calls; its parts are in
+:mod:`~cllm_spec.parallel.mpi_groups` (a rank's share of a step, and every
+rank's results back in group order), :mod:`~cllm_spec.parallel.mpi_transport`
+(the messages between the ranks, and their timeouts),
+:mod:`~cllm_spec.parallel.mpi_abort` (ending the job when a rank fails) and
+:mod:`~cllm_spec.parallel.digests` (what the ranks compare).
+
 API (for the trainer)
 ---------------------
 ``MPIEngine(grad_fn, optimizer_step, *, backend=None, comm=None,
@@ -167,30 +174,16 @@ aborting). A failed engine is STOPPED: it takes no further calls.
 from __future__ import annotations
 
 import math
-import os
-import pickle
-import sys
 import threading
 import time
-import traceback
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from types import TracebackType
 from typing import Any
 
-import numpy as np
-
 from cllm_spec.checks import expect_flag, expect_in_range, expect_nonnegative_int
-from cllm_spec.errors import (
-    ConfigError,
-    DTypeError,
-    EmptyInputError,
-    QueueTimeoutError,
-    ReplicaMismatchError,
-    ShapeError,
-    Unsupported,
-)
-from cllm_spec.parallel.allocation import N_GROUPS, Allocation, allocate_groups
+from cllm_spec.errors import ConfigError, DTypeError, EmptyInputError, Unsupported
+from cllm_spec.parallel.allocation import Allocation, allocate_groups
 from cllm_spec.parallel.coordinator import (
     GradFn,
     OptimizerStep,
@@ -200,22 +193,14 @@ from cllm_spec.parallel.coordinator import (
 )
 from cllm_spec.parallel.digests import batch_fingerprint, weights_digest
 from cllm_spec.parallel.lifecycle import Lifecycle, LifecycleError, State
-from cllm_spec.parallel.reduction import (
-    GroupResult,
-    finish_step,
-    reduce_groups,
-    validate_grad_output,
-    validate_many_output,
-)
+from cllm_spec.parallel.mpi_abort import AbortHook, report_and_abort
+from cllm_spec.parallel.mpi_groups import RankGroups
+from cllm_spec.parallel.mpi_transport import MPITransport, expect_same
+from cllm_spec.parallel.reduction import finish_step, reduce_groups
 from cllm_spec.parallel.split import split_rows
 
 StateFn = Callable[[], Any]
 
-_TAG_LEN = 7301  # the length message that precedes every payload
-_TAG_DATA = 7302  # the payload itself
-_POLL_MIN = 1e-5  # seconds between polls at first ...
-_POLL_MAX = 2e-3  # ... doubling up to this: a peer's long grad_fn costs no CPU
-_ABORT_GRACE = 0.25  # seconds between writing a failure report and MPI_Abort
 _COMM_METHODS = ("Get_rank", "Get_size", "Idup", "Isend", "Irecv", "Abort")
 
 
@@ -234,36 +219,6 @@ def _import_mpi() -> Any:
 def _callable(name: str, fn: object) -> None:
     if not callable(fn):
         raise ConfigError(f"{name}: expected a callable, got {fn!r}")
-
-
-def _ranks_text(ranks: Sequence[int]) -> str:
-    return ("rank " if len(ranks) == 1 else "ranks ") + ", ".join(map(str, ranks))
-
-
-def _by_value(values: Sequence[Any]) -> dict[Any, list[int]]:
-    """``{value: [ranks holding it]}``, in order of first appearance."""
-    groups: dict[Any, list[int]] = {}
-    for rank, v in enumerate(values):
-        groups.setdefault(v, []).append(rank)
-    return groups
-
-
-def _abort_job(world: Any) -> None:
-    """``MPI_Abort(world, 1)``, then leave at once.
-
-    MPICH's MPI_Abort asks the launcher to kill every rank and may return before
-    the kill arrives; the rank must not go on meanwhile (it might write a
-    checkpoint of a failed step), so it exits with status 1 itself.
-    """
-    sys.stdout.flush()
-    sys.stderr.flush()
-    # The launcher forwards a rank's output through a pipe and may kill the job
-    # on the abort before it read the report just written: give it a moment.
-    time.sleep(_ABORT_GRACE)
-    try:
-        world.Abort(1)
-    finally:
-        os._exit(1)
 
 
 # ------------------------------------------------------------------- engine ----
@@ -300,10 +255,7 @@ class MPIEngine:
                 hint="pass state_fn=lambda: params, or check_every=0 to turn it off",
             )
         self._timeout = expect_in_range("timeout", timeout, 0.0, math.inf, lo_open=True)
-        self._grad_fn = grad_fn
-        self._grad_many = grad_many
         self._optimizer_step = optimizer_step
-        self._split_fn = split_fn
         self._state_fn = state_fn
         self._verify_batches = expect_flag("verify_batches", verify_batches)
         self._abort_on_error = expect_flag("abort_on_error", abort_on_error)
@@ -317,17 +269,19 @@ class MPIEngine:
                 f"{type(comm).__name__} (lacks {missing})"
             )
         self._world = comm  # the caller's: used for Abort only
-        self._comm: Any = None  # our duplicate, made by start()
         self._rank = int(comm.Get_rank())
         self._size = int(comm.Get_size())
         self._allocation = allocate_groups(self._size)
+        self._groups = RankGroups(
+            self._allocation, self._rank, grad_fn, grad_many, split_fn
+        )
+        # its comm is our duplicate of the caller's, made by start()
+        self._transport = MPITransport(self._rank, self._size, self._timeout)
         self._lifecycle = Lifecycle()
-        self._seq = 0  # engine calls that communicated, the same count on all ranks
         self._steps = 0
         self._busy = threading.Lock()
         self._last_digest: str | None = None
-        self._hook: Any = None  # our excepthook while installed
-        self._previous_hook: Any = None
+        self._hook = AbortHook()  # sys.excepthook, chained while running
 
     # -------------------------------------------------------- properties ----
     @property
@@ -373,13 +327,13 @@ class MPIEngine:
         self._lifecycle.expect(State.INITIALIZING, what="start")
         with self._guard("start"):
             dup, request = self._world.Idup()
-            self._wait([(None, request)], "start (MPI_Comm_idup)")
-            self._comm = dup
+            self._transport.wait([(None, request)], "start (MPI_Comm_idup)")
+            self._transport.comm = dup
             self._lifecycle.transition(
                 State.RUNNING, what="start", only_from=State.INITIALIZING
             )
         if self._abort_on_error and self._size > 1:
-            self._install_excepthook()
+            self._hook.install(self._rank, self._size, self._world)
 
     def stop(self) -> bool:
         """-> STOPPED (local, idempotent); restores ``sys.excepthook``."""
@@ -387,7 +341,7 @@ class MPIEngine:
             self._lifecycle.transition(State.STOPPING, what="stop")
         if self._lifecycle.state is State.STOPPING:
             self._lifecycle.transition(State.STOPPED, what="stop")
-        self._remove_excepthook()
+        self._hook.remove()
         return True
 
     def __enter__(self) -> MPIEngine:
@@ -430,14 +384,12 @@ class MPIEngine:
 
     def _step(self, step: int, micro_batches: list[Any]) -> StepResult:
         start = time.monotonic()
-        parts = [self._split(m, b) for m, b in enumerate(micro_batches)]
+        parts = [self._groups.split(m, b) for m, b in enumerate(micro_batches)]
         fingerprint = batch_fingerprint(parts) if self._verify_batches else ""
-        mine = self._compute_mine(parts)
+        mine = self._groups.compute_mine(parts)
         gathered = self._exchange(f"step {step}", (fingerprint, mine))
-        self._expect_same(
-            [fp for fp, _ in gathered], f"step {step}: the batches differ"
-        )
-        results = self._collect(parts, [own for _, own in gathered], step)
+        expect_same([fp for fp, _ in gathered], f"step {step}: the batches differ")
+        results = self._groups.collect(parts, [own for _, own in gathered], step)
         n_micro = len(micro_batches)
         micro_sums = [
             reduce_groups(self._backend, [r for r in results if r.micro == m])
@@ -447,84 +399,6 @@ class MPIEngine:
         opt = self._optimizer_step(grad, loss)
         seconds = time.monotonic() - start
         return StepResult(step, loss, tokens, n_micro, len(results), seconds, opt)
-
-    def _split(self, m: int, batch: Any) -> Sequence[Any]:
-        """The 12 group micro-batches of micro-batch ``m`` (validated as the
-        coordinator does)."""
-        parts = self._split_fn(batch, N_GROUPS)
-        if not isinstance(parts, list | tuple) or len(parts) != N_GROUPS:
-            raise ShapeError(
-                f"split_fn: expected {N_GROUPS} group micro-batches for "
-                f"micro-batch {m}, got {type(parts).__name__}"
-                + (f" of length {len(parts)}" if hasattr(parts, "__len__") else "")
-            )
-        if all(p is None for p in parts):
-            raise EmptyInputError(f"micro-batch {m}: every group is empty")
-        return parts
-
-    def _tasks(
-        self, parts: Sequence[Sequence[Any]], rank: int | None = None
-    ) -> list[tuple[int, int]]:
-        """``(micro, group)`` pairs ``rank`` (default: this one) computes, in order."""
-        owned = self._allocation.groups[self._rank if rank is None else rank]
-        return [
-            (m, g)
-            for m, groups in enumerate(parts)
-            for g in owned
-            if groups[g] is not None
-        ]
-
-    def _compute_mine(self, parts: Sequence[Sequence[Any]]) -> list[GroupResult]:
-        """This rank's groups, with ``grad_many`` one call per micro-batch."""
-        tasks = self._tasks(parts)
-        if self._grad_many is None:
-            return [self._compute(m, g, parts[m][g]) for m, g in tasks]
-        out: list[GroupResult] = []
-        for m in sorted({m for m, _ in tasks}):
-            groups = [g for mm, g in tasks if mm == m]
-            if len(groups) == 1:
-                out.append(self._compute(m, groups[0], parts[m][groups[0]]))
-                continue
-            try:
-                outs = self._grad_many(groups, [parts[m][g] for g in groups])
-                out.extend(validate_many_output(outs, m, groups))
-            except BaseException as exc:
-                exc.add_note(
-                    f"raised by grad_many on groups {', '.join(map(str, groups))} "
-                    f"of micro-batch {m}"
-                )
-                raise
-        return out
-
-    def _compute(self, m: int, g: int, part: Any) -> GroupResult:
-        try:
-            out = self._grad_fn(g, part)
-        except BaseException as exc:
-            exc.add_note(f"raised by grad_fn on group {g} of micro-batch {m}")
-            raise
-        grads, loss_sum, n_tokens = validate_grad_output(out, f"grad_fn(group {g})")
-        return GroupResult(m, g, grads, loss_sum, n_tokens)
-
-    def _collect(
-        self,
-        parts: Sequence[Sequence[Any]],
-        per_rank: Sequence[Sequence[GroupResult]],
-        step: int,
-    ) -> list[GroupResult]:
-        """All ranks' results in (micro-batch, group) order: the order of the bits.
-
-        Each rank must have sent exactly the pairs the allocation gives it.
-        """
-        for rank, own in enumerate(per_rank):
-            got = [(r.micro, r.group) for r in own]
-            want = self._tasks(parts, rank)
-            if got != want:
-                raise ReplicaMismatchError(
-                    f"step {step}: rank {rank} sent the results of {got}, "
-                    f"expected {want}"
-                )
-        everything = [r for own in per_rank for r in own]
-        return sorted(everything, key=lambda r: (r.micro, r.group))
 
     # ------------------------------------------------------- collectives ----
     def barrier(self) -> None:
@@ -568,100 +442,18 @@ class MPIEngine:
             state = self._state_fn()
         digest = weights_digest(state)
         digests = self._exchange(f"digest after {self._steps} steps", digest)
-        self._expect_same(
+        expect_same(
             digests, f"the weights differ between ranks after {self._steps} steps"
         )
         self._last_digest = digest
         return digest
 
-    def _expect_same(self, values: Sequence[Any], what: str) -> None:
-        groups = _by_value(values)
-        if len(groups) > 1:
-            held = "; ".join(
-                f"{_ranks_text(ranks)}: {str(v)[:16]}" for v, ranks in groups.items()
-            )
-            raise ReplicaMismatchError(f"{what} ({held})")
-
     # ---------------------------------------------------------- exchange ----
     def _exchange(self, what: str, obj: Any) -> list[Any]:
-        """Every rank's ``obj``, indexed by rank; checks all ranks are in the same
-        call (``what`` and the sequence number)."""
+        """Every rank's ``obj``, indexed by rank, while RUNNING (the messages:
+        :meth:`~cllm_spec.parallel.mpi_transport.MPITransport.exchange`)."""
         self._lifecycle.expect(State.RUNNING, what=what)
-        seq = self._seq
-        self._seq += 1
-        if self._size == 1:
-            return [obj]
-        payload = pickle.dumps((what, seq, obj), protocol=pickle.HIGHEST_PROTOCOL)
-        raw = self._allgather_bytes(payload, f"{what} (call #{seq})")
-        out: list[Any] = []
-        calls: list[tuple[str, int]] = []
-        for rank, data in enumerate(raw):
-            if rank == self._rank:
-                calls.append((what, seq))
-                out.append(obj)
-                continue
-            their_what, their_seq, their_obj = pickle.loads(data)
-            calls.append((their_what, their_seq))
-            out.append(their_obj)
-        groups = _by_value(calls)
-        if len(groups) > 1:
-            held = "; ".join(
-                f"{_ranks_text(ranks)} in {w!r} (call #{s})"
-                for (w, s), ranks in groups.items()
-            )
-            raise ReplicaMismatchError(f"the ranks are in different calls: {held}")
-        return out
-
-    def _allgather_bytes(self, payload: bytes, what: str) -> list[bytes]:
-        """Every rank's payload (this rank's as given), by non-blocking
-        point-to-point messages: a length, then the bytes."""
-        comm = self._comm
-        peers = [q for q in range(self._size) if q != self._rank]
-        mine = np.frombuffer(payload, dtype=np.uint8)
-        my_len = np.array([mine.size], dtype=np.int64)
-        lengths = {q: np.zeros(1, dtype=np.int64) for q in peers}
-        sends = [(q, comm.Isend(my_len, dest=q, tag=_TAG_LEN)) for q in peers]
-        sends += [(q, comm.Isend(mine, dest=q, tag=_TAG_DATA)) for q in peers]
-        deadline = time.monotonic() + self._timeout
-        self._wait(
-            [(q, comm.Irecv(lengths[q], source=q, tag=_TAG_LEN)) for q in peers],
-            what,
-            deadline,
-        )
-        bufs = {q: np.empty(int(lengths[q][0]), dtype=np.uint8) for q in peers}
-        receives = [(q, comm.Irecv(bufs[q], source=q, tag=_TAG_DATA)) for q in peers]
-        self._wait(receives + sends, what, deadline)
-        return [
-            payload if q == self._rank else bufs[q].tobytes() for q in range(self._size)
-        ]
-
-    def _wait(
-        self,
-        requests: Sequence[tuple[int | None, Any]],
-        what: str,
-        deadline: float | None = None,
-    ) -> None:
-        """Poll ``requests`` (peer rank or None, request) until all complete;
-        QueueTimeoutError naming the peers still pending at the deadline."""
-        if deadline is None:
-            deadline = time.monotonic() + self._timeout
-        pending = list(requests)
-        delay = _POLL_MIN
-        while True:
-            pending = [(q, r) for q, r in pending if not r.Test()]
-            if not pending:
-                return
-            if time.monotonic() >= deadline:
-                peers = sorted({q for q, _ in pending if q is not None})
-                who = _ranks_text(peers) if peers else "some rank (MPI names none)"
-                raise QueueTimeoutError(
-                    f"{what}: nothing from {who} within {self._timeout} s "
-                    f"(waiting on rank {self._rank} of {self._size})",
-                    hint="that rank died, hangs, or is far slower than the others: "
-                    "see its stderr; raise timeout if it is just slow",
-                )
-            time.sleep(delay)
-            delay = min(2.0 * delay, _POLL_MAX)
+        return self._transport.exchange(what, obj)
 
     # ---------------------------------------------------------- failures ----
     @contextmanager
@@ -690,41 +482,13 @@ class MPIEngine:
         if self._lifecycle.state not in (State.STOPPING, State.STOPPED):
             self._lifecycle.transition(State.STOPPING, what="failure")
             self._lifecycle.transition(State.STOPPED, what="failure")
-        self._remove_excepthook()
+        self._hook.remove()
 
     def _abort(self, exc: BaseException, what: str) -> None:
         """Report ``exc`` and end the whole job (when that is the policy)."""
         if not self._abort_on_error or self._size == 1:
             return
-        report = "".join(traceback.format_exception(exc))
-        sys.stderr.write(
-            f"cllm mpi: rank {self._rank} of {self._size} failed in {what}; "
-            f"calling MPI_Abort(1) to end every rank\n{report}"
-        )
-        sys.stderr.flush()
-        _abort_job(self._world)
-
-    def _install_excepthook(self) -> None:
-        previous = sys.excepthook
-        rank, size, world = self._rank, self._size, self._world
-
-        def hook(
-            tp: type[BaseException], value: BaseException, tb: TracebackType | None
-        ) -> None:
-            previous(tp, value, tb)
-            sys.stderr.write(
-                f"cllm mpi: rank {rank} of {size}: uncaught {tp.__name__}; calling "
-                f"MPI_Abort(1) so the other ranks do not wait for this one\n"
-            )
-            _abort_job(world)
-
-        self._previous_hook, self._hook = previous, hook
-        sys.excepthook = hook
-
-    def _remove_excepthook(self) -> None:
-        if self._hook is not None and sys.excepthook is self._hook:
-            sys.excepthook = self._previous_hook
-        self._hook = self._previous_hook = None
+        report_and_abort(exc, what, self._rank, self._size, self._world)
 
 
 __all__ = ["MPIEngine", "weights_digest"]
