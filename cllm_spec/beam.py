@@ -130,7 +130,7 @@ def beam_search(
         decoder.reorder(rows)
         toks = np.zeros(k, dtype=np.int64)
         toks[: len(keep_toks)] = keep_toks
-        logp = _log_softmax(decoder.feed(toks[:, None]))
+        logp = _log_softmax(decoder.feed_next(toks))
     for i in range(scores.size):  # hypotheses that reached N tokens
         heapq.heappush(finished, (-float(scores[i]), order, seqs[i]))
         order += 1

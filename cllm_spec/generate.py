@@ -57,7 +57,15 @@ so it multiplies the V x C head by one row, not by T. The params are checked
 once per decoder, not once per token (``checked_params``). Every step, the
 prefill included, goes through :func:`decode_last`: one call of the backend's
 fused ``model_kernels.decode_last`` when it has one (the C backend's runs the
-whole model in one C call), else :func:`~cllm_spec.model.forward`.
+whole model in one C call), else :func:`~cllm_spec.model.forward`. The
+generation loop's steps check nothing again: the sampling was checked once
+per call (:func:`~cllm_spec.sampling.draw` checks only the logits) and a
+sampled token goes to :meth:`Decoder.feed_next`, which runs the backend's
+``model_kernels.decode_session`` over the decoder's own caches when it has one.
+Per token, a small model's checks cost as much as its arithmetic, and after a
+large model's step has streamed its weights through the CPU's caches, every
+Python operation misses them: the same Python of a step took ~300 us per
+token on the production model against ~25 us on the default one.
 
 Batches
 =======
@@ -103,7 +111,7 @@ from cllm_spec.model import (
     validate_forward,
 )
 from cllm_spec.protocols import KVCache
-from cllm_spec.sampling import SamplingConfig, sample, validate_top_k
+from cllm_spec.sampling import SamplingConfig, draw, validate_top_k
 
 
 # ------------------------------------------------------------------ validation ---
@@ -207,6 +215,7 @@ class Decoder:
         # the tokens in the caches, oldest first: (B, T_max), n of them valid
         self._tokens = np.zeros((self.batch, cfg.block_size), dtype=np.int64)
         self._n = 0
+        self._session = self._open_session()
 
     @property
     def context(self) -> np.ndarray:
@@ -233,9 +242,45 @@ class Decoder:
             # the window slides: every position changes, so refill from scratch
             window = np.concatenate([self._tokens[:, :n], rows], axis=1)[:, -t_max:]
             self._caches = tuple(self.backend.kv_cache_reset(kv) for kv in self._caches)
+            self._session = self._open_session()
             self._n = 0
             logits = self._run(window, 0)
         return logits[0] if single else logits
+
+    def feed_next(self, toks: np.ndarray) -> np.ndarray:
+        """:meth:`feed` of ``toks: (B,) int64``, the next token of each
+        sequence, chosen from this decoder's logits (sampled, or a beam's
+        pick); the logits ``(B, V)``.
+
+        Such a step has nothing to check again: the params were checked once
+        and the caches are the decoder's own. Where the backend offers
+        ``model_kernels.decode_session`` the step goes straight to it (per
+        token, a small model's checks cost about as much as its arithmetic;
+        an id outside [0, V) is still the backend's IdRangeError); otherwise,
+        when the window slides, or for any other ``toks``, it is :meth:`feed`.
+        """
+        n = self._n
+        plain = type(toks) is np.ndarray and toks.dtype == np.int64
+        if not plain or toks.shape != (self.batch,):
+            return self.feed(np.asarray(toks)[..., None])  # which names the error
+        if self._session is None or n == self.cfg.block_size:
+            return self.feed(toks[:, None])
+        logits = self._session(toks[:, None], n)  # (B, 1, V)
+        if logits is None:
+            return self.feed(toks[:, None])
+        self._tokens[:, n] = toks
+        self._n = n + 1
+        self._caches = tuple(KVCache(kv.k, kv.v, n + 1) for kv in self._caches)
+        last: np.ndarray = logits[:, 0]  # (B, V), a view
+        return last
+
+    def _open_session(self) -> Any:
+        """The backend's prepared decoding step over these caches, or None."""
+        kernels = getattr(self.backend, "model_kernels", None)
+        opener = getattr(kernels, "decode_session", None)
+        if opener is None:
+            return None
+        return opener(self.cfg, self.params.flat, self._caches)
 
     def reorder(self, rows: np.ndarray) -> None:
         """Make sequence i the former sequence ``rows[i]`` (its cached keys and
@@ -411,7 +456,7 @@ def _steps(
     logits = decoder.feed(prompts[:, -cfg.block_size :])  # (B, V)
     live = np.ones(b, dtype=bool)  # rows that have not sampled eos
     for step in range(n):
-        toks = sample(logits, sampling, rng)  # (B,)
+        toks = draw(logits, sampling, rng)  # (B,) sampling was checked once
         if eos is not None:
             live &= toks != eos
         if not live.any():
@@ -419,7 +464,7 @@ def _steps(
         yield toks, live.copy()
         if step + 1 == n:
             return
-        logits = decoder.feed(toks[:, None])
+        logits = decoder.feed_next(toks)
 
 
 __all__ = [

@@ -93,8 +93,12 @@ rows by streaming each weight once). ``model_kernels`` may also offer
 arguments already validated, returning the logits ``(B, 1, V)`` with the keys
 and values appended into the caches' buffers, or None where it does not apply
 (:func:`cllm_spec.generate.decode_last` falls back to :func:`forward` then),
-and ``GROUP_MIN_ROWS`` with ``groups=`` on its linear, ffn and mha backward:
-several groups of a training step in one pass, each with its own bits
+``decode_session(cfg, flat, kv_caches)``: that step as a callable ``(ids,
+pos_offset) -> logits`` over those caches for many calls (a decoder's, one
+per token: :meth:`cllm_spec.generate.Decoder.feed_next`), or None where
+``decode_last`` would not apply, and ``GROUP_MIN_ROWS`` with ``groups=`` on
+its linear, ffn and mha backward: several groups of a training step in one
+pass, each with its own bits
 (:mod:`cllm_spec.model_groups`). A backend without model kernels runs the
 plain composition. Both must compute the same function: the conformance suite
 checks the model of every backend against the float64 oracle.

@@ -311,24 +311,53 @@ def sample(
     exactly ``B`` doubles (one for (V,)) from ``rng``, none when greedy.
     """
     x, cfg, gen = validate_sample(logits, config, rng)
-    rows = x.reshape(-1, x.shape[-1])  # (B, V)
+    return _draw(x.reshape(-1, x.shape[-1]), cfg, gen).reshape(x.shape[:-1])
+
+
+def draw(
+    logits: np.ndarray, config: SamplingConfig, rng: np.random.Generator
+) -> np.ndarray:
+    """:func:`sample` for a caller that checked ``config`` and ``rng`` and holds
+    float logits of rank 1 or 2 (a decoding loop: :mod:`cllm_spec.generate`
+    checks its sampling once per call, not once per token).
+
+    The logits are still checked, as ``sample`` checks them (a model's output
+    can overflow); greedily within the argmax's own pass: a row's first argmax
+    is its first NaN if it has one, else its first +inf, else its max, so that
+    value is finite exactly when ``validate_logits`` passes the row.
+    """
+    rows = logits.reshape(-1, logits.shape[-1])  # (B, V)
+    if config.greedy:
+        best: np.ndarray = np.argmax(rows, axis=-1)  # (B,) first maximum: lowest id
+        if not np.isfinite(rows[np.arange(rows.shape[0]), best]).all():
+            validate_logits(logits)  # raises, naming what is wrong
+        return best.astype(np.int64).reshape(logits.shape[:-1])
+    validate_logits(logits)
+    return _draw(rows, config, rng).reshape(logits.shape[:-1])
+
+
+def _draw(
+    rows: np.ndarray, cfg: SamplingConfig, gen: np.random.Generator
+) -> np.ndarray:
+    """The ids ``(B,) int64`` of checked ``rows: (B, V)`` (module docstring)."""
     if cfg.greedy:
         best: np.ndarray = np.argmax(rows, axis=-1)  # first maximum: lowest id
-        return best.astype(np.int64).reshape(x.shape[:-1])
+        return best.astype(np.int64)
     w = _weights(rows, cfg.temperature, cfg.top_k, cfg.top_p)  # (B, V)
-    u = gen.random(rows.shape[0])  # (B,) row b uses the b-th double
+    u = gen.random((rows.shape[0],))  # (B,) row b uses the b-th double
     # u * total can round up to total; never step past the last kept token
     last_kept = rows.shape[-1] - 1 - np.argmax(w[:, ::-1] > 0.0, axis=-1)
     cdf = np.cumsum(w, axis=-1, out=w)  # (B, V), in place of the weights
     target = u[:, None] * cdf[:, -1:]  # (B, 1) in [0, total)
     ids: np.ndarray = np.count_nonzero(cdf <= target, axis=-1)  # first cdf_v > target
     ids = np.minimum(ids, last_kept)
-    return ids.astype(np.int64).reshape(x.shape[:-1])
+    return ids.astype(np.int64)
 
 
 __all__ = [
     "SLACK",
     "SamplingConfig",
+    "draw",
     "filter_logits",
     "probabilities",
     "sample",

@@ -26,7 +26,7 @@ from cllm_spec.errors import (
     ShapeError,
     Unsupported,
 )
-from cllm_spec.generate import decode_last
+from cllm_spec.generate import Decoder, decode_last
 from cllm_spec.model import (
     IGNORE_INDEX,
     CheckedParams,
@@ -444,6 +444,27 @@ def test_decoding_steps_equal_the_full_forwards_last(
             output="kv_cache",
             dtype=dtype,
         )
+
+
+def test_decoder_sampled_steps_equal_the_full_forwards_last(
+    backend: Any, dtype: np.dtype, rng: np.random.Generator, check: Any
+) -> None:
+    # Decoder.feed_next is the step of cllm generate's loop: a backend's
+    # model_kernels.decode_session (the C backend's) runs it over the
+    # decoder's own caches with no new checks. Every row and every step, past
+    # block_size too (the caches refilled), must match one full forward over
+    # the context the decoder holds.
+    cfg = ModelConfig(**TINY)
+    params = perturbed_params(cfg, rng).astype(dtype)
+    seq = rng.integers(0, cfg.vocab_size, (3, cfg.block_size + 4))
+    decoder = Decoder(backend, cfg, params, batch=3)
+    got = decoder.feed(seq[:, :2])
+    for end in range(2, seq.shape[1]):
+        context = seq[:, max(0, end - cfg.block_size) : end]
+        assert decoder.context.tolist() == context.tolist()
+        full, _, _ = forward(backend, cfg, params, context, logits="last")
+        check.close(got, full[:, 0], output="kv_cache", dtype=dtype)
+        got = decoder.feed_next(seq[:, end])
 
 
 def test_checked_params_skip_only_the_finiteness_scan(

@@ -16,9 +16,10 @@ import pytest
 cllm_c = pytest.importorskip("cllm_c", reason="the C extension is not built")
 
 from cllm_c.decode import decode_last as fused_decode_last  # noqa: E402
+from cllm_c.decode import decode_session  # noqa: E402
 
-from cllm_spec.errors import ReadOnlyError  # noqa: E402
-from cllm_spec.generate import decode_last  # noqa: E402
+from cllm_spec.errors import IdRangeError, ReadOnlyError, ShapeError  # noqa: E402
+from cllm_spec.generate import Decoder, decode_last  # noqa: E402
 from cllm_spec.model import ModelConfig, forward, init_kv_caches, init_params  # noqa: E402
 from cllm_spec.protocols import KVCache  # noqa: E402
 from cllm_spec.tolerances import tolerance  # noqa: E402
@@ -142,3 +143,38 @@ def test_fused_step_never_writes_a_read_only_cache():
     with pytest.raises(ReadOnlyError):
         decode_last(cllm_c, cfg, params, np.array([[2]]), frozen, 1)
     np.testing.assert_array_equal(frozen[1].v, before)
+
+
+def test_decoder_steps_through_the_session_bit_for_bit():
+    """Decoder.feed_next runs model_kernels.decode_session over the
+    decoder's own caches: the logits of the checked path (feed), slides
+    included, from one session opened per window."""
+    cfg = CONFIGS[1]  # block_size 11
+    params = _params(cfg, 8)
+    toks = np.random.default_rng(9).integers(0, cfg.vocab_size, (2, 16))
+    plain = Decoder(cllm_c, cfg, params, batch=2)
+    sampled = Decoder(cllm_c, cfg, params, batch=2)
+    assert sampled._session is not None, "the C backend offers a session"
+    np.testing.assert_array_equal(sampled.feed(toks[:, :4]), plain.feed(toks[:, :4]))
+    for i in range(4, toks.shape[1]):
+        want = plain.feed(toks[:, i : i + 1])
+        np.testing.assert_array_equal(sampled.feed_next(toks[:, i]), want)
+        for a, b in zip(sampled._caches, plain._caches, strict=True):
+            assert a.length == b.length
+            np.testing.assert_array_equal(a.k[:, :, : a.length], b.k[:, :, : b.length])
+
+
+def test_session_refuses_another_batch_and_foreign_ids():
+    cfg = CONFIGS[0]
+    params = _params(cfg, 10)
+    caches = init_kv_caches(cllm_c, cfg, 2, np.float32)
+    session = decode_session(cfg, params, caches)
+    assert session is not None
+    with pytest.raises(ShapeError):  # C would index two caches' rows with 3
+        session(np.array([[1], [2], [3]]), 0)
+    with pytest.raises(IdRangeError):
+        session(np.array([[1], [cfg.vocab_size]]), 0)
+    got = session(np.array([[1], [2]]), 0)
+    fresh = init_kv_caches(cllm_c, cfg, 2, np.float32)
+    want = fused_decode_last(cfg, params, np.array([[1], [2]]), fresh, 0)
+    np.testing.assert_array_equal(got, want)

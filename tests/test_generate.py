@@ -435,3 +435,31 @@ def test_one_call_scans_the_weights_for_nan_once(backend, monkeypatch, entry):
         out = beam_search(backend, CFG, params, prompt, 4, 2, None)
     assert len(out) > 0
     assert scanned == [param_count(CFG)]
+
+
+def test_feed_next_is_feed_past_the_window(backend):
+    # the generation loop's step: the same logits as feed, slides included
+    params = random_params(CFG)
+    toks = np.random.default_rng(8).integers(0, CFG.vocab_size, (2, 14))
+    plain, sampled = Decoder(backend, CFG, params, 2), Decoder(backend, CFG, params, 2)
+    np.testing.assert_array_equal(sampled.feed(toks[:, :3]), plain.feed(toks[:, :3]))
+    for i in range(3, toks.shape[1]):  # past block_size = 8: the window slides
+        want = plain.feed(toks[:, i : i + 1])
+        np.testing.assert_array_equal(sampled.feed_next(toks[:, i]), want)
+        np.testing.assert_array_equal(sampled.context, plain.context)
+
+
+@pytest.mark.parametrize(
+    "toks, error",
+    [
+        (np.array([3, 4, 5]), ShapeError),  # three tokens for two sequences
+        (np.array([[3], [4]]), ShapeError),  # (B, 1), not (B,)
+        (np.array([3, CFG.vocab_size]), IdRangeError),
+    ],
+)
+def test_feed_next_checks_what_it_was_not_given(backend, toks, error):
+    decoder = Decoder(backend, CFG, random_params(CFG), batch=2)
+    decoder.feed(np.array([[1, 2], [3, 4]]))
+    with pytest.raises(error):
+        decoder.feed_next(toks)
+    assert decoder.context.tolist() == [[1, 2], [3, 4]]

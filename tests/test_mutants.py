@@ -96,6 +96,10 @@ C_MUTANTS = {
         "test_model.py",
         "test_decoding_steps_equal_the_full_forwards_last",
     ),
+    "decode_session_row0": (
+        "test_model.py",
+        "test_decoder_sampled_steps_equal_the_full_forwards_last",
+    ),
     "ffn_act_skips_edge_rows": (
         "test_ffn_block.py",
         "test_ffn_backward_matches_oracle",

@@ -21,6 +21,7 @@ from cllm_spec.errors import (
 )
 from cllm_spec.sampling import (
     SamplingConfig,
+    draw,
     filter_logits,
     probabilities,
     sample,
@@ -546,3 +547,44 @@ def test_bad_logits_raise_typed_errors_in_every_function(logits, error):
 def test_bad_arguments_raise_config_errors_naming_them(call, field):
     with pytest.raises(ConfigError, match=f"^{field}:"):
         call()
+
+
+# ---------------------------------------------------------------------- draw ---
+DRAW_CONFIGS = [
+    SamplingConfig(greedy=True),
+    SamplingConfig(temperature=0.8, top_k=5, top_p=0.9),
+]
+
+
+@pytest.mark.parametrize("config", DRAW_CONFIGS, ids=["greedy", "sampled"])
+@pytest.mark.parametrize("shape", [(50,), (3, 50)])
+def test_draw_is_sample_for_checked_config(config, shape):
+    logits = np.random.default_rng(4).standard_normal(shape).astype(np.float32)
+    logits[..., 7] = -np.inf  # a forbidden token is allowed while a row has others
+    a, b = np.random.default_rng(9), np.random.default_rng(9)
+    want = sample(logits, config, a)
+    got = draw(logits, config, b)
+    assert got.dtype == want.dtype and got.shape == want.shape
+    np.testing.assert_array_equal(got, want)
+    assert a.random() == b.random()  # the same doubles drawn
+
+
+@pytest.mark.parametrize("config", DRAW_CONFIGS, ids=["greedy", "sampled"])
+@pytest.mark.parametrize(
+    "bad, error",
+    [
+        (lambda r: r.__setitem__(11, np.nan), "NaN"),
+        (lambda r: r.__setitem__(0, np.inf), r"\+inf"),
+        (lambda r: r.fill(-np.inf), "no finite entry"),
+        # NaN after a larger finite value: the check must not stop at the max
+        (lambda r: (r.__setitem__(3, 1e30), r.__setitem__(40, np.nan)), "NaN"),
+    ],
+)
+def test_draw_rejects_what_sample_rejects(config, bad, error):
+    """draw checks a model's logits as sample does (greedy in the argmax's own
+    pass), whichever row is bad."""
+    logits = np.random.default_rng(5).standard_normal((3, 50))
+    bad(logits[1])
+    for fn in (sample, draw):
+        with pytest.raises(NonFiniteError, match=error):
+            fn(logits, config, np.random.default_rng(0))

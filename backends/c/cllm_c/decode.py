@@ -8,7 +8,9 @@ to rounding (csrc/decode.c says why). The caller
 (``cllm_spec.generate.decode_last``) validated params, ids and caches; this
 module re-checks what C relies on (dtypes, the caches' buffers and shapes; C
 the room left), and returns None where it does not apply, so the caller runs
-the per-kernel forward instead.
+the per-kernel forward instead. ``decode_session`` is the same step for a
+decoder that calls it once per token over the same caches: what does not
+change between its calls is resolved once.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import numpy as np
 from cllm_c._lib import F32, check, empty, ffi, ids64, lib, out_ptr, ptr
 from cllm_c.ffn import _KINDS
 from cllm_spec.attention import attention_scale
+from cllm_spec.errors import ShapeError
 from cllm_spec.model import LN_EPS, ModelConfig, param_layout
 from cllm_spec.model_params import head_param
 from cllm_spec.protocols import KVCache
@@ -77,6 +80,68 @@ def _fits(flat: np.ndarray, kv_caches: Sequence[KVCache]) -> bool:
     )
 
 
+class DecodeSession:
+    """``decode_last`` over one set of caches, with what the C call needs that
+    does not change from step to step (the pointers to the params, the
+    offsets and every cache's buffers) resolved once: a decoding step of a
+    small model costs about as much in Python as in C, and each resolved
+    pointer is a few microseconds of it. Holds the buffers it points into."""
+
+    def __init__(
+        self, cfg: ModelConfig, flat: np.ndarray, kv_caches: Sequence[KVCache]
+    ):
+        self._cfg, self._flat, self._caches = cfg, flat, tuple(kv_caches)
+        self._batch, _, self._t_max, _ = kv_caches[0].k.shape
+        self._params = ptr(flat)
+        self._offsets = ffi.from_buffer("int64_t[]", _offsets(cfg))
+        self._keys = ffi.new(
+            "float *[]", [out_ptr("kv_cache.k", kv.k) for kv in kv_caches]
+        )
+        self._values = ffi.new(
+            "float *[]", [out_ptr("kv_cache.v", kv.v) for kv in kv_caches]
+        )
+        self._kind = _KINDS[cfg.activation]
+        self._scale = attention_scale(cfg.n_embd // cfg.n_head)
+        # the scratch of the last call (t, array, pointer), kept for the next
+        # one of as many tokens: its contents die with each call
+        self._work: tuple[int, np.ndarray, object] | None = None
+
+    def __call__(self, ids: np.ndarray, pos_offset: int) -> np.ndarray | None:
+        """The logits ``(B, 1, V)`` of the last of ``ids: (B, T)``'s positions,
+        their keys and values appended at ``pos_offset``; None where the
+        step does not fit the caches (C sizes its scratch)."""
+        cfg = self._cfg
+        b, t = ids.shape
+        if b != self._batch:  # C is handed b and would index the caches with it
+            raise ShapeError(f"ids: {b} sequences for caches of {self._batch}")
+        c, nh, f, v = cfg.n_embd, cfg.n_head, cfg.n_hidden, cfg.vocab_size
+        if self._work is None or self._work[0] != t:
+            n = lib.cllm_model_decode_work(b, t, nh, c, f, self._t_max)
+            if n < 0:
+                return None
+            work = empty(n, F32)
+            self._work = (t, work, ptr(work))
+        work_ptr = self._work[2]
+        # fresh (or recycled once unreferenced): the caller may keep the logits
+        logits = empty((b, 1, v), F32)
+        _, ip = ids64(ids)
+        status = lib.cllm_model_decode(
+            self._params, self._offsets, ip, b, t, cfg.n_layer, nh, c, f, v,
+            cfg.block_size, self._kind, LN_EPS, self._scale, self._keys, self._values,
+            self._t_max, pos_offset, work_ptr, ptr(logits),
+        )  # fmt: skip
+        check(status, "decoding step")
+        return logits
+
+
+def decode_session(
+    cfg: ModelConfig, flat: np.ndarray, kv_caches: Sequence[KVCache]
+) -> DecodeSession | None:
+    """The fused step over ``kv_caches`` for many calls; None where it does not
+    apply (see the module docstring)."""
+    return DecodeSession(cfg, flat, kv_caches) if _fits(flat, kv_caches) else None
+
+
 def decode_last(
     cfg: ModelConfig,
     flat: np.ndarray,
@@ -87,24 +152,5 @@ def decode_last(
     """The logits ``(B, 1, V)`` of the last of ``ids: (B, T)``'s positions,
     the T keys and values appended into the caches' buffers; None where the
     fused step does not apply (see the module docstring)."""
-    if not _fits(flat, kv_caches):
-        return None
-    b, t = ids.shape
-    c, nh, f, v = cfg.n_embd, cfg.n_head, cfg.n_hidden, cfg.vocab_size
-    t_max = kv_caches[0].k.shape[2]
-    n = lib.cllm_model_decode_work(b, t, nh, c, f, t_max)
-    if n < 0:
-        return None
-    work = empty(n, F32)
-    logits = empty((b, 1, v), F32)
-    _, ip = ids64(ids)
-    keys = [out_ptr("kv_cache.k", kv.k) for kv in kv_caches]
-    values = [out_ptr("kv_cache.v", kv.v) for kv in kv_caches]
-    status = lib.cllm_model_decode(
-        ptr(flat), ffi.from_buffer("int64_t[]", _offsets(cfg)), ip, b, t,
-        cfg.n_layer, nh, c, f, v, cfg.block_size, _KINDS[cfg.activation], LN_EPS,
-        attention_scale(c // nh), ffi.new("float *[]", keys),
-        ffi.new("float *[]", values), t_max, pos_offset, ptr(work), ptr(logits),
-    )  # fmt: skip
-    check(status, "decoding step")
-    return logits
+    session = decode_session(cfg, flat, kv_caches)
+    return None if session is None else session(ids, pos_offset)

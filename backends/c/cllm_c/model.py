@@ -56,7 +56,7 @@ import numpy as np
 
 from cllm_c._lib import empty, lib
 from cllm_c.attention import _mha, _mha_backward, _mha_backward_groups
-from cllm_c.decode import decode_last
+from cllm_c.decode import decode_last, decode_session
 from cllm_c.embedding import _embedding, _embedding_add_backward
 from cllm_c.ffn import (
     _ffn,
@@ -222,6 +222,7 @@ __all__ = [
     "cross_entropy_backward",
     "cross_entropy_forward",
     "decode_last",
+    "decode_session",
     "embedding_backward",
     "embedding_forward",
     "empty",
