@@ -41,6 +41,8 @@ int cllm_set_num_threads(int n);
 /* 64-byte aligned memory on transparent huge pages, for large outputs */
 void *cllm_big_alloc(size_t bytes);
 void cllm_big_free(void *p);
+/* [p, p + bytes) collapsed onto transparent huge pages where the kernel can: 1 */
+int cllm_huge_pages(const void *p, size_t bytes);
 
 /* gemm.c: C(M,N) = [C or 0 or bias] + op(A)(M,K) op(B)(K,N); op(X) = X^T when trans */
 int cllm_sgemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,

@@ -34,6 +34,9 @@ _GLOBAL = (
     "model.ln_f.weight",
     "model.ln_f.bias",
 )
+#: weights from this size on are asked onto huge pages (csrc/cpu.c,
+#: cllm_huge_pages): below it a model's weights span a few 2 MiB pages at most
+HUGE_PAGES_MIN_BYTES = 8 << 20
 #: the order of enum block_tensor in csrc/decode.c
 _BLOCK = (
     "ln_1.weight",
@@ -93,6 +96,8 @@ class DecodeSession:
         self._cfg, self._flat, self._caches = cfg, flat, tuple(kv_caches)
         self._batch, _, self._t_max, _ = kv_caches[0].k.shape
         self._params = ptr(flat)
+        if flat.nbytes >= HUGE_PAGES_MIN_BYTES:  # each step streams them all
+            lib.cllm_huge_pages(self._params, flat.nbytes)
         self._offsets = ffi.from_buffer("int64_t[]", _offsets(cfg))
         self._keys = ffi.new(
             "float *[]", [out_ptr("kv_cache.k", kv.k) for kv in kv_caches]

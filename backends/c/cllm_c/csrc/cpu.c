@@ -239,3 +239,33 @@ void cllm_big_free(void *p)
     if (base)
         munmap(base, len);
 }
+
+/* Asks for [p, p + bytes) on transparent huge pages, now: the weights a
+ * decoding step streams. A token of the production model reads 89 MB of
+ * them; on 4 KiB pages that is ~22,000 TLB misses a token, and batch-1
+ * decoding measured 148-161 tokens/s where the same weights on 2 MiB pages
+ * gave 228-261 (one thread). Whether an array got huge pages when its pages
+ * were first touched depends on what memory was free then, so this collapses
+ * its 2 MiB-aligned interior in place (MADV_COLLAPSE, Linux 6.1; a no-op
+ * where it is backed so already). Advice only: the contents never change,
+ * and where the kernel cannot or will not (older kernels, THP off, a file
+ * mapping) it returns 0 and nothing changes. 1 if the collapse succeeded. */
+#if defined(__linux__) && !defined(MADV_COLLAPSE)
+#define MADV_COLLAPSE 25 /* the kernel's value; C libraries older than it lack the name */
+#endif
+
+int cllm_huge_pages(const void *p, size_t bytes)
+{
+    uintptr_t start = ((uintptr_t)p + HUGE_PAGE - 1) / HUGE_PAGE * HUGE_PAGE;
+    uintptr_t end = ((uintptr_t)p + bytes) / HUGE_PAGE * HUGE_PAGE;
+    if (!p || end <= start)
+        return 0;
+    int ok = 0;
+#ifdef MADV_HUGEPAGE
+    madvise((void *)start, end - start, MADV_HUGEPAGE);
+#endif
+#ifdef MADV_COLLAPSE
+    ok = madvise((void *)start, end - start, MADV_COLLAPSE) == 0;
+#endif
+    return ok;
+}
