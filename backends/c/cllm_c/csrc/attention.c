@@ -1,221 +1,20 @@
 /* attention: scaled dot-product attention forward and backward, head
- * split/merge for multi-head attention, and the KV cache write.
+ * split/merge for multi-head attention, and the KV cache write; decoding
+ * over a cache is in attention_decode.c, the row kernels in attention_rows.c.
  *
  * One (batch, head) pair per task: its score matrix and weighted sums are
- * GEMMs (gemm.c, single-threaded inside the task) and its masked softmax a
- * row kernel with a scalar twin. Pairs are independent, so the bits never
- * depend on the thread count. Masked entries get probability exactly 0 and
- * a query that sees no key gets a zero row (the spec's deviation from
- * PyTorch's NaN). */
+ * GEMMs (gemm.c, single-threaded inside the task) or the blocks of
+ * attention_blocks.c, and its masked softmax a row kernel with a scalar
+ * twin. Pairs are independent, so the bits never depend on the thread
+ * count. Masked entries get probability exactly 0 and a query that sees no
+ * key gets a zero row (the spec's deviation from PyTorch's NaN). */
 #include "attention_blocks.h"
+#include "attention_parts.h"
 #include "gemm.h"
 #include "simd_math.h"
 
 #include <math.h>
 #include <string.h>
-
-/* ------------------------------------------------------- masked softmax ---- */
-/* s[0, tk) holds raw scores; keys j >= limit or with mask[j] == 0 are hidden */
-static void att_row_scalar(float *s, int64_t tk, int64_t limit, const uint8_t *mask,
-                           float scale)
-{
-    float m = -INFINITY;
-    for (int64_t j = 0; j < tk; j++) {
-        int vis = j < limit && (!mask || mask[j]);
-        s[j] = vis ? s[j] * scale : -INFINITY;
-        m = s[j] > m ? s[j] : m;
-    }
-    if (m == -INFINITY) { /* no visible key */
-        memset(s, 0, (size_t)tk * sizeof(float));
-        return;
-    }
-    double sum = 0.0;
-    for (int64_t j = 0; j < tk; j++) {
-        s[j] = s[j] == -INFINITY ? 0.0f : expf(s[j] - m);
-        sum += s[j];
-    }
-    float inv = (float)(1.0 / sum);
-    for (int64_t j = 0; j < tk; j++)
-        s[j] *= inv;
-}
-
-#if CLLM_X86
-/* adds the 8 floats of e to the double sums of lanes 0-3 (a0) and 4-7 (a1) */
-CLLM_AVX2 static inline void add_pd8(__m256 e, __m256d *a0, __m256d *a1)
-{
-    *a0 = _mm256_add_pd(*a0, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
-    *a1 = _mm256_add_pd(*a1, _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));
-}
-
-/* s[j] = exp(s[j] - m) for j in [0, end), 16 at a time while 16 fit: the
- * 8-lane loop's arithmetic lane for lane (cllm_exp512 is cllm_exp256 on
- * twice the lanes) and its sums in its order, so the same bits. Returns
- * where it stopped. */
-CLLM_AVX512 static int64_t att_exp_avx512(float *s, int64_t end, float m, __m256d *a0,
-                                          __m256d *a1)
-{
-    __m512 vm = _mm512_set1_ps(m);
-    int64_t j = 0;
-    for (; j + 16 <= end; j += 16) {
-        __m512 e = cllm_exp512(_mm512_sub_ps(_mm512_loadu_ps(s + j), vm));
-        _mm512_storeu_ps(s + j, e);
-        add_pd8(_mm512_castps512_ps256(e), a0, a1);
-        add_pd8(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(e), 1)), a0, a1);
-    }
-    return j;
-}
-
-/* The vector loops stop at `vend`, the first whole vector past the last
- * visible key: the keys after it (a causal row's second half, on average)
- * are hidden, and their exp would be an exact 0 whose double adds change
- * no sum, so they are written 0 at once. Same bits as running the loops to
- * the end of the row. */
-CLLM_AVX2 static void att_row_avx2(float *s, int64_t tk, int64_t limit,
-                                   const uint8_t *mask, float scale)
-{
-    float m = -INFINITY;
-    int64_t tk8 = tk - tk % 8, vend = tk8;
-    if (mask) { /* rare: padding masks go through the scalar hiding pass */
-        for (int64_t j = 0; j < tk; j++)
-            if (j >= limit || !mask[j])
-                s[j] = -INFINITY;
-            else
-                s[j] *= scale;
-    } else {
-        int64_t j = 0, lim8 = (limit + 7) / 8 * 8;
-        __m256 vs = _mm256_set1_ps(scale);
-        vend = lim8 < tk8 ? lim8 : tk8;
-        for (; j + 8 <= limit; j += 8)
-            _mm256_storeu_ps(s + j, _mm256_mul_ps(_mm256_loadu_ps(s + j), vs));
-        for (; j < limit; j++)
-            s[j] *= scale;
-        for (j = limit; j < tk; j++)
-            s[j] = j < vend || j >= tk8 ? -INFINITY : 0.0f;
-    }
-    __m256 m8 = _mm256_set1_ps(-INFINITY);
-    int64_t j = 0;
-    for (; j < vend; j += 8)
-        m8 = _mm256_max_ps(m8, _mm256_loadu_ps(s + j));
-    m = cllm_hmax256(m8);
-    for (j = tk8; j < tk; j++)
-        m = s[j] > m ? s[j] : m;
-    if (m == -INFINITY) {
-        memset(s, 0, (size_t)tk * sizeof(float));
-        return;
-    }
-    __m256 vm = _mm256_set1_ps(m);
-    __m256d a0 = _mm256_setzero_pd(), a1 = a0;
-    double tail = 0.0;
-    j = cllm_simd_current >= CLLM_SIMD_AVX512 ? att_exp_avx512(s, vend, m, &a0, &a1) : 0;
-    for (; j < vend; j += 8) {
-        __m256 e = cllm_exp256(_mm256_sub_ps(_mm256_loadu_ps(s + j), vm));
-        _mm256_storeu_ps(s + j, e);
-        add_pd8(e, &a0, &a1);
-    }
-    for (j = tk8; j < tk; j++) {
-        s[j] = s[j] == -INFINITY ? 0.0f : expf(s[j] - m);
-        tail += s[j];
-    }
-    float inv = (float)(1.0 / (cllm_hsum256d(_mm256_add_pd(a0, a1)) + tail));
-    __m256 vi = _mm256_set1_ps(inv);
-    for (j = 0; j < vend; j += 8)
-        _mm256_storeu_ps(s + j, _mm256_mul_ps(_mm256_loadu_ps(s + j), vi));
-    for (j = tk8; j < tk; j++)
-        s[j] *= inv;
-}
-#endif
-
-/* ds = att * (da - sum_j att * da), in place over da. The sum is in double
- * as four running sums (j mod 4), added as (s0 + s1) + (s2 + s3): a quarter
- * of the dependent additions of one running sum, which made this loop a
- * tenth of the attention backward's time. Without contraction (C99 mode)
- * the scalar and AVX2 builds of it give the same bits. */
-static inline __attribute__((always_inline)) void
-softmax_grad_row(const float *att, float *da, int64_t tk)
-{
-    double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
-    int64_t j = 0;
-    for (; j + 4 <= tk; j += 4) {
-        s0 += (double)att[j] * (double)da[j];
-        s1 += (double)att[j + 1] * (double)da[j + 1];
-        s2 += (double)att[j + 2] * (double)da[j + 2];
-        s3 += (double)att[j + 3] * (double)da[j + 3];
-    }
-    for (; j < tk; j++)
-        s0 += (double)att[j] * (double)da[j];
-    float sf = (float)((s0 + s1) + (s2 + s3));
-    for (int64_t j = 0; j < tk; j++)
-        da[j] = att[j] * (da[j] - sf);
-}
-
-static void softmax_grad_row_scalar(const float *a, float *d, int64_t n)
-{
-    softmax_grad_row(a, d, n);
-}
-
-#if CLLM_X86
-/* The four sums (j mod 4) as the lanes of one double vector: lane i adds
- * att[j + i] * da[j + i] in the scalar twin's order, and a float product is
- * exact in double, so the same bits. */
-CLLM_AVX2 static void softmax_grad_row_avx2(const float *a, float *d, int64_t n)
-{
-    __m256d acc = _mm256_setzero_pd();
-    int64_t j = 0;
-    for (; j + 4 <= n; j += 4)
-        acc = _mm256_add_pd(acc, _mm256_mul_pd(_mm256_cvtps_pd(_mm_loadu_ps(a + j)),
-                                               _mm256_cvtps_pd(_mm_loadu_ps(d + j))));
-    double s[4];
-    _mm256_storeu_pd(s, acc);
-    for (; j < n; j++)
-        s[0] += (double)a[j] * (double)d[j];
-    __m256 sf = _mm256_set1_ps((float)((s[0] + s[1]) + (s[2] + s[3])));
-    for (j = 0; j + 8 <= n; j += 8)
-        _mm256_storeu_ps(d + j, _mm256_mul_ps(_mm256_loadu_ps(a + j),
-                                              _mm256_sub_ps(_mm256_loadu_ps(d + j), sf)));
-    float sc = _mm256_cvtss_f32(sf);
-    for (; j < n; j++)
-        d[j] = a[j] * (d[j] - sc);
-}
-#endif
-
-/* rows x cols at row stride ld, times s: one multiply per element, so every
- * SIMD level gives the same bits */
-static void scale_rows_scalar(float *x, int64_t rows, int64_t cols, int64_t ld, float s)
-{
-    for (int64_t r = 0; r < rows; r++)
-        for (int64_t i = 0; i < cols; i++)
-            x[r * ld + i] *= s;
-}
-
-#if CLLM_X86
-CLLM_AVX512 static void scale_rows_avx512(float *x, int64_t rows, int64_t cols, int64_t ld,
-                                          float s)
-{
-    __m512 vs = _mm512_set1_ps(s);
-    int64_t whole = cols - cols % 16;
-    __mmask16 tail = (__mmask16)((1u << (cols % 16)) - 1u);
-    for (int64_t r = 0; r < rows; r++) {
-        float *row = x + r * ld;
-        for (int64_t i = 0; i < whole; i += 16)
-            _mm512_storeu_ps(row + i, _mm512_mul_ps(_mm512_loadu_ps(row + i), vs));
-        if (tail)
-            _mm512_mask_storeu_ps(row + whole, tail,
-                                  _mm512_mul_ps(_mm512_maskz_loadu_ps(tail, row + whole), vs));
-    }
-}
-#endif
-
-static void scale_rows(float *x, int64_t rows, int64_t cols, int64_t ld, float s, int simd)
-{
-#if CLLM_X86
-    if (simd >= CLLM_SIMD_AVX512) {
-        scale_rows_avx512(x, rows, cols, ld, s);
-        return;
-    }
-#endif
-    (void)simd;
-    scale_rows_scalar(x, rows, cols, ld, s);
-}
 
 /* ----------------------------------------------------------- forward ---- */
 static int check_dims(int64_t b, int64_t nh, int64_t tq, int64_t tk, int64_t hs,
@@ -264,11 +63,11 @@ static void softmax_rows(const att_job *j, float *ap, const uint8_t *mp)
         int64_t limit = j->causal ? i + (tk - tq) + 1 : tk;
 #if CLLM_X86
         if (j->simd >= CLLM_SIMD_AVX2) {
-            att_row_avx2(ap + i * tk, tk, limit, mp, j->scale);
+            cllm_att_row_avx2(ap + i * tk, tk, limit, mp, j->scale);
             continue;
         }
 #endif
-        att_row_scalar(ap + i * tk, tk, limit, mp, j->scale);
+        cllm_att_row_scalar(ap + i * tk, tk, limit, mp, j->scale);
     }
 }
 
@@ -445,10 +244,10 @@ static void att_backward_task(void *arg, int64_t p, int worker)
     softmax_grad_rows(j, ap, ds, skip);
     /* dq (Tq, HS) = ds (Tq, Tk) k (Tk, HS), then * scale */
     cllm_sgemm_causal(prefix, shift, 0, 0, tq, hs, tk, ds, tk, kp, ldk, dqp, lddq, w);
-    scale_rows(dqp, tq, hs, lddq, j->scale, j->simd);
+    cllm_att_scale_rows(dqp, tq, hs, lddq, j->scale, j->simd);
     /* dk (Tk, HS) = ds^T (Tk, Tq) q (Tq, HS), then * scale */
     cllm_sgemm_causal(suffix, shift, 1, 0, tk, hs, tq, ds, tk, qp, ldq, dkp, lddk, w);
-    scale_rows(dkp, tk, hs, lddk, j->scale, j->simd);
+    cllm_att_scale_rows(dkp, tk, hs, lddk, j->scale, j->simd);
 }
 
 static int run_backward(att_job *j, int64_t b)
@@ -457,10 +256,10 @@ static int run_backward(att_job *j, int64_t b)
     int nt = cllm_threads_for(pairs * tq * tk * hs, (int64_t)1 << 16);
     int64_t big = tq > tk ? tq : tk;
     j->simd = cllm_simd_current;
-    j->grad_row = softmax_grad_row_scalar;
+    j->grad_row = cllm_att_grad_row_scalar;
 #if CLLM_X86
     if (j->simd >= CLLM_SIMD_AVX2)
-        j->grad_row = softmax_grad_row_avx2;
+        j->grad_row = cllm_att_grad_row_avx2;
 #endif
     j->blocks = blocks_for(j);
     j->gemm_floats = pair_floats(j, big, big > hs ? big : hs);
@@ -571,148 +370,6 @@ int cllm_kv_cache_write(const float *src, int64_t b, int64_t nh, int64_t tn,
         memcpy(dst + (p * t_max + start) * hs, src + p * tn * hs,
                (size_t)(tn * hs) * sizeof(float));
     return CLLM_OK;
-}
-
-/* ------------------------------------------------- decoding over a cache ---- */
-/* One decoding step of multi-head attention straight from the fused QKV
- * projection: the new tokens' keys and values are written into the cache
- * rows [start, start + T) and each query attends over the cache in place,
- * so nothing of the cache is copied or packed; the output lands in token
- * layout (B, T, C), ready for the output projection. One (batch, head) pair
- * per task, as above: the bits do not depend on the thread count. */
-typedef struct {
-    const float *qkv;
-    float *kc, *vc, *out, *att;
-    int64_t nh, t, hs, t_max, start;
-    float scale;
-    int simd;
-} decode_job;
-
-static inline __attribute__((always_inline)) float dot_plain(const float *a,
-                                                             const float *b, int64_t n)
-{
-    float s = 0.0f;
-    for (int64_t i = 0; i < n; i++)
-        s = a[i] * b[i] + s;
-    return s;
-}
-
-static inline __attribute__((always_inline)) void axpy_plain(float a, const float *x,
-                                                             float *y, int64_t n)
-{
-    for (int64_t i = 0; i < n; i++)
-        y[i] = a * x[i] + y[i];
-}
-
-#if CLLM_X86
-CLLM_AVX2 static inline float dot_avx2(const float *a, const float *b, int64_t n)
-{
-    __m256 acc = _mm256_setzero_ps();
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8)
-        acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc);
-    return cllm_hsum256(acc) + dot_plain(a + i, b + i, n - i);
-}
-
-CLLM_AVX2 static inline void axpy_avx2(float a, const float *x, float *y, int64_t n)
-{
-    __m256 va = _mm256_set1_ps(a);
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8)
-        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i),
-                                                _mm256_loadu_ps(y + i)));
-    axpy_plain(a, x + i, y + i, n - i);
-}
-
-/* the pair's queries, with every loop compiled for AVX2 */
-CLLM_AVX2 static void decode_pair_avx2(const decode_job *j, const float *kp,
-                                       const float *vp, int64_t bi, int64_t h)
-{
-    int64_t c = j->nh * j->hs, tk = j->start + j->t;
-    for (int64_t i = 0; i < j->t; i++) {
-        const float *q = j->qkv + (bi * j->t + i) * 3 * c + h * j->hs;
-        float *s = j->att + ((bi * j->nh + h) * j->t + i) * tk;
-        float *o = j->out + (bi * j->t + i) * c + h * j->hs;
-        int64_t limit = j->start + i + 1; /* causal: the cache and itself */
-        for (int64_t k = 0; k < limit; k++)
-            s[k] = dot_avx2(q, kp + k * j->hs, j->hs);
-        att_row_avx2(s, tk, limit, NULL, j->scale);
-        memset(o, 0, (size_t)j->hs * sizeof(float));
-        for (int64_t k = 0; k < limit; k++)
-            axpy_avx2(s[k], vp + k * j->hs, o, j->hs);
-    }
-}
-#endif
-
-static void decode_pair_scalar(const decode_job *j, const float *kp, const float *vp,
-                               int64_t bi, int64_t h)
-{
-    int64_t c = j->nh * j->hs, tk = j->start + j->t;
-    for (int64_t i = 0; i < j->t; i++) {
-        const float *q = j->qkv + (bi * j->t + i) * 3 * c + h * j->hs;
-        float *s = j->att + ((bi * j->nh + h) * j->t + i) * tk;
-        float *o = j->out + (bi * j->t + i) * c + h * j->hs;
-        int64_t limit = j->start + i + 1;
-        for (int64_t k = 0; k < limit; k++)
-            s[k] = dot_plain(q, kp + k * j->hs, j->hs);
-        att_row_scalar(s, tk, limit, NULL, j->scale);
-        memset(o, 0, (size_t)j->hs * sizeof(float));
-        for (int64_t k = 0; k < limit; k++)
-            axpy_plain(s[k], vp + k * j->hs, o, j->hs);
-    }
-}
-
-static void decode_task(void *arg, int64_t p, int worker)
-{
-    const decode_job *j = arg;
-    int64_t bi = p / j->nh, h = p % j->nh, c = j->nh * j->hs;
-    float *kp = j->kc + p * j->t_max * j->hs, *vp = j->vc + p * j->t_max * j->hs;
-    size_t bytes = (size_t)j->hs * sizeof(float);
-    (void)worker;
-    for (int64_t i = 0; i < j->t; i++) { /* append this head's new rows */
-        const float *row = j->qkv + (bi * j->t + i) * 3 * c + h * j->hs;
-        memcpy(kp + (j->start + i) * j->hs, row + c, bytes);
-        memcpy(vp + (j->start + i) * j->hs, row + 2 * c, bytes);
-    }
-#if CLLM_X86
-    if (j->simd >= CLLM_SIMD_AVX2) {
-        decode_pair_avx2(j, kp, vp, bi, h);
-        return;
-    }
-#endif
-    decode_pair_scalar(j, kp, vp, bi, h);
-}
-
-int cllm_attention_decode(const float *qkv, int64_t b, int64_t t, int64_t nh,
-                          int64_t hs, float *k_cache, float *v_cache, int64_t t_max,
-                          int64_t start, float scale, float *out, float *att)
-{
-    CLLM_CHECK(qkv && k_cache && v_cache && out && att);
-    CLLM_CHECK(b >= 1 && t >= 1 && nh >= 1 && hs >= 1 && start >= 0);
-    CLLM_CHECK(start + t <= t_max);
-    decode_job j = {qkv, k_cache, v_cache, out, att, nh, t, hs, t_max, start, scale,
-                    cllm_simd_current};
-    int64_t pairs = b * nh;
-    cllm_parallel(pairs, cllm_threads_for(pairs * t * (start + t) * hs, (int64_t)1 << 16),
-                  decode_task, &j);
-    return CLLM_OK;
-}
-
-int cllm_mha_decode(const float *x, const float *w_qkv, const float *b_qkv,
-                    const float *w_proj, const float *b_proj, int64_t b, int64_t t,
-                    int64_t nh, int64_t hs, float *k_cache, float *v_cache,
-                    int64_t t_max, int64_t start, float scale, float *qkv,
-                    float *merged, float *att, float *y)
-{
-    CLLM_CHECK(nh >= 1 && hs >= 1 && b >= 1 && t >= 1);
-    int64_t c = nh * hs;
-    int status = cllm_linear_forward(x, w_qkv, b_qkv, qkv, b * t, c, 3 * c);
-    if (status == CLLM_OK)
-        status = cllm_attention_decode(qkv, b, t, nh, hs, k_cache, v_cache, t_max,
-                                       start, scale, merged, att);
-    if (status == CLLM_OK)
-        status = cllm_linear_forward(merged, w_proj, b_proj, y, b * t, c, c);
-    return status;
 }
 
 /* ------------------------------------------------------------- float64 ---- */
