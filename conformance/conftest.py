@@ -178,7 +178,7 @@ def rng(request: pytest.FixtureRequest) -> np.random.Generator:
 
 
 def component_of(nodeid: str) -> str:
-    """``conformance/test_losses.py::test_x[...]`` -> ``losses``.
+    """``conformance/test_optim.py::test_x[...]`` -> ``optim``.
 
     A component tested in several files names them ``test_<component>_<part>.py``:
     ``conformance/test_attention_kv_cache.py::test_x`` -> ``attention``.

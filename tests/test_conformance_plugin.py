@@ -213,7 +213,7 @@ def test_numeric_failure_message_says_what_where_and_how_to_reproduce(tmp_path):
             """
         )
     )
-    tests = str(REPO / "conformance" / "test_losses.py")
+    tests = str(REPO / "conformance" / "test_losses_softmax.py")
     result = run_pytest(
         tmp_path,
         tests,
@@ -229,7 +229,7 @@ def test_numeric_failure_message_says_what_where_and_how_to_reproduce(tmp_path):
     assert "max rel error:" in out
     assert "tolerance: rtol=1e-05 atol=2e-06 (table losses/*/float32" in out
     assert "headroom:" in out
-    assert "reproduce: pytest 'conformance/test_losses.py::" in out
+    assert "reproduce: pytest 'conformance/test_losses_softmax.py::" in out
     assert "--backend=skewb --cllm-seed=0" in out
 
 
@@ -253,7 +253,7 @@ def reexporting_backend(tmp_path: Path) -> str:
     return "mybk"
 
 
-LOSSES_TESTS = str(REPO / "conformance" / "test_losses.py")
+LOSSES_TESTS = str(REPO / "conformance" / "test_losses_softmax.py")
 
 
 def test_backend_is_reported_by_the_name_it_was_selected_by(
@@ -284,7 +284,7 @@ def test_failures_lead_with_the_message_and_hide_the_suites_frames(
         lines = block.strip().strip("=").strip().splitlines()
         assert lines[0].startswith("conformance mismatch: losses.")
         assert "reproduce: pytest" in block
-        assert re.search(r"at conformance/test_losses\.py:\d+", block)
+        assert re.search(r"at conformance/test_losses_softmax\.py:\d+", block)
         assert "conftest.py" not in block and "def close" not in block
         assert len(lines) < 15
     full = run_pytest(tmp_path, *args, "--cllm-full-trace")
@@ -331,7 +331,7 @@ def test_other_commands_still_refuse_unknown_arguments(tmp_path):
 @pytest.mark.parametrize(
     ("nodeid", "component"),
     [
-        ("conformance/test_losses.py::test_x[c]", "losses"),
+        ("conformance/test_optim.py::test_x[c]", "optim"),
         ("conformance/test_attention_kv_cache.py::test_x", "attention"),
         ("conformance/test_ffn_layernorm.py::test_x[c-1]", "ffn"),
         # not a component of the spec: the stem stays whole

@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 # mutant module -> (conformance file, a test that must be among the failures)
 BACKEND_MUTANTS = {
-    "queue_lifo": ("test_batching.py", "test_queue_fifo_order"),
+    "queue_lifo": ("test_batching_queue.py", "test_queue_fifo_order"),
     "attention_no_scale": (
         "test_attention_forward.py",
         "test_scale_is_inverse_sqrt_head_size_golden",
@@ -37,11 +37,11 @@ BACKEND_MUTANTS = {
         "test_kv_decoding_of_a_batch_equals_the_full_forward_over_head_sizes",
     ),
     "ce_smoothing_v_minus_1": (
-        "test_losses.py",
+        "test_losses_cross_entropy.py",
         "test_loss12_label_smoothing_is_eps_over_v",
     ),
     "ce_no_logsumexp": (
-        "test_losses.py",
+        "test_losses_cross_entropy.py",
         "test_bug11_ce_nonnegative_and_finite_at_logit_gap",
     ),
     "gelu_swapped": (
