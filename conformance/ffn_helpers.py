@@ -10,8 +10,6 @@ import math
 from typing import Any
 
 import numpy as np
-import pytest
-from hypothesis import HealthCheck, settings
 
 from cllm_spec.tolerances import Tolerance, tolerance
 from conformance.strategies import EDGE_SIZES, normal
@@ -19,7 +17,6 @@ from conformance.strategies import EDGE_SIZES, normal
 KINDS = ("relu", "gelu", "gelu_tanh")
 # (IN, OUT) and (C, F) pairs from the edge sizes, small products
 SIZE_PAIRS = tuple(zip(EDGE_SIZES, EDGE_SIZES[::-1], strict=True))
-FIXTURE_HEALTH = settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 # --- golden constants ---------------------------------------------------------
@@ -101,11 +98,6 @@ def gelu_tanh_grad_libm(x: float) -> float:
 def derived_tol(output: str, dtype: Any) -> Tolerance:
     """The tolerance of ``dtype`` for a quantity derived (in float64) from outputs."""
     return tolerance("ffn", output, dtype)
-
-
-def needs_float64(backend: Any) -> None:
-    if np.dtype(np.float64) not in backend.dtypes:
-        pytest.skip("finite differences need float64, which this backend lacks")
 
 
 def linear_inputs(

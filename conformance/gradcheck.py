@@ -16,10 +16,18 @@ float64 reference backward instead.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
+import pytest
 
 STEP = 1e-6
+
+
+def needs_float64(backend: Any) -> None:
+    """Skip the calling test where ``backend`` has no float64 to difference in."""
+    if np.dtype(np.float64) not in {np.dtype(d) for d in backend.dtypes}:
+        pytest.skip(f"{backend.name} has no float64: finite differences need it")
 
 
 def numerical_vjp(

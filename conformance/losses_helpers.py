@@ -11,17 +11,11 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-import pytest
-from hypothesis import HealthCheck, settings
 
 from conformance.strategies import normal
 
 REDUCTIONS = ("mean", "sum", "none")
 KINDS = ("mse", "l1", "huber")  # the regression losses: <kind>_forward, _backward
-HYPOTHESIS_WITH_FIXTURES = settings(
-    # `check` is stateless between examples; keep the profile's too_slow waiver
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
-)
 
 # Logits and targets of the seed's Loss tests 2, 3 and 12:
 #   row 0: exp(2) + exp(1) + exp(0.1) = 7.389056 + 2.718282 + 1.105171 = 11.212509
@@ -37,11 +31,6 @@ SEED_PROBS = [
     [0.659001138885968, 0.24243297070471395, 0.0985658904093182],
     [0.10953053295069427, 0.8093272525184521, 0.08114221453085362],
 ]
-
-
-def skip_unless_float64(backend: Any) -> None:
-    if np.dtype(np.float64) not in {np.dtype(d) for d in backend.dtypes}:
-        pytest.skip(f"{backend.name} has no float64; finite differences need it")
 
 
 def upstream(

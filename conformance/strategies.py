@@ -8,9 +8,15 @@ least one of them.
 from __future__ import annotations
 
 import numpy as np
+from hypothesis import HealthCheck, settings
 
 EDGE_SIZES = (1, 3, 7, 15, 16, 17, 31, 33, 63, 65)
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+#: Hypothesis tests that take pytest fixtures (``check``, ``backend``): they hold
+#: no state between examples; too_slow stays waived as in the suite's profiles
+FIXTURE_OK = settings(
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 
 
 def normal(

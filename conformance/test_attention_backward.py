@@ -12,14 +12,10 @@ import pytest
 
 from cllm_spec.protocols import MHACache
 from conformance.attention_helpers import mha_params, qkv_inputs, up
+from conformance.gradcheck import needs_float64
 from conformance.strategies import EDGE_SIZES, as_oracle, normal
 
 F64 = np.dtype(np.float64)
-
-
-def need_float64(backend) -> None:
-    if F64 not in {np.dtype(d) for d in backend.dtypes}:
-        pytest.skip("finite differences need float64, which this backend lacks")
 
 
 # ------------------------------------------------ against the reference ----
@@ -77,7 +73,7 @@ def test_mha_without_biases_returns_none_bias_gradients(backend, dtype, rng):
 @pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize("with_mask", [False, True])
 def test_attention_backward_gradcheck(backend, rng, check, causal, with_mask):
-    need_float64(backend)
+    needs_float64(backend)
     q, k, v = qkv_inputs(rng, (2, 2, 3, 2), 4, np.float64)
     mask = np.array([[True, False, True, True], [True, True, False, True]])
     mask = mask if with_mask else None
@@ -96,7 +92,7 @@ def test_attention_backward_gradcheck(backend, rng, check, causal, with_mask):
 
 
 def test_attention_backward_gradcheck_with_an_empty_row(backend, rng, check):
-    need_float64(backend)
+    needs_float64(backend)
     q, k, v = qkv_inputs(rng, (1, 1, 3, 2), 3, np.float64)
     mask = np.array([[False, True, True]])  # causal query 0 sees nothing
     dout = normal(rng, q.shape, np.float64)
@@ -113,7 +109,7 @@ def test_attention_backward_gradcheck_with_an_empty_row(backend, rng, check):
 
 @pytest.mark.parametrize("bias", [True, False])
 def test_mha_backward_gradcheck(backend, rng, check, bias):
-    need_float64(backend)
+    needs_float64(backend)
     x = normal(rng, (2, 3, 4), np.float64)
     w_qkv, b_qkv, w_proj, b_proj = mha_params(rng, 4, np.float64, bias=bias)
     dy = normal(rng, x.shape, np.float64)

@@ -12,16 +12,12 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from cllm_spec.protocols import AttentionCache
 from conformance.attention_helpers import qkv_inputs, slow_attention
-from conformance.strategies import EDGE_SIZES, as_oracle, normal
-
-FIXTURE_OK = settings(
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
-)
+from conformance.strategies import EDGE_SIZES, FIXTURE_OK, as_oracle, normal
 
 
 # -------------------------------------------- forward vs the reference -----

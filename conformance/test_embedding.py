@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from cllm_spec.errors import (
@@ -21,12 +21,10 @@ from cllm_spec.errors import (
     ShapeError,
 )
 from cllm_spec.protocols import EmbeddingCache
-from conformance.strategies import EDGE_SIZES, as_oracle, normal
+from conformance.gradcheck import needs_float64
+from conformance.strategies import EDGE_SIZES, FIXTURE_OK, as_oracle, normal
 
 F64 = np.dtype(np.float64)
-FIXTURE_OK = settings(
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
-)
 
 
 # ------------------------------------------------------------ helpers ------
@@ -324,8 +322,7 @@ def test_cache_records_the_forward(backend, dtype, rng, check):
 
 # -------------------------------------------------- finite differences -----
 def test_backward_gradcheck(backend, rng, check):
-    if F64 not in {np.dtype(d) for d in backend.dtypes}:
-        pytest.skip("finite differences need float64, which this backend lacks")
+    needs_float64(backend)
     wte, wpe = tables(rng, 4, 3, 6, np.float64)
     ids = np.array([[1, 3, 1], [0, 1, 1]])
     dx = normal(rng, (2, 3, 3), np.float64)

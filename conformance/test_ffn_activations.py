@@ -17,7 +17,6 @@ from hypothesis import strategies as st
 
 from cllm_spec.protocols import ActivationCache
 from conformance.ffn_helpers import (
-    FIXTURE_HEALTH,
     GELU_AT,
     GELU_GRAD_AT,
     GELU_MINUS_TANH_AT,
@@ -31,9 +30,9 @@ from conformance.ffn_helpers import (
     gelu_libm,
     gelu_tanh_grad_libm,
     gelu_tanh_libm,
-    needs_float64,
 )
-from conformance.strategies import EDGE_SIZES, normal
+from conformance.gradcheck import needs_float64
+from conformance.strategies import EDGE_SIZES, FIXTURE_OK, normal
 
 GELU_KINDS = ("gelu", "gelu_tanh")
 
@@ -164,7 +163,7 @@ def test_gelu_small_positive_properties(backend, dtype, kind):
     assert np.all((ratio > 0.5) & (ratio < 0.62))
 
 
-@FIXTURE_HEALTH
+@FIXTURE_OK
 @pytest.mark.parametrize("kind", GELU_KINDS)
 @given(
     values=st.lists(

@@ -20,8 +20,8 @@ from conformance.ffn_helpers import (
     ffn_inputs,
     gelu_libm,
     linear_inputs,
-    needs_float64,
 )
+from conformance.gradcheck import needs_float64
 from conformance.strategies import as_oracle, normal
 
 

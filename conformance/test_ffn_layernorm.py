@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from cllm_spec.protocols import LayerNormCache
-from conformance.ffn_helpers import derived_tol, needs_float64
+from conformance.ffn_helpers import derived_tol
+from conformance.gradcheck import needs_float64
 from conformance.strategies import EDGE_SIZES, as_oracle, normal
 
 

@@ -16,12 +16,11 @@ from hypothesis import strategies as st
 from cllm_spec.errors import ShapeError
 from cllm_spec.protocols import LinearCache
 from conformance.ffn_helpers import (
-    FIXTURE_HEALTH,
     SIZE_PAIRS,
     linear_inputs,
-    needs_float64,
 )
-from conformance.strategies import EDGE_SIZES, as_oracle, normal
+from conformance.gradcheck import needs_float64
+from conformance.strategies import EDGE_SIZES, FIXTURE_OK, as_oracle, normal
 
 
 @pytest.mark.parametrize(("n_in", "n_out"), SIZE_PAIRS)
@@ -77,7 +76,7 @@ def test_linear_rows_do_not_depend_on_the_batch_around_them(
         check.close(y[:1], ref, output="linear", dtype=dtype)
 
 
-@FIXTURE_HEALTH
+@FIXTURE_OK
 @given(
     lead=st.lists(st.integers(1, 4), min_size=0, max_size=3).map(tuple),
     n_in=st.sampled_from(EDGE_SIZES),

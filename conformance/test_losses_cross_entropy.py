@@ -21,18 +21,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cllm_spec.errors import IdRangeError
+from conformance.gradcheck import needs_float64
 from conformance.losses_helpers import (
-    HYPOTHESIS_WITH_FIXTURES,
     REDUCTIONS,
     SEED_LOGITS,
     SEED_MEAN_LOSS,
     SEED_PROBS,
     SEED_ROW_LOSS,
     SEED_TARGETS,
-    skip_unless_float64,
     upstream,
 )
-from conformance.strategies import EDGE_SIZES, as_oracle, normal
+from conformance.strategies import EDGE_SIZES, FIXTURE_OK, as_oracle, normal
 
 
 def ce_inputs(
@@ -200,7 +199,7 @@ def test_ce_forward_backward_match_oracle_over_n(backend, dtype, oracle, rng, ch
 def test_bug14_ce_backward_matches_finite_differences(
     backend, rng, check, reduction, eps
 ):
-    skip_unless_float64(backend)
+    needs_float64(backend)
     n, v = 5, 4
     logits, targets = ce_inputs(rng, n, v, np.float64, ignored=2)
     dloss = upstream(rng, reduction, (n,), np.float64)
@@ -250,7 +249,7 @@ def test_bug11_ce_finite_at_huge_representable_gap(backend, dtype, check):
     check.close(loss, np.array(2 * float(logits[0, 0])), "cross_entropy", dtype=dtype)
 
 
-@HYPOTHESIS_WITH_FIXTURES
+@FIXTURE_OK
 @given(
     seed=st.integers(0, 2**32 - 1),
     n=st.integers(1, 6),
@@ -364,7 +363,7 @@ def test_bug14_ce_mean_divides_by_kept_count(backend, dtype, rng, check):
 def test_bug14_ce_mean_with_ignored_rows_matches_finite_differences(
     backend, rng, check
 ):
-    skip_unless_float64(backend)
+    needs_float64(backend)
     logits, targets = ce_inputs(rng, 6, 3, np.float64, ignored=3)
     _, cache = backend.cross_entropy_forward(logits, targets)
     dloss = np.array(1.0)

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 
 from cllm_spec.protocols import RegressionLossCache
+from conformance.gradcheck import needs_float64
 from conformance.losses_helpers import (
     KINDS,
     REDUCTIONS,
     regression,
-    skip_unless_float64,
     upstream,
 )
 from conformance.strategies import EDGE_SIZES, as_oracle, normal
@@ -189,7 +189,7 @@ def _away_from_kinks(rng: np.random.Generator, shape: tuple[int, ...]) -> np.nda
 def test_regression_backward_matches_finite_differences(
     backend, rng, check, kind, reduction
 ):
-    skip_unless_float64(backend)
+    needs_float64(backend)
     shape = (3, 4)
     target = normal(rng, shape, np.float64)
     pred = target + _away_from_kinks(rng, shape)
@@ -207,7 +207,7 @@ def test_regression_backward_matches_finite_differences(
 
 
 def test_huber_gradcheck_custom_delta(backend, rng, check):
-    skip_unless_float64(backend)
+    needs_float64(backend)
     target = normal(rng, (10,), np.float64)
     pred = target + 2.5 * _away_from_kinks(rng, (10,))  # |d| away from 0 and 2.5
     _, cache = backend.huber_forward(pred, target, delta=2.5, reduction="sum")

@@ -16,8 +16,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conformance.losses_helpers import HYPOTHESIS_WITH_FIXTURES, skip_unless_float64
-from conformance.strategies import EDGE_SIZES, as_oracle, normal
+from conformance.gradcheck import needs_float64
+from conformance.strategies import EDGE_SIZES, FIXTURE_OK, as_oracle, normal
 
 
 # ====================================================== softmax family ====
@@ -73,7 +73,7 @@ def test_log_softmax_forward_backward_match_oracle(
 @pytest.mark.parametrize("kind", ["softmax", "log_softmax"])
 @pytest.mark.parametrize("shape", [(1,), (7,), (3, 5), (2, 3, 4)])
 def test_softmax_family_gradcheck(backend, rng, check, kind, shape):
-    skip_unless_float64(backend)
+    needs_float64(backend)
     forward = getattr(backend, f"{kind}_forward")
     backward = getattr(backend, f"{kind}_backward")
     x = normal(rng, shape, np.float64, scale=2.0)
@@ -84,7 +84,7 @@ def test_softmax_family_gradcheck(backend, rng, check, kind, shape):
     )
 
 
-@HYPOTHESIS_WITH_FIXTURES
+@FIXTURE_OK
 @given(
     seed=st.integers(0, 2**32 - 1),
     rows=st.integers(1, 5),

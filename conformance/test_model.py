@@ -42,6 +42,7 @@ from cllm_spec.model import (
 )
 from cllm_spec.optim import init_adam_state
 from cllm_spec.tolerances import tolerance
+from conformance.gradcheck import needs_float64
 
 TINY = {"vocab_size": 13, "n_embd": 8, "n_layer": 2, "n_head": 2, "block_size": 7}
 #: Shapes the original broke on: NH not dividing 8, F != 4C, one head, depth 3.
@@ -67,11 +68,6 @@ GRID = [
     },
 ]
 GRID_IDS = ["tiny", "nh3-f5-relu-untied", "nh1-l3-gelu_tanh"]
-
-
-def need_float64(backend: Any) -> None:
-    if np.dtype(np.float64) not in tuple(np.dtype(d) for d in backend.dtypes):
-        pytest.skip(f"backend {backend.name} has no float64: no finite differences")
 
 
 def perturbed_params(cfg: ModelConfig, rng: np.random.Generator) -> np.ndarray:
@@ -130,7 +126,7 @@ def test_full_model_gradient_matches_finite_differences(
     activation: str,
     tied: bool,
 ) -> None:
-    need_float64(backend)
+    needs_float64(backend)
     cfg = ModelConfig(**TINY, n_hidden=12, activation=activation, tie_embeddings=tied)
     params = perturbed_params(cfg, rng)
     ids, targets = make_batch(cfg, rng, 2, 6, n_ignored=2)
@@ -697,7 +693,7 @@ def test_forward_loss_is_forwards_loss_and_cache(
 def test_backward_with_params_of_another_dtype(
     backend: Any, rng: np.random.Generator
 ) -> None:
-    need_float64(backend)
+    needs_float64(backend)
     cfg = ModelConfig(**TINY)
     params = init_params(cfg, rng, np.float64)
     ids, targets = make_batch(cfg, rng, 1, 3)
