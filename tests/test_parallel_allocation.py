@@ -14,6 +14,7 @@ from cllm_spec.parallel import (
     group_row_ranges,
     split_rows,
 )
+from cllm_spec.parallel.split import split_groups
 from cllm_spec.protocols import Batch
 
 # ============================================================ allocation ====
@@ -190,3 +191,17 @@ def test_split_rejects_bad_group_counts():
         split_rows(np.zeros((3, 2)), 0)
     with pytest.raises(ConfigError):
         group_row_ranges(0, 12)
+
+
+def test_split_groups_checks_what_every_engine_relies_on():
+    """The thread coordinator and the MPI ranks cut micro-batches through one
+    check: a split_fn must give n_groups parts, not all of them empty."""
+    batch = np.arange(24).reshape(12, 2)
+    parts = split_groups(split_rows, batch, 0, N_GROUPS)
+    assert len(parts) == N_GROUPS
+    with pytest.raises(ShapeError, match="12 group micro-batches for micro-batch 3"):
+        split_groups(lambda b, k: split_rows(b, k)[:11], batch, 3, N_GROUPS)
+    with pytest.raises(ShapeError, match="got dict"):
+        split_groups(lambda b, k: {}, batch, 0, N_GROUPS)
+    with pytest.raises(EmptyInputError, match="micro-batch 1: every group is empty"):
+        split_groups(lambda b, k: [None] * k, batch, 1, N_GROUPS)

@@ -143,7 +143,6 @@ from cllm_spec.errors import (
     EmptyInputError,
     QueueClosedError,
     QueueTimeoutError,
-    ShapeError,
 )
 from cllm_spec.parallel.allocation import N_GROUPS, Allocation, allocate_groups
 from cllm_spec.parallel.lifecycle import Lifecycle, LifecycleError, State
@@ -152,7 +151,7 @@ from cllm_spec.parallel.reduction import (
     finish_step,
     reduce_groups,
 )
-from cllm_spec.parallel.split import split_rows
+from cllm_spec.parallel.split import split_groups, split_rows
 from cllm_spec.parallel.stats import WorkerStats
 from cllm_spec.parallel.workers import Crew, Done, Failed, Task, Work
 
@@ -403,15 +402,7 @@ class Coordinator:
         tasks: list[list[Task]] = [[] for _ in range(self.n_workers)]
         n_tasks = 0
         for m, batch in enumerate(micro_batches):
-            parts = self._split_fn(batch, N_GROUPS)
-            if not isinstance(parts, list | tuple) or len(parts) != N_GROUPS:
-                raise ShapeError(
-                    f"split_fn: expected {N_GROUPS} group micro-batches for "
-                    f"micro-batch {m}, got {type(parts).__name__}"
-                    + (f" of length {len(parts)}" if hasattr(parts, "__len__") else "")
-                )
-            if all(p is None for p in parts):
-                raise EmptyInputError(f"micro-batch {m}: every group is empty")
+            parts = split_groups(self._split_fn, batch, m, N_GROUPS)
             for g, part in enumerate(parts):
                 if part is not None:
                     worker = self._allocation.group_to_worker[g]

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from cllm_spec.errors import EmptyInputError, ReplicaMismatchError, ShapeError
+from cllm_spec.errors import ReplicaMismatchError
 from cllm_spec.parallel.allocation import N_GROUPS, Allocation
 from cllm_spec.parallel.coordinator import GradFn, SplitFn
 from cllm_spec.parallel.reduction import (
@@ -18,6 +18,7 @@ from cllm_spec.parallel.reduction import (
     validate_grad_output,
     validate_many_output,
 )
+from cllm_spec.parallel.split import split_groups
 
 
 class RankGroups:
@@ -40,16 +41,7 @@ class RankGroups:
     def split(self, m: int, batch: Any) -> Sequence[Any]:
         """The 12 group micro-batches of micro-batch ``m`` (validated as the
         coordinator does)."""
-        parts = self._split_fn(batch, N_GROUPS)
-        if not isinstance(parts, list | tuple) or len(parts) != N_GROUPS:
-            raise ShapeError(
-                f"split_fn: expected {N_GROUPS} group micro-batches for "
-                f"micro-batch {m}, got {type(parts).__name__}"
-                + (f" of length {len(parts)}" if hasattr(parts, "__len__") else "")
-            )
-        if all(p is None for p in parts):
-            raise EmptyInputError(f"micro-batch {m}: every group is empty")
-        return parts
+        return split_groups(self._split_fn, batch, m, N_GROUPS)
 
     def tasks(
         self, parts: Sequence[Sequence[Any]], rank: int | None = None

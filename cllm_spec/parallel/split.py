@@ -34,6 +34,7 @@ ndarray, is a ``DTypeError``; a 0-d array or members with different ``B`` is a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -99,3 +100,19 @@ def split_rows(batch: Any, n_groups: int) -> list[Any | None]:
 
 
 __all__ = ["group_row_ranges", "split_rows"]
+
+
+def split_groups(split_fn: Any, batch: Any, m: int, n_groups: int) -> Sequence[Any]:
+    """``split_fn(batch, n_groups)``, the group micro-batches of micro-batch
+    ``m``, checked as every engine relies on them: a list or tuple of
+    ``n_groups`` (ShapeError) that are not all empty (EmptyInputError)."""
+    parts = split_fn(batch, n_groups)
+    if not isinstance(parts, list | tuple) or len(parts) != n_groups:
+        raise ShapeError(
+            f"split_fn: expected {n_groups} group micro-batches for "
+            f"micro-batch {m}, got {type(parts).__name__}"
+            + (f" of length {len(parts)}" if hasattr(parts, "__len__") else "")
+        )
+    if all(p is None for p in parts):
+        raise EmptyInputError(f"micro-batch {m}: every group is empty")
+    return parts
