@@ -101,7 +101,13 @@ import numpy as np
 
 from cllm_spec import checks
 from cllm_spec.data.tokenizers import BOS_ID
-from cllm_spec.errors import ConfigError, EmptyInputError, IdRangeError, ShapeError
+from cllm_spec.errors import (
+    ConfigError,
+    DTypeError,
+    EmptyInputError,
+    IdRangeError,
+    ShapeError,
+)
 from cllm_spec.model import (
     CheckedParams,
     ModelConfig,
@@ -227,7 +233,10 @@ class Decoder:
     def feed(self, ids: np.ndarray) -> np.ndarray:
         """Append ``ids: (T,) or (B, T) int`` (T >= 1); the next-token logits
         ``(V,)`` or ``(B, V)``."""
-        rows = np.asarray(ids, dtype=np.int64)
+        rows = np.asarray(ids)
+        if rows.size and rows.dtype.kind not in "iu":  # a cast would truncate
+            raise DTypeError(f"ids: expected integer token ids, got {rows.dtype}")
+        rows = rows.astype(np.int64, copy=False)
         single = rows.ndim == 1
         rows = rows.reshape(1, -1) if single else rows
         if rows.ndim != 2 or rows.shape[0] != self.batch or rows.shape[1] == 0:

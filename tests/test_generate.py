@@ -258,6 +258,19 @@ def test_decoder_feed_checks_the_batch(backend):
         Decoder(backend, CFG, random_params(CFG), batch=0)
 
 
+@pytest.mark.parametrize(
+    "bad", [np.array([[1.7], [2.0]]), np.array([[True], [False]]), [[1.5], [2.5]]]
+)
+def test_decoder_feed_refuses_ids_that_are_not_integers(backend, bad):
+    # a cast to int64 would have fed token 1 for 1.7, silently
+    decoder = Decoder(backend, CFG, random_params(CFG), batch=2)
+    with pytest.raises(DTypeError, match="integer token ids"):
+        decoder.feed(bad)
+    assert decoder.context.shape == (2, 0)
+    decoder.feed([[1], [2]])  # lists of ints are ids
+    assert decoder.context.tolist() == [[1], [2]]
+
+
 # ----------------------------------------------------------------- stopping -----
 def test_eos_stops_and_is_not_returned(backend):
     params = random_params(CFG)
@@ -454,6 +467,7 @@ def test_feed_next_is_feed_past_the_window(backend):
     [
         (np.array([3, 4, 5]), ShapeError),  # three tokens for two sequences
         (np.array([[3], [4]]), ShapeError),  # (B, 1), not (B,)
+        (np.array([3.0, 4.0]), DTypeError),
         (np.array([3, CFG.vocab_size]), IdRangeError),
     ],
 )
