@@ -12,6 +12,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from cllm_spec.errors import QueueClosedError
+
 JOIN = 5.0  # seconds a thread may take to finish after it has been unblocked
 SHORT = 0.1  # seconds of a timeout that is expected to expire
 WAKE_BOUND = 2.0  # a blocked thread must wake this soon after close/put/release
@@ -49,3 +51,16 @@ def timed(fn: Callable[[], Any]) -> tuple[BaseException | None, float]:
     worker = Worker(fn)
     worker.join()
     return worker.error, worker.finished_at - start
+
+
+def assert_close_wakes(workers: list[Worker], close: Callable[[], None]) -> None:
+    """``workers``, blocked in a queue's or pool's call, all raise
+    QueueClosedError within WAKE_BOUND of ``close()``."""
+    time.sleep(BLOCKED)
+    assert all(w.thread.is_alive() for w in workers)
+    closed_at = time.monotonic()
+    close()
+    for w in workers:
+        w.join()
+        assert isinstance(w.error, QueueClosedError), w.error
+        assert w.finished_at is not None and w.finished_at - closed_at < WAKE_BOUND

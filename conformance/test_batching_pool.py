@@ -27,6 +27,7 @@ from conformance.batching_helpers import (
     SHORT,
     WAKE_BOUND,
     Worker,
+    assert_close_wakes,
     timed,
 )
 
@@ -243,14 +244,7 @@ def test_pool_waiters_wake_on_close(backend, with_timeout):
     held = pool.acquire(timeout=1.0)
     timeout = JOIN if with_timeout else None
     waiters = [Worker(lambda: pool.acquire(timeout=timeout)) for _ in range(3)]
-    time.sleep(BLOCKED)
-    assert all(w.thread.is_alive() for w in waiters)
-    closed_at = time.monotonic()
-    pool.close()
-    for w in waiters:
-        w.join()
-        assert isinstance(w.error, QueueClosedError), w.error
-        assert w.finished_at - closed_at < WAKE_BOUND
+    assert_close_wakes(waiters, pool.close)
     assert pool.refcount(held) == 1
 
 

@@ -28,6 +28,7 @@ from conformance.batching_helpers import (
     SHORT,
     WAKE_BOUND,
     Worker,
+    assert_close_wakes,
     timed,
 )
 
@@ -240,14 +241,7 @@ def test_queue_close_wakes_blocked_getters(backend, with_timeout):
     q = backend.make_batch_queue(2)
     timeout = JOIN if with_timeout else None
     getters = [Worker(lambda: q.get(timeout=timeout)) for _ in range(3)]
-    time.sleep(BLOCKED)
-    assert all(g.thread.is_alive() for g in getters)
-    closed_at = time.monotonic()
-    q.close()
-    for g in getters:
-        g.join()
-        assert isinstance(g.error, QueueClosedError), g.error
-        assert g.finished_at - closed_at < WAKE_BOUND
+    assert_close_wakes(getters, q.close)
 
 
 @pytest.mark.parametrize("with_timeout", [True, False], ids=["timeout", "forever"])
@@ -255,14 +249,7 @@ def test_queue_close_wakes_blocked_putters(backend, with_timeout):
     q = full_queue(backend, 1)
     timeout = JOIN if with_timeout else None
     putters = [Worker(lambda i=i: q.put(f"p{i}", timeout=timeout)) for i in range(3)]
-    time.sleep(BLOCKED)
-    assert all(p.thread.is_alive() for p in putters)
-    closed_at = time.monotonic()
-    q.close()
-    for p in putters:
-        p.join()
-        assert isinstance(p.error, QueueClosedError), p.error
-        assert p.finished_at - closed_at < WAKE_BOUND
+    assert_close_wakes(putters, q.close)
     assert q.get(timeout=1.0) == 0  # the item queued before close is still there
     with pytest.raises(QueueClosedError):
         q.get(timeout=1.0)
