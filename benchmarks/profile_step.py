@@ -1,8 +1,8 @@
 """Where one training step's time goes: forward + backward + clip + AdamW through
-the model API (``cllm_spec.model``), split into C kernel time (matrix products
-and the rest), Python work inside the backend's wrappers, input validation,
-the model's own glue (residual adds, gradient copies, buffer zeroing) and page
-faults.
+the model API (``cllm_spec.model``'s ``forward_loss`` and ``backward``, as
+training runs them), split into C kernel time (matrix products and the rest),
+Python work inside the backend's wrappers, input validation, the model's own
+glue (residual adds, gradient copies, buffer zeroing) and page faults.
 
 Every C entry point the backend calls is wrapped with a timer (by patching the
 ``kernel`` helper each wrapper module uses), every public backend function and
@@ -166,14 +166,17 @@ class Step:
     def __call__(self) -> float:
         be = self.backend
         cfg, params = self.cfg, self.params
-        _, loss, cache = model.forward(be, cfg, params, self.ids, self.targets)
+        # training's forward, which keeps no logits: with them (model.forward)
+        # a production step holds 491 MB more, and at two threads its buffers
+        # no longer all fit the C backend's cache of freed mappings, so every
+        # step faulted some of them in afresh, which no training run does
+        loss, cache = model.forward_loss(be, cfg, params, self.ids, self.targets)
         grads = model.backward(be, self.cfg, self.params, cache)
         grads, _ = be.clip_grad_norm(grads, 1.0)
         # lr 0 keeps the weights (and so every later step's work) the same
         self.params, self.state = be.adamw_step(
             self.params, grads, self.state, lr=0.0, betas=(0.9, 0.95)
         )
-        assert loss is not None
         return loss
 
 
