@@ -111,6 +111,16 @@ metadata=m)`` after ``t, m = load(p1)`` rewrites the same bytes.
 ``checkpoint_path(directory, step)`` names them and :func:`latest` finds the
 newest.
 
+This module encodes, saves and loads; the rest is in its parts:
+:mod:`cllm_spec.checkpoint_format` (the bytes: header, checksum, reading
+within the limits), :mod:`cllm_spec.checkpoint_metadata` (the shape of each
+metadata value), :mod:`cllm_spec.checkpoint_contents` (checks 5 and 6 of
+``load``), :mod:`cllm_spec.checkpoint_state` (parameters, optimizer state and
+RNG state to and from tensors and metadata) and
+:mod:`cllm_spec.checkpoint_rotation` (the checkpoints of a run directory).
+This module re-exports the public names of the last two and the format's
+constants.
+
 Limits
 ------
 What the numbers of a file can make the reader do (the constants live in
@@ -142,7 +152,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -152,6 +161,7 @@ import numpy as np
 
 from cllm_spec import bounded_json, checks
 from cllm_spec import checkpoint_format as fmt
+from cllm_spec.checkpoint_contents import decode_metadata, validate_contents
 from cllm_spec.checkpoint_format import (
     CODES,
     DTYPES,
@@ -168,108 +178,27 @@ from cllm_spec.checkpoint_format import (
     header_bytes,
     json_text,
 )
-from cllm_spec.checkpoint_metadata import check_metadata
+from cllm_spec.checkpoint_rotation import (
+    checkpoint_path,
+    latest,
+    list_checkpoints,
+    resolve,
+    rotate,
+)
+from cllm_spec.checkpoint_state import (
+    OPTIMIZER_STATES,
+    ZERO_OPTIONAL_FIELDS,
+    model_tensors,
+    optimizer_fields,
+    optimizer_state_from_tensors,
+    optimizer_tensors,
+    params_from_tensors,
+    rng_from_state,
+    rng_state,
+)
 from cllm_spec.errors import CheckpointError, ConfigError
 from cllm_spec.files import fsync_directory
-from cllm_spec.model import ModelConfig, param_layout, param_shapes
-from cllm_spec.protocols import AdagradState, AdamState, RMSpropState, SGDState
-
-OPTIMIZER_STATES: dict[str, Any] = {  # name -> state NamedTuple class
-    "sgd": SGDState,
-    "adam": AdamState,
-    "adamw": AdamState,
-    "rmsprop": RMSpropState,
-    "adagrad": AdagradState,
-}
-# State fields a checkpoint leaves out when every bit is zero, as it always is
-# for an option that is off (amsgrad), and restores as zeros.
-ZERO_OPTIONAL_FIELDS = ("max_exp_avg_sq",)
-_CKPT_NAME = re.compile(r"^ckpt-(\d+)\.safetensors$")
-
-
-# ------------------------------------------------------- tensor naming -----
-def model_tensors(cfg: ModelConfig, params: np.ndarray) -> dict[str, np.ndarray]:
-    """Canonical name -> view of ``params: (P,)`` (no copy)."""
-    return param_layout(cfg).views(params)
-
-
-def params_from_tensors(
-    cfg: ModelConfig, tensors: Mapping[str, np.ndarray]
-) -> np.ndarray:
-    """The flat (P,) buffer of the ``model.*`` tensors, in their dtype."""
-    layout = param_layout(cfg)
-    return layout.flatten({name: tensors[name] for name in layout})
-
-
-def optimizer_fields(name: str) -> tuple[str, ...]:
-    """The array fields of optimizer ``name``'s state (``step`` excluded)."""
-    state = OPTIMIZER_STATES.get(name)
-    if state is None:
-        raise ConfigError(
-            f"optimizer: expected one of {sorted(OPTIMIZER_STATES)}, got {name!r}"
-        )
-    return tuple(f for f in state._fields if f != "step")
-
-
-def optimizer_tensors(
-    cfg: ModelConfig, name: str, state: NamedTuple
-) -> dict[str, np.ndarray]:
-    """``optim.<field>.<parameter name>`` -> view of the state's flat buffers.
-
-    A field of ZERO_OPTIONAL_FIELDS whose every bit is zero is left out
-    (``max_exp_avg_sq`` without amsgrad: a quarter of an AdamW checkpoint);
-    :func:`optimizer_state_from_tensors` restores it as zeros, bit for bit.
-    """
-    layout = param_layout(cfg)
-    out = {}
-    for field in optimizer_fields(name):
-        buffer = np.asarray(getattr(state, field))
-        if field in ZERO_OPTIONAL_FIELDS and _all_bits_zero(buffer):
-            continue
-        for pname, view in layout.views(buffer).items():
-            out[f"optim.{field}.{pname}"] = view
-    return out
-
-
-def _all_bits_zero(arr: np.ndarray) -> bool:
-    """Every element is +0 (a -0.0 is not: its sign bit would be lost)."""
-    return not arr.any() and not np.signbit(arr).any()
-
-
-def optimizer_state_from_tensors(
-    cfg: ModelConfig, name: str, tensors: Mapping[str, np.ndarray], step: int
-) -> Any:
-    """Rebuild the state NamedTuple of optimizer ``name`` from its tensors; a
-    field of ZERO_OPTIONAL_FIELDS that the tensors leave out is zeros of the
-    parameters' dtype."""
-    layout = param_layout(cfg)
-    dtype = next(tensors[p] for p in layout).dtype
-    arrays = {}
-    for field in optimizer_fields(name):
-        names = {p: f"optim.{field}.{p}" for p in layout}
-        if field in ZERO_OPTIONAL_FIELDS and not any(
-            n in tensors for n in names.values()
-        ):
-            arrays[field] = np.zeros(layout.size, dtype=dtype)
-        else:
-            arrays[field] = layout.flatten({p: tensors[n] for p, n in names.items()})
-    return OPTIMIZER_STATES[name](**arrays, step=int(step))
-
-
-def rng_state(rng: np.random.Generator) -> dict[str, Any]:
-    """The JSON-ready state of ``rng`` (``rng.bit_generator.state``)."""
-    return dict(rng.bit_generator.state)
-
-
-def rng_from_state(state: Mapping[str, Any]) -> np.random.Generator:
-    """A Generator that continues exactly where the one of ``state`` stood."""
-    name = state.get("bit_generator") if isinstance(state, Mapping) else None
-    cls = getattr(np.random, name, None) if isinstance(name, str) else None
-    if not (isinstance(cls, type) and issubclass(cls, np.random.BitGenerator)):
-        raise ConfigError(f"rng_state: unknown bit generator {name!r}")
-    bit_generator = cls()
-    bit_generator.state = dict(state)
-    return np.random.Generator(bit_generator)
+from cllm_spec.model import ModelConfig
 
 
 # ------------------------------------------------------------- encoding ----
@@ -374,7 +303,7 @@ def _checked_prepare(
     except bounded_json.JSONLimitError as exc:
         raise CheckpointError(f"header: {exc}") from exc
     specs = {n: (np.shape(a), np.asarray(a).dtype) for n, a in tensors.items()}
-    _validate_contents(specs, _decode_metadata(meta, fmt.MAX_JSON_ITEMS - items))
+    validate_contents(specs, decode_metadata(meta, fmt.MAX_JSON_ITEMS - items))
     return prepared
 
 
@@ -426,9 +355,9 @@ def load(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray], dict[str,
     with fh:
         layout = fmt.read_layout(target, fh, size)
         try:
-            metadata = _decode_metadata(layout.meta, fmt.MAX_JSON_ITEMS - layout.items)
+            metadata = decode_metadata(layout.meta, fmt.MAX_JSON_ITEMS - layout.items)
             specs = {e.name: (e.shape, DTYPES[e.code]) for e in layout.entries}
-            _validate_contents(specs, metadata)
+            validate_contents(specs, metadata)
         except CheckpointError as exc:
             raise fail(target, exc.message, exc.hint_text or EDITED) from exc
         # Everything the header declares is consistent: only now is data read.
@@ -441,142 +370,6 @@ def _little_endian(arr: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))
 
 
-def _decode_metadata(
-    meta: Mapping[str, str], max_items: int | None = None
-) -> dict[str, Any]:
-    """JSON-decoded metadata with ``model_config`` as a ModelConfig, every
-    value checked (:mod:`cllm_spec.checkpoint_metadata`); the values share
-    ``max_items`` JSON items (:mod:`cllm_spec.bounded_json`; None: the limit)."""
-    if max_items is None:
-        max_items = fmt.MAX_JSON_ITEMS
-    out: dict[str, Any] = {}
-    for key in METADATA_FIELDS:
-        try:
-            out[key], used = bounded_json.loads(
-                meta[key], max_depth=fmt.MAX_JSON_DEPTH, max_items=max_items
-            )
-        except bounded_json.JSONLimitError as exc:
-            raise CheckpointError(f"metadata.{key}: {exc}") from exc
-        except (KeyError, ValueError) as exc:
-            raise CheckpointError(f"metadata.{key}: missing or not JSON") from exc
-        max_items -= used
-    try:
-        out["model_config"] = ModelConfig.from_dict(out["model_config"])
-    except (ConfigError, TypeError) as exc:
-        raise CheckpointError(f"metadata.model_config: {exc}") from exc
-    check_metadata(out, OPTIMIZER_STATES)
-    if out["rng_state"] is not None:
-        try:
-            rng_from_state(out["rng_state"])
-        # NumPy's state setters raise several types for malformed states.
-        except Exception as exc:
-            raise CheckpointError(
-                f"metadata.rng_state: cannot be restored: {exc}"
-            ) from exc
-    return out
-
-
-def _validate_contents(
-    specs: Mapping[str, tuple[tuple[int, ...], np.dtype[Any]]],
-    metadata: Mapping[str, Any],
-) -> None:
-    """Tensor names, shapes and dtypes (``specs``: name -> (shape, dtype)) are
-    exactly those the metadata implies."""
-    cfg = metadata["model_config"]
-    # Count first: a hostile config (n_layer = 10**9) must not make us build
-    # the list of its names; past this check that list is no longer than the
-    # file's own tensor list.
-    n_model = 4 + 12 * cfg.n_layer + (0 if cfg.tie_embeddings else 1)
-    if n_model > len(specs):
-        raise CheckpointError(
-            f"the model config has {n_model} parameters (missing tensors), "
-            f"but the file holds only {len(specs)} tensors"
-        )
-    shapes = param_shapes(cfg)
-    expected = dict(shapes)
-    optimizer = metadata.get("optimizer")
-    if optimizer is not None:
-        for field in optimizer_fields(optimizer["name"]):
-            names = {f"optim.{field}.{name}": shape for name, shape in shapes.items()}
-            if field in ZERO_OPTIONAL_FIELDS and not any(n in specs for n in names):
-                continue  # left out: all zeros (optimizer_tensors)
-            expected |= names
-    missing = sorted(set(expected) - set(specs))
-    extra = sorted(set(specs) - set(expected))
-    if missing or extra:
-        raise CheckpointError(
-            f"tensors do not match the model config: missing {missing[:5]}"
-            f"{'...' if len(missing) > 5 else ''}, unexpected {extra[:5]}"
-            f"{'...' if len(extra) > 5 else ''}"
-        )
-    dtypes = set()
-    for name, shape in expected.items():
-        got_shape, dtype = specs[name]
-        if tuple(got_shape) != shape:
-            raise CheckpointError(
-                f"tensor {name!r}: shape {tuple(got_shape)}, the config needs {shape}"
-            )
-        dtypes.add(dtype.newbyteorder("="))
-    if len(dtypes) != 1 or next(iter(dtypes)) not in checks.FLOAT_DTYPES:
-        raise CheckpointError(
-            f"tensors must share one float32 or float64 dtype, got "
-            f"{sorted(str(d) for d in dtypes)}"
-        )
-
-
-# -------------------------------------------------------------- rotation ---
-def checkpoint_path(directory: str | os.PathLike[str], step: int) -> Path:
-    """``<directory>/ckpt-<step, 9 digits>.safetensors``."""
-    step = checks.expect_nonnegative_int("step", step)
-    return Path(directory) / f"ckpt-{step:09d}.safetensors"
-
-
-def list_checkpoints(directory: str | os.PathLike[str]) -> list[tuple[int, Path]]:
-    """``(step, path)`` of every ``ckpt-<step>.safetensors`` in ``directory``,
-    oldest step first; other files are ignored."""
-    folder = Path(directory)
-    if not folder.is_dir():
-        raise CheckpointError(
-            f"{folder}: not a directory", hint="create the checkpoint directory first"
-        )
-    found = []
-    for entry in folder.iterdir():
-        match = _CKPT_NAME.match(entry.name)
-        if match and entry.is_file():
-            found.append((int(match.group(1)), entry))
-    return sorted(found)
-
-
-def latest(directory: str | os.PathLike[str]) -> Path | None:
-    """The checkpoint with the highest step, or None if there is none."""
-    found = list_checkpoints(directory)
-    return found[-1][1] if found else None
-
-
-def resolve(path: str | os.PathLike[str]) -> Path:
-    """``path`` itself, or the latest checkpoint when it is a run directory."""
-    target = Path(path)
-    if target.is_dir():
-        found = latest(target)
-        if found is None:
-            raise CheckpointError(
-                f"{target}: no ckpt-<step>.safetensors in this directory",
-                hint="pass a checkpoint file or the out_dir of a run that saved one",
-            )
-        return found
-    return target
-
-
-def rotate(directory: str | os.PathLike[str], keep_last: int) -> list[Path]:
-    """Delete all but the ``keep_last`` highest-step checkpoints; return the deleted."""
-    keep = checks.expect_positive_int("keep_last", keep_last)
-    found = list_checkpoints(directory)
-    doomed = [path for _, path in found[:-keep]]
-    for path in doomed:
-        path.unlink(missing_ok=True)
-    return doomed
-
-
 __all__ = [
     "FORMAT_NAME",
     "FORMAT_VERSION",
@@ -586,6 +379,7 @@ __all__ = [
     "MAX_TENSORS",
     "METADATA_FIELDS",
     "OPTIMIZER_STATES",
+    "ZERO_OPTIONAL_FIELDS",
     "checkpoint_path",
     "encode",
     "latest",
@@ -596,6 +390,7 @@ __all__ = [
     "optimizer_state_from_tensors",
     "optimizer_tensors",
     "params_from_tensors",
+    "resolve",
     "rng_from_state",
     "rng_state",
     "rotate",

@@ -6,7 +6,9 @@ ranks past it, the same bits for any number of either.
 - :mod:`~cllm_spec.parallel.split`: one batch -> 12 group micro-batches;
 - :mod:`~cllm_spec.parallel.reduction`: the gradient contract and the fixed-order
   reduction that makes N workers give the bits of one;
-- :mod:`~cllm_spec.parallel.coordinator`: the coordinator and its workers;
+- :mod:`~cllm_spec.parallel.coordinator`: the coordinator and its workers, with
+  its parts ``coordinator_step`` (a step planned and reduced) and
+  ``coordinator_types``;
 - :mod:`~cllm_spec.parallel.lifecycle`, :mod:`~cllm_spec.parallel.messages`,
   :mod:`~cllm_spec.parallel.stats`: its state machine, control-message queue and
   per-worker statistics;

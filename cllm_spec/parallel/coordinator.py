@@ -119,6 +119,13 @@ semantics wake blocked workers when the run stops. Each worker's inbox is a
 :class:`~cllm_spec.parallel.messages.MessageQueue` instead, because the stop
 message is CRITICAL and must overtake work still queued for that worker, which
 a FIFO cannot do.
+
+Parts
+-----
+A step's plan and its fixed-order reduction are
+:mod:`~cllm_spec.parallel.coordinator_step`'s; :class:`StepResult`,
+:class:`Callbacks` and the function types are
+:mod:`~cllm_spec.parallel.coordinator_types`'s, and this module re-exports them.
 """
 
 from __future__ import annotations
@@ -130,11 +137,8 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
-
-import numpy as np
 
 from cllm_spec.checks import expect_in_range, expect_nonnegative_int
 from cllm_spec.errors import (
@@ -145,61 +149,21 @@ from cllm_spec.errors import (
     QueueTimeoutError,
 )
 from cllm_spec.parallel.allocation import N_GROUPS, Allocation, allocate_groups
-from cllm_spec.parallel.lifecycle import Lifecycle, LifecycleError, State
-from cllm_spec.parallel.reduction import (
-    GroupResult,
-    finish_step,
-    reduce_groups,
+from cllm_spec.parallel.coordinator_step import StepReduction, plan_step
+from cllm_spec.parallel.coordinator_types import (
+    Callbacks,
+    GradFn,
+    OptimizerStep,
+    SplitFn,
+    StepResult,
 )
-from cllm_spec.parallel.split import split_groups, split_rows
+from cllm_spec.parallel.lifecycle import Lifecycle, LifecycleError, State
+from cllm_spec.parallel.split import split_rows
 from cllm_spec.parallel.stats import WorkerStats
 from cllm_spec.parallel.workers import Crew, Done, Failed, Task, Work
 
-GradFn = Callable[[int, Any], tuple[np.ndarray, float, int]]
-OptimizerStep = Callable[[np.ndarray, float], Any]
-SplitFn = Callable[[Any, int], Sequence[Any]]
-
 _REQUIRED_BACKEND = ("grad_tree_reduce", "grad_scale", "make_batch_queue")
 _coordinator_ids = itertools.count()
-
-
-# ------------------------------------------------------------ public types ----
-@dataclass(frozen=True)
-class StepResult:
-    """What one :meth:`Coordinator.run_step` did."""
-
-    step: int  # 0-based index of this optimizer step
-    loss: float  # mean loss per counted token over the whole step
-    tokens: int  # counted tokens in the step (N)
-    micro_batches: int  # A, the accumulation count
-    groups: int  # non-empty group micro-batches computed
-    seconds: float  # wall time of the step
-    optimizer_result: Any  # whatever optimizer_step returned
-
-
-class Callbacks:
-    """No-op base for callbacks; override the events you need."""
-
-    def on_epoch_start(self, epoch: int) -> None:
-        """:meth:`Coordinator.start_epoch` was called."""
-
-    def on_epoch_end(self, epoch: int) -> None:
-        """:meth:`Coordinator.end_epoch` was called."""
-
-    def on_step_start(self, step: int) -> None:
-        """Step ``step`` is about to hand out its work."""
-
-    def on_step_end(self, step: int, result: StepResult) -> None:
-        """Step ``step`` took its optimizer step."""
-
-    def on_checkpoint(self, step: int, info: Any) -> None:
-        """A checkpoint was saved after ``step`` optimizer steps."""
-
-    def on_error(self, error: BaseException, worker: int | None) -> None:
-        """The run stopped because of ``error`` (raised by ``worker``, if any)."""
-
-
-_NO_GRADS = np.empty(0)  # stands in for a buffer already reduced, so it can be freed
 
 
 # ------------------------------------------------------------- coordinator ----
@@ -391,24 +355,11 @@ class Coordinator:
         try:
             self._lifecycle.expect(State.RUNNING, what="run_step")
             self._step_owner = threading.get_ident()
-            tasks, n_tasks = self._plan(micro_batches)
+            tasks, n_tasks = plan_step(self._split_fn, self._allocation, micro_batches)
             return self._execute(tasks, len(micro_batches), n_tasks)
         finally:
             self._step_owner = None
             self._step_lock.release()
-
-    def _plan(self, micro_batches: list[Any]) -> tuple[list[list[Task]], int]:
-        """Cut every micro-batch into groups and route them: per-worker task lists."""
-        tasks: list[list[Task]] = [[] for _ in range(self.n_workers)]
-        n_tasks = 0
-        for m, batch in enumerate(micro_batches):
-            parts = split_groups(self._split_fn, batch, m, N_GROUPS)
-            for g, part in enumerate(parts):
-                if part is not None:
-                    worker = self._allocation.group_to_worker[g]
-                    tasks[worker].append(Task(m, g, part))
-                    n_tasks += 1
-        return tasks, n_tasks
 
     def _execute(
         self, tasks: list[list[Task]], n_micro: int, n_tasks: int
@@ -449,52 +400,20 @@ class Coordinator:
         self, step: int, tasks: list[list[Task]], n_micro: int
     ) -> tuple[float, int, Any] | Failed:
         """Hand out the work, reduce in the fixed order, take the optimizer step."""
-        pending: dict[tuple[int, int], int] = {}
-        expected = [0] * n_micro
-        for w, own in enumerate(tasks):
-            for t in own:
-                pending[(t.micro, t.group)] = w
-                expected[t.micro] += 1
+        reduction = StepReduction(self._backend, tasks, n_micro)
         for w, own in enumerate(tasks):
             if own:
                 self._dispatch(w, Work(step, tuple(own)))
         deadline = None if self._timeout is None else time.monotonic() + self._timeout
-        arrived: list[dict[int, GroupResult]] = [{} for _ in range(n_micro)]
-        micro_sums: list[tuple[int, np.ndarray]] = []
-        summaries: list[GroupResult] = []
-        while True:  # _plan gives every step at least one task
-            msg = self._next_result(step, pending, deadline)
+        while True:  # plan_step gives every step at least one task
+            msg = self._next_result(step, reduction.pending, deadline)
             if isinstance(msg, Failed):
                 return msg
-            r = msg.result
-            del pending[(r.micro, r.group)]
-            arrived[r.micro][r.group] = r
-            if not pending:
+            if reduction.add(msg.result):
                 break  # the tail below reduces the last micro-batch
-            if len(arrived[r.micro]) == expected[r.micro]:
-                self._reduce_micro(arrived, r.micro, micro_sums, summaries)
         with self._serial():  # every worker is idle now
-            self._reduce_micro(arrived, r.micro, micro_sums, summaries)
-            micro_sums.sort(key=lambda pair: pair[0])
-            summaries.sort(key=lambda x: (x.micro, x.group))
-            grad, loss, tokens = finish_step(
-                self._backend, [s for _, s in micro_sums], summaries
-            )
+            grad, loss, tokens = reduction.finish()
             return loss, tokens, self._optimizer_step(grad, loss)
-
-    def _reduce_micro(
-        self,
-        arrived: list[dict[int, GroupResult]],
-        micro: int,
-        micro_sums: list[tuple[int, np.ndarray]],
-        summaries: list[GroupResult],
-    ) -> None:
-        """Reduce micro-batch ``micro``, complete now, into ``micro_sums``."""
-        # Group order, not arrival order: this is what fixes the bits.
-        ordered = [arrived[micro][g] for g in sorted(arrived[micro])]
-        micro_sums.append((micro, reduce_groups(self._backend, ordered)))
-        summaries.extend(x._replace(grads=_NO_GRADS) for x in ordered)
-        arrived[micro] = {}  # drop the group buffers early
 
     def _dispatch(self, worker: int, work: Work) -> None:
         try:
@@ -573,4 +492,11 @@ def resolve_backend(backend: Any) -> Any:
     return backend
 
 
-__all__ = ["Callbacks", "Coordinator", "GradFn", "OptimizerStep", "StepResult"]
+__all__ = [
+    "Callbacks",
+    "Coordinator",
+    "GradFn",
+    "OptimizerStep",
+    "SplitFn",
+    "StepResult",
+]
