@@ -4,7 +4,7 @@
 C call; it must give the bits of the per-kernel forward it replaces (the same
 C entry points in the same order), append the same keys and values, and step
 aside (None) where it does not apply. The conformance suite checks the
-decoding path against the float64 oracle (conformance/test_model.py); this
+decoding path against the float64 oracle (conformance/test_model_decoding.py); this
 file checks that the fused step is the same function as the unfused one.
 """
 

@@ -334,7 +334,9 @@ def test_other_commands_still_refuse_unknown_arguments(tmp_path):
         ("conformance/test_optim.py::test_x[c]", "optim"),
         ("conformance/test_attention_kv_cache.py::test_x", "attention"),
         ("conformance/test_ffn_layernorm.py::test_x[c-1]", "ffn"),
-        # not a component of the spec: the stem stays whole
+        # the model is composed in the spec, and still tested in parts
+        ("conformance/test_model_decoding.py::test_x[c-float32]", "model"),
+        # a row of its own, not a part of model
         ("conformance/test_model_groups.py::test_x", "model_groups"),
         ("conformance/test_protocol.py::test_x", "protocol"),
     ],

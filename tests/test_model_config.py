@@ -1,7 +1,7 @@
 """ModelConfig, the canonical parameter layout, its count, and the initializers.
 
 Spec: ``cllm_spec.model``. Nothing here runs a backend; the composed forward is
-checked by ``conformance/test_model.py``.
+checked by ``conformance/test_model_*.py``.
 """
 
 from __future__ import annotations

@@ -57,7 +57,7 @@ BACKEND_MUTANTS = {
         "test_layernorm_golden_biased_variance_eps_inside_sqrt",
     ),
     "adam_no_bias_correction": (
-        "test_optim.py",
+        "test_optim_golden.py",
         "test_adam_first_step_moves_by_lr_times_sign",
     ),
     "embedding_overwrite": (
@@ -69,19 +69,19 @@ BACKEND_MUTANTS = {
 # mutants of the C backend's fast paths (need the extension built)
 C_MUTANTS = {
     "model_ln_grads_swapped": (
-        "test_model.py",
+        "test_model_training.py",
         "test_forward_and_backward_match_oracle",
     ),
     "model_tied_grad_overwritten": (
-        "test_model.py",
+        "test_model_training.py",
         "test_forward_and_backward_match_oracle",
     ),
     "model_residual_dropped": (
-        "test_model.py",
+        "test_model_training.py",
         "test_forward_and_backward_match_oracle",
     ),
     "model_norm_grad_overwrites": (
-        "test_model.py",
+        "test_model_training.py",
         "test_forward_and_backward_match_oracle",
     ),
     "groups_dw_first_rows": (
@@ -89,15 +89,15 @@ C_MUTANTS = {
         "test_groups_in_one_pass_get_the_bits_of_their_own_passes",
     ),
     "attention_head_stride": (
-        "test_model.py",
+        "test_model_training.py",
         "test_forward_and_backward_match_oracle",
     ),
     "decode_last_row0": (
-        "test_model.py",
+        "test_model_decoding.py",
         "test_decoding_steps_equal_the_full_forwards_last",
     ),
     "decode_session_row0": (
-        "test_model.py",
+        "test_model_decoding.py",
         "test_decoder_sampled_steps_equal_the_full_forwards_last",
     ),
     "ffn_act_skips_edge_rows": (
@@ -105,11 +105,11 @@ C_MUTANTS = {
         "test_ffn_backward_matches_oracle",
     ),
     "optim_nan_slips_through": (
-        "test_optim.py",
+        "test_optim_bad_inputs.py",
         "test_bad_arrays_raise_typed_errors",
     ),
     "ce_grad_forward_unscaled": (
-        "test_model.py",
+        "test_model_training.py",
         "test_forward_and_backward_match_oracle",
     ),
     "attention_blocks_dk_unscaled": (
@@ -205,7 +205,7 @@ def test_suite_catches_warmup_off_by_one():
 def test_suite_catches_lm_head_first_position():
     """The LM-head slice of logits="last" is spec code: a plugin mutant."""
     result = run_conformance(
-        "test_model.py",
+        "test_model_decoding.py",
         "--backend=numpy",
         "-p",
         "conformance.mutants.lm_head_first_position",

@@ -3,7 +3,7 @@ the sequence instead of the last, as a slice ``x[:, :1]`` for ``x[:, -1:]``
 would. The slice is in the spec's model, not in a backend, so this mutant is
 a pytest plugin that patches the spec module at start-up:
 
-    pytest conformance/test_model.py -p conformance.mutants.lm_head_first_position
+    pytest conformance/test_model_*.py -p conformance.mutants.lm_head_first_position
 """
 
 import cllm_spec.model as _model
