@@ -55,10 +55,13 @@ CONFIGS: dict[str, tuple[dict[str, Any], int, int]] = {
     ),
 }  # fmt: skip
 
-# cllm_ffn_forward is two products and the activation between them
+# cllm_ffn_forward is two products and the activation between them;
+# cllm_linear_backward_act a product whose epilogue applies the activation's
+# derivative
 GEMM_KERNELS = (
     "cllm_linear_forward",
     "cllm_linear_backward",
+    "cllm_linear_backward_act",
     "cllm_sgemm",
     "cllm_ffn_forward",
 )
