@@ -173,3 +173,22 @@ def test_torch_decay_groups_are_the_trainers_mask() -> None:
         for name in names:
             rebuilt[layout.slice(name)] = True
         assert (rebuilt == expected).all(), rule
+
+
+def test_decode_bound_times_the_c_step_inside_the_whole_call() -> None:
+    if not _c_backend_loads():
+        pytest.fail("the C backend does not load: build it with pip install -e .")
+    import cllm_c.decode
+    import decode_bound
+    from peers_machine import Machine
+
+    real = cllm_c.decode.lib
+    row = decode_bound.measure("tiny", 1, 2, Machine(), bw_mib=32)
+    assert cllm_c.decode.lib is real  # the timer is taken out again
+    # the C call is part of generate's time: it streams at least as fast
+    assert 0 < row["token"] <= row["step"]
+    assert row["bound"] > 0 and row["python_us"] > 0
+    weights = peers_models.decode_config(peers_models.CONFIGS["tiny"])
+    assert row["mb"] == pytest.approx(
+        peers_models.decode_bytes_per_token(weights) / 1e6
+    )
