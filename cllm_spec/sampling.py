@@ -327,6 +327,15 @@ def draw(
     value is finite exactly when ``validate_logits`` passes the row.
     """
     rows = logits.reshape(-1, logits.shape[-1])  # (B, V)
+    if config.greedy and rows.shape[0] == 1:
+        # one sequence, the common case: Python scalars in place of B-sized
+        # arrays. Each array operation costs microseconds more than its
+        # arithmetic, and ten times that when a large model's step has just
+        # streamed its weights through the CPU's caches.
+        top = int(rows[0].argmax())  # first maximum: lowest id
+        if not math.isfinite(rows[0, top]):
+            validate_logits(logits)  # raises, naming what is wrong
+        return np.array([top] if logits.ndim == 2 else top, dtype=np.int64)
     if config.greedy:
         best: np.ndarray = np.argmax(rows, axis=-1)  # (B,) first maximum: lowest id
         if not np.isfinite(rows[np.arange(rows.shape[0]), best]).all():

@@ -159,7 +159,7 @@ def test_decoder_steps_through_the_session_bit_for_bit():
     for i in range(4, toks.shape[1]):
         want = plain.feed(toks[:, i : i + 1])
         np.testing.assert_array_equal(sampled.feed_next(toks[:, i]), want)
-        for a, b in zip(sampled._caches, plain._caches, strict=True):
+        for a, b in zip(sampled.caches, plain.caches, strict=True):
             assert a.length == b.length
             np.testing.assert_array_equal(a.k[:, :, : a.length], b.k[:, :, : b.length])
 
@@ -178,3 +178,43 @@ def test_session_refuses_another_batch_and_foreign_ids():
     fresh = init_kv_caches(cllm_c, cfg, 2, np.float32)
     want = fused_decode_last(cfg, params, np.array([[1], [2]]), fresh, 0)
     np.testing.assert_array_equal(got, want)
+
+
+def test_session_never_reuses_logits_a_caller_still_holds():
+    """A session hands out its two logits buffers in turn, each only while no
+    one else holds it: every step's logits that are kept stay as they were."""
+    cfg = CONFIGS[0]
+    params = _params(cfg, 11)
+    session = decode_session(cfg, params, init_kv_caches(cllm_c, cfg, 1, np.float32))
+    assert session is not None
+    kept, copies = [], []
+    for i in range(5):
+        logits = session(np.array([[i + 1]]), i)
+        if i % 2 == 0:  # a view keeps its buffer alive too
+            kept.append(logits[:, 0])
+            copies.append(logits[:, 0].copy())
+        del logits
+    for got, want in zip(kept, copies, strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_a_decoding_loop_takes_its_logits_from_two_buffers(monkeypatch):
+    """A loop that drops each step's logits when it takes the next one's
+    allocates no output after its first two steps."""
+    import cllm_c.decode
+
+    cfg = CONFIGS[1]
+    params = _params(cfg, 12)
+    session = decode_session(cfg, params, init_kv_caches(cllm_c, cfg, 2, np.float32))
+    assert session is not None
+    made = []
+    real_empty = cllm_c.decode.empty
+    monkeypatch.setattr(
+        cllm_c.decode, "empty", lambda *a: made.append(a) or real_empty(*a)
+    )
+    logits = None
+    for i in range(8):
+        logits = session(np.array([[i], [i + 1]]), i)[:, 0]
+    outputs = [a for a in made if a[0] == (2, 1, cfg.vocab_size)]
+    assert len(outputs) == 2, made
+    assert logits is not None

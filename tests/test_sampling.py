@@ -557,7 +557,7 @@ DRAW_CONFIGS = [
 
 
 @pytest.mark.parametrize("config", DRAW_CONFIGS, ids=["greedy", "sampled"])
-@pytest.mark.parametrize("shape", [(50,), (3, 50)])
+@pytest.mark.parametrize("shape", [(50,), (1, 50), (3, 50)])
 def test_draw_is_sample_for_checked_config(config, shape):
     logits = np.random.default_rng(4).standard_normal(shape).astype(np.float32)
     logits[..., 7] = -np.inf  # a forbidden token is allowed while a row has others
@@ -588,3 +588,21 @@ def test_draw_rejects_what_sample_rejects(config, bad, error):
     for fn in (sample, draw):
         with pytest.raises(NonFiniteError, match=error):
             fn(logits, config, np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("shape", [(50,), (1, 50)])
+@pytest.mark.parametrize(
+    "bad, error",
+    [
+        (lambda r: r.__setitem__(11, np.nan), "NaN"),
+        (lambda r: r.__setitem__(0, np.inf), r"\+inf"),
+        (lambda r: r.fill(-np.inf), "no finite entry"),
+        (lambda r: (r.__setitem__(3, 1e30), r.__setitem__(40, np.nan)), "NaN"),
+    ],
+)
+def test_draw_rejects_a_bad_single_row_greedily(shape, bad, error):
+    """One sequence's greedy draw (scalars, not arrays) checks its row too."""
+    logits = np.random.default_rng(5).standard_normal(shape)
+    bad(logits.reshape(-1, 50)[0])
+    with pytest.raises(NonFiniteError, match=error):
+        draw(logits, SamplingConfig(greedy=True), np.random.default_rng(0))

@@ -16,6 +16,7 @@ change between its calls is resolved once.
 from __future__ import annotations
 
 import functools
+import sys
 from collections.abc import Sequence
 
 import numpy as np
@@ -28,6 +29,7 @@ from cllm_spec.model import LN_EPS, ModelConfig, param_layout
 from cllm_spec.model_params import head_param
 from cllm_spec.protocols import KVCache
 
+_OK = lib.CLLM_OK
 _GLOBAL = (
     "model.wte.weight",
     "model.wpe.weight",
@@ -110,6 +112,8 @@ class DecodeSession:
         # the scratch of the last call (t, array, pointer), kept for the next
         # one of as many tokens: its contents die with each call
         self._work: tuple[int, np.ndarray, object] | None = None
+        # two logits buffers taken in turn (see _logits_out)
+        self._outs: list[np.ndarray | None] = [None, None]
 
     def __call__(self, ids: np.ndarray, pos_offset: int) -> np.ndarray | None:
         """The logits ``(B, 1, V)`` of the last of ``ids: (B, T)``'s positions,
@@ -127,16 +131,30 @@ class DecodeSession:
             work = empty(n, F32)
             self._work = (t, work, ptr(work))
         work_ptr = self._work[2]
-        # fresh (or recycled once unreferenced): the caller may keep the logits
-        logits = empty((b, 1, v), F32)
+        logits = self._logits_out(b, v)
         _, ip = ids64(ids)
         status = lib.cllm_model_decode(
             self._params, self._offsets, ip, b, t, cfg.n_layer, nh, c, f, v,
             cfg.block_size, self._kind, LN_EPS, self._scale, self._keys, self._values,
             self._t_max, pos_offset, work_ptr, ptr(logits),
         )  # fmt: skip
-        check(status, "decoding step")
+        if status != _OK:
+            check(status, "decoding step")
         return logits
+
+    def _logits_out(self, b: int, v: int) -> np.ndarray:
+        """A (b, 1, v) buffer no one else holds: the caller may keep the
+        logits it was given, but a decoding loop drops each step's when it
+        takes the next one's, so two buffers in turn serve it. Each step of a
+        large model finds Python's data evicted by its weight stream, and a
+        fresh output (``empty``, even recycled) then cost ~30 us."""
+        for out in self._outs:
+            # held by the list, this loop and the call alone: no one else's
+            if out is not None and out.shape[0] == b and sys.getrefcount(out) == 3:
+                return out
+        out = empty((b, 1, v), F32)
+        self._outs = [out, self._outs[0]]
+        return out
 
 
 def decode_session(
