@@ -569,17 +569,18 @@ def test_draw_is_sample_for_checked_config(config, shape):
     assert a.random() == b.random()  # the same doubles drawn
 
 
+#: (how a row of 50 logits goes bad, the error's message)
+BAD_ROWS = [
+    (lambda r: r.__setitem__(11, np.nan), "NaN"),
+    (lambda r: r.__setitem__(0, np.inf), r"\+inf"),
+    (lambda r: r.fill(-np.inf), "no finite entry"),
+    # NaN after a larger finite value: the check must not stop at the max
+    (lambda r: (r.__setitem__(3, 1e30), r.__setitem__(40, np.nan)), "NaN"),
+]
+
+
 @pytest.mark.parametrize("config", DRAW_CONFIGS, ids=["greedy", "sampled"])
-@pytest.mark.parametrize(
-    "bad, error",
-    [
-        (lambda r: r.__setitem__(11, np.nan), "NaN"),
-        (lambda r: r.__setitem__(0, np.inf), r"\+inf"),
-        (lambda r: r.fill(-np.inf), "no finite entry"),
-        # NaN after a larger finite value: the check must not stop at the max
-        (lambda r: (r.__setitem__(3, 1e30), r.__setitem__(40, np.nan)), "NaN"),
-    ],
-)
+@pytest.mark.parametrize("bad, error", BAD_ROWS)
 def test_draw_rejects_what_sample_rejects(config, bad, error):
     """draw checks a model's logits as sample does (greedy in the argmax's own
     pass), whichever row is bad."""
@@ -591,15 +592,7 @@ def test_draw_rejects_what_sample_rejects(config, bad, error):
 
 
 @pytest.mark.parametrize("shape", [(50,), (1, 50)])
-@pytest.mark.parametrize(
-    "bad, error",
-    [
-        (lambda r: r.__setitem__(11, np.nan), "NaN"),
-        (lambda r: r.__setitem__(0, np.inf), r"\+inf"),
-        (lambda r: r.fill(-np.inf), "no finite entry"),
-        (lambda r: (r.__setitem__(3, 1e30), r.__setitem__(40, np.nan)), "NaN"),
-    ],
-)
+@pytest.mark.parametrize("bad, error", BAD_ROWS)
 def test_draw_rejects_a_bad_single_row_greedily(shape, bad, error):
     """One sequence's greedy draw (scalars, not arrays) checks its row too."""
     logits = np.random.default_rng(5).standard_normal(shape)
