@@ -147,12 +147,17 @@ class DecodeSession:
         logits it was given, but a decoding loop drops each step's when it
         takes the next one's, so two buffers in turn serve it. Each step of a
         large model finds Python's data evicted by its weight stream, and a
-        fresh output (``empty``, even recycled) then cost ~30 us."""
+        fresh output (``empty``, even recycled) then cost ~30 us.
+
+        The buffers own their memory (``np.empty``, not the recycling
+        ``empty``, whose arrays are views of a kept buffer): a view of an
+        owner refers to the owner itself, so the owner's reference count
+        sees every view a caller kept, such as the loop's ``logits[:, 0]``."""
         for out in self._outs:
             # held by the list, this loop and the call alone: no one else's
             if out is not None and out.shape[0] == b and sys.getrefcount(out) == 3:
                 return out
-        out = empty((b, 1, v), F32)
+        out = np.empty((b, 1, v), dtype=F32)
         self._outs = [out, self._outs[0]]
         return out
 
