@@ -51,7 +51,7 @@ from peers_models import (  # noqa: E402
     decode_config,
     make_decoder,
 )
-from profile_step import Clock, _TimedLib  # noqa: E402
+from profile_step import Clock, TimedLib  # noqa: E402
 
 from cllm_spec.registry import get_backend  # noqa: E402
 
@@ -78,7 +78,7 @@ def measure(
     weight_bytes = decode_bytes_per_token(cfg)
     clock = Clock()
     real = cllm_c.decode.lib
-    cllm_c.decode.lib = _TimedLib(real, clock)
+    cllm_c.decode.lib = TimedLib(real, clock)
     try:
         decoder.generate(prompt, DECODE_NEW)  # warm: mappings, huge pages
         rows = []

@@ -90,7 +90,7 @@ class Clock:
         return sum(s for (c, _), s in self.seconds.items() if c == category)
 
 
-class _TimedLib:
+class TimedLib:
     """The C library with every ``cllm_*`` entry timed by ``clock``."""
 
     def __init__(self, real: Any, clock: Clock) -> None:
@@ -125,7 +125,7 @@ def instrumented(backend: Any, clock: Clock) -> Iterator[None]:
 
             patch(mod, "kernel", kernel)
         if hasattr(mod, "lib"):  # entries called by name (lib.cllm_ffn_forward)
-            patch(mod, "lib", _TimedLib(mod.lib, clock))
+            patch(mod, "lib", TimedLib(mod.lib, clock))
         for attr in dir(mod):
             if attr.startswith("validate_"):
                 patch(mod, attr, clock.wrap("validate", attr, getattr(mod, attr)))
