@@ -102,14 +102,14 @@ int cllm_layernorm_backward_add(const float *dy, const float *x_hat, const float
                                 const float *weight, float *dx, float *dweight,
                                 float *dbias, int64_t rows, int64_t c);
 
-/* losses.c (log_softmax selects log-softmax over softmax) */
+/* losses_softmax.c (log_softmax selects log-softmax over softmax) */
 int cllm_softmax_forward(const float *x, float *y, int64_t rows, int64_t v,
                          int log_softmax);
 int cllm_softmax_backward(const float *dy, const float *y, float *dx, int64_t rows,
                           int64_t v, int log_softmax);
-/* reduction: 0 mean, 1 sum, 2 none. Writes probs (N, V), weight (N,), the
- * per-row losses (N,) and, for mean/sum, the reduced loss to *loss. probs may
- * be logits (in place). */
+/* losses.c, the cross-entropy. reduction: 0 mean, 1 sum, 2 none. Writes probs
+ * (N, V), weight (N,), the per-row losses (N,) and, for mean/sum, the reduced
+ * loss to *loss. probs may be logits (in place). */
 int cllm_cross_entropy_forward(const float *logits, const int64_t *targets,
                                int64_t n, int64_t v, int64_t ignore_index,
                                double label_smoothing, int reduction, float *probs,
@@ -128,8 +128,9 @@ int cllm_cross_entropy_backward(const float *probs, const int64_t *targets,
                                 const float *weight, const float *dloss,
                                 int dloss_per_row, int64_t n, int64_t v,
                                 double label_smoothing, float *dlogits);
-/* kind: 0 mse, 1 l1, 2 huber. Writes diff (n,), per-element losses when
- * per_item != NULL, and the mean or sum to *loss when loss != NULL. */
+/* losses_regression.c. kind: 0 mse, 1 l1, 2 huber. Writes diff (n,),
+ * per-element losses when per_item != NULL, and the mean or sum to *loss when
+ * loss != NULL. */
 int cllm_regression_forward(int kind, const float *pred, const float *target,
                             int64_t n, float delta, int reduction, float *diff,
                             float *per_item, float *loss);

@@ -1,4 +1,5 @@
-"""Losses on the C kernels of ``csrc/losses.c``.
+"""Losses on the C kernels of ``csrc/losses_softmax.c``, ``csrc/losses.c``
+(cross-entropy) and ``csrc/losses_regression.c``.
 
 The math, shapes and error contract are in :mod:`cllm_spec.losses`; every
 function validates with the same checks as the reference before calling C.
