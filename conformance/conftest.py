@@ -40,6 +40,10 @@ from cllm_spec.tolerances import TABLE, Tolerance, tolerance
 from conformance.comparator import compare, describe_failure
 from conformance.gradcheck import numerical_vjp
 
+# a helper that asserts on its tests' behalf, rewritten like a test module so a
+# failing assert there shows the values it compared
+pytest.register_assert_rewrite("conformance.batching_helpers")
+
 HERE = Path(__file__).parent
 # Overridable so the suite's own tests can check the strict-expectations rules.
 EXPECTATIONS_DIR = Path(os.environ.get("CLLM_EXPECTATIONS_DIR", HERE / "expectations"))

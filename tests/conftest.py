@@ -6,6 +6,14 @@ from collections.abc import Iterator
 
 import pytest
 
+# Helper modules whose functions assert on a test's behalf: rewritten like a
+# test module, so a failing assert there shows the values it compared.
+pytest.register_assert_rewrite(
+    "tests.c_backend_helpers",
+    "tests.cli_train_helpers",
+    "tests.parallel_coordinator_helpers",
+)
+
 
 @pytest.fixture
 def simd_levels() -> Iterator[list[str]]:
