@@ -21,7 +21,7 @@ import pytest
 
 from cllm_spec import checkpoint
 from cllm_spec.errors import CheckpointError
-from tests.test_cli_train import (
+from tests.cli_train_helpers import (
     ckpt_steps,
     cllm_train,
     corpus,
@@ -34,7 +34,7 @@ from tests.test_cli_train import (
     wait_for,
 )
 
-__all__ = ["corpus"]  # the fixture, shared with test_cli_train
+__all__ = ["corpus"]  # the fixture, shared with the cllm train tests
 
 STEPS = 3
 

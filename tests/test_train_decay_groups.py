@@ -14,7 +14,7 @@ from cllm_spec.registry import get_backend
 from cllm_spec.tolerances import tolerance
 from cllm_spec.train.config import load_config
 from cllm_spec.train.state import decay_mask, init_optimizer_state, optimizer_step
-from tests.test_cli_train import (  # noqa: F401
+from tests.cli_train_helpers import (  # noqa: F401
     cllm_train,
     corpus,
     loadable_backends,

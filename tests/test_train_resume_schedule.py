@@ -12,7 +12,7 @@ from cllm_spec.errors import ConfigError
 from cllm_spec.schedules import ScheduleConfig, continue_schedule, lr_at
 from cllm_spec.train.config import load_config
 from cllm_spec.train.state import resumed_schedule, schedule_config
-from tests.test_cli_train import cllm_train, corpus, ok, rows, sets  # noqa: F401
+from tests.cli_train_helpers import cllm_train, corpus, ok, rows, sets  # noqa: F401
 
 OLD = ScheduleConfig("cosine", 0.01, 10, 100, 0.001)
 
