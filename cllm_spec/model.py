@@ -95,7 +95,8 @@ and values appended into the caches' buffers, or None where it does not apply
 (:func:`cllm_spec.generate.decode_last` falls back to :func:`forward` then),
 ``decode_session(cfg, flat, kv_caches)``: that step as a callable ``(ids,
 pos_offset) -> logits`` over those caches for many calls (a decoder's, one
-per token: :meth:`cllm_spec.generate.Decoder.feed_next`), or None where
+per token: :meth:`cllm_spec.generate.Decoder.feed_next`; a call may write
+into an earlier call's logits only once nothing refers to them), or None where
 ``decode_last`` would not apply, and ``GROUP_MIN_ROWS`` with ``groups=`` on
 its linear, ffn and mha backward: several groups of a training step in one
 pass, each with its own bits
