@@ -14,8 +14,10 @@ back:
 * step: ``cllm_model_decode``, the C call that runs the whole model for one
   token (timed around each call);
 * token: ``cllm_spec.generate.generate`` per token (greedy; 16-token prompt,
-  128 new tokens, as ``peers.py`` decodes), the C call plus the sampling and
-  the Python around it.
+  128 new tokens, as ``peers.py`` decodes), the C call plus the sampling, the
+  Python around them and the call's one check of the params for NaN and inf
+  (a scan of every weight: ~40 us a token on production, counted here with
+  Python's share).
 
 Each is reported as weight bytes per token x tokens/s, and as a share of the
 same round's bound; the table gives medians over the rounds. The gap between
