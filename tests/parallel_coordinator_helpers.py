@@ -1,8 +1,8 @@
 """A synthetic model and a trainer for the coordinator's test modules.
 
-The model is a least-squares problem in float32, not the GPT model: per token
-``loss = 0.5 * (x . w - y)^2``, so the gradient of the summed loss of a group is
-``sum_tokens (x . w - y) x``. Rows are scaled by factors between 1e-2 and 1e2,
+The model is the MPI tests' least-squares problem (``tests/mpi_programs/lsq.py``),
+not the GPT model: per token ``loss = 0.5 * (x . w - y)^2``, so the gradient of
+the summed loss of a group is ``sum_tokens (x . w - y) x``. Rows are scaled by factors between 1e-2 and 1e2,
 so float32 sums of the group gradients depend on the order of the additions
 (checked in ``test_the_data_is_order_sensitive`` of
 ``test_parallel_coordinator.py``): a coordinator that added the groups in the
@@ -21,29 +21,10 @@ import numpy as np
 
 from cllm_spec.parallel import N_GROUPS, Callbacks, Coordinator, State
 from cllm_spec.registry import get_backend
+from tests.mpi_programs.lsq import LR, P, lsq_terms, make_batch
 
 BACKEND = get_backend("numpy")
-P = 33  # parameters
-K = 4  # tokens per row
-LR = 1e-5
 WAIT = 10.0  # seconds: upper bound for any wait in these tests
-
-
-def make_batch(rng: np.random.Generator, rows: int, dtype: Any = np.float32) -> tuple:
-    scale = 10.0 ** rng.uniform(-2.0, 2.0, size=(rows, 1, 1))
-    x = (rng.standard_normal((rows, K, P)) * scale).astype(dtype)  # (B, K, P)
-    y = rng.standard_normal((rows, K)).astype(dtype)  # (B, K)
-    mask = rng.random((rows, K)) < 0.7  # (B, K): unequal token counts per group
-    return x, y, mask
-
-
-def lsq_terms(w: np.ndarray, mb: tuple) -> tuple[np.ndarray, float, int]:
-    """Gradient of the summed loss, the summed loss and the token count."""
-    x, y, mask = mb
-    r = ((x * w).sum(axis=-1) - y) * mask  # (B, K) residuals, 0 where masked
-    grads = (r[..., None] * x).sum(axis=(0, 1))  # (P,)
-    loss_sum = 0.5 * float(np.sum(r.astype(np.float64) ** 2))
-    return grads, loss_sum, int(mask.sum())
 
 
 @dataclass

@@ -6,14 +6,16 @@ and 1e2, so float32 sums of group gradients depend on the order of the
 additions (the tests check this): a reduction in any order other than the
 group order changes bits.
 
-Used both by the mpiexec'd program (``train.py`` beside this file) and by the
-single-process reference in the test, so both train the same model on the same
-batches.
+Used by the mpiexec'd program (``train.py`` beside this file), by the
+single-process reference in the MPI tests, so both train the same model on the
+same batches, and by the thread coordinator's tests
+(``tests/parallel_coordinator_helpers.py``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -24,10 +26,12 @@ K = 4  # tokens per row
 LR = 1e-5
 
 
-def make_batch(rng: np.random.Generator, rows: int) -> tuple[np.ndarray, ...]:
+def make_batch(
+    rng: np.random.Generator, rows: int, dtype: Any = np.float32
+) -> tuple[np.ndarray, ...]:
     scale = 10.0 ** rng.uniform(-2.0, 2.0, size=(rows, 1, 1))
-    x = (rng.standard_normal((rows, K, P)) * scale).astype(np.float32)  # (B, K, P)
-    y = rng.standard_normal((rows, K)).astype(np.float32)  # (B, K)
+    x = (rng.standard_normal((rows, K, P)) * scale).astype(dtype)  # (B, K, P)
+    y = rng.standard_normal((rows, K)).astype(dtype)  # (B, K)
     mask = rng.random((rows, K)) < 0.7  # (B, K): unequal token counts per group
     return x, y, mask
 
