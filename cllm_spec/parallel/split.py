@@ -99,9 +99,6 @@ def split_rows(batch: Any, n_groups: int) -> list[Any | None]:
     ]
 
 
-__all__ = ["group_row_ranges", "split_rows"]
-
-
 def split_groups(split_fn: Any, batch: Any, m: int, n_groups: int) -> Sequence[Any]:
     """``split_fn(batch, n_groups)``, the group micro-batches of micro-batch
     ``m``, checked as every engine relies on them: a list or tuple of
@@ -116,3 +113,6 @@ def split_groups(split_fn: Any, batch: Any, m: int, n_groups: int) -> Sequence[A
     if all(p is None for p in parts):
         raise EmptyInputError(f"micro-batch {m}: every group is empty")
     return parts
+
+
+__all__ = ["group_row_ranges", "split_groups", "split_rows"]
