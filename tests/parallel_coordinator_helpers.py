@@ -2,9 +2,9 @@
 
 The model is the MPI tests' least-squares problem (``tests/mpi_programs/lsq.py``),
 not the GPT model: per token ``loss = 0.5 * (x . w - y)^2``, so the gradient of
-the summed loss of a group is ``sum_tokens (x . w - y) x``. Rows are scaled by factors between 1e-2 and 1e2,
-so float32 sums of the group gradients depend on the order of the additions
-(checked in ``test_the_data_is_order_sensitive`` of
+the summed loss of a group is ``sum_tokens (x . w - y) x``. Rows are scaled by
+factors between 1e-2 and 1e2, so float32 sums of the group gradients depend on
+the order of the additions (checked in ``test_the_data_is_order_sensitive`` of
 ``test_parallel_coordinator.py``): a coordinator that added the groups in the
 order the workers finished would change bits between runs and worker counts.
 """
