@@ -74,16 +74,15 @@ int cllm_linear_backward_act(const float *dy, const float *x, const float *w,
  * do not depend on how the columns are cut into chunks or which thread takes
  * one.
  *
- * Up to COL_RUN columns, one thread reads the matrix row by row, in address
- * order, adding each row into COL_RUN double sums that stay in L1. Wider
- * matrices (a vocabulary's bias) are cut into chunks of COL_CHUNK columns
- * that threads claim. Chunks of 64 columns read 256 bytes of each row, the
- * row's stride apart, and waited on those loads: on the default model the
- * bias and layer-norm sums were 3.0-3.4% of a one-thread step's samples and
- * are 1.5% as runs (2.9 -> 1.3% of the samples of both threads on two). Per
- * element, alone: (3072, 512) 0.58 -> 0.22 ns on one thread; on two, the
- * chunks took 0.33-0.45 ns on (3072, 384 to 1152) against the one-thread
- * run's 0.20-0.23, and (3072, 128) 0.11 against 0.16. */
+ * One thread reads the matrix row by row, in address order, adding each row
+ * into runs of up to COL_RUN double sums that stay in L1. With more threads,
+ * the columns are cut into chunks of COL_CHUNK that the threads claim, each
+ * summed in registers (column_chunk_avx512). A chunk reads 256 bytes of each
+ * row, the row's stride apart: alone, on one thread, chunks were slower than
+ * a run ((3072, 384 to 1152): 0.15-0.23 against 0.10-0.13 ns per element),
+ * but on two threads they beat the one-thread run that narrower matrices
+ * used to take: (3072, 128 / 384 / 512 / 1152) 1.6 / 1.2 / 1.4 / 1.4x faster
+ * (each matrix in the cache, alternating builds in one process). */
 #define COL_RUN 2048
 
 static inline __attribute__((always_inline)) void
@@ -219,8 +218,7 @@ int cllm_column_reduce(const float *x, const float *y, float *out, int64_t rows,
                        int64_t cols)
 {
     CLLM_CHECK(x && out && rows >= 0 && cols >= 0);
-    /* up to COL_RUN columns: one run, on this thread */
-    int nt = cols <= COL_RUN ? 1 : cllm_threads_for(rows * cols, ELEM_BLOCK * 4);
+    int nt = cllm_threads_for(rows * cols, ELEM_BLOCK * 4);
     column_job j = {x, y, out, rows, cols, nt > 1 ? COL_CHUNK : COL_RUN, cllm_simd_current};
     cllm_parallel((cols + j.chunk - 1) / j.chunk, nt, column_task, &j);
     return CLLM_OK;
