@@ -194,6 +194,31 @@ def test_ce_forward_backward_match_oracle_over_n(backend, dtype, oracle, rng, ch
         )
 
 
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_ce_over_many_rows_matches_oracle(
+    backend, dtype, oracle, rng, check, reduction
+):
+    # enough rows for a backend to cut them into groups and spread those over
+    # threads (517 rows of 67 classes; the C backend's tasks take 122 rows,
+    # the last 29): every row is computed, and lands in its own place
+    n, v = 517, 67
+    logits, targets = ce_inputs(rng, n, v, dtype, ignored=40)
+    targets[-1] = -100  # an ignored row in the last group too
+    dloss = upstream(rng, reduction, (n,), dtype)
+    kw = {"reduction": reduction, "label_smoothing": 0.1}
+    loss, cache = backend.cross_entropy_forward(logits, targets, **kw)
+    grad = backend.cross_entropy_backward(dloss, cache)
+    logits64, dloss64 = as_oracle(logits, dloss)
+    loss64, cache64 = oracle.cross_entropy_forward(logits64, targets, **kw)
+    check.close(loss, loss64, "cross_entropy", dtype=dtype)
+    check.close(
+        grad,
+        oracle.cross_entropy_backward(dloss64, cache64),
+        "cross_entropy.dlogits",
+        dtype=dtype,
+    )
+
+
 @pytest.mark.parametrize("eps", [0.0, 0.3])
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_bug14_ce_backward_matches_finite_differences(

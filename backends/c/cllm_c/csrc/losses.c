@@ -127,6 +127,36 @@ typedef struct ce_job {
 static void ce_backward_task(void *arg, int64_t i, int worker);
 static void ce_row_forward(const ce_job *j, int64_t i);
 
+/* Rows per pool task: at least CE_TASK_FLOATS logits. With a task per row,
+ * a small vocabulary's rows (the default model's 261) took less time than
+ * the two threads spent taking turns at the pool's shared counters: the
+ * default model's forward_grad ran 1.2x faster on two threads than on one.
+ * Rows are independent and each is computed whole by one task, so the
+ * grouping changes no bits. */
+#define CE_TASK_FLOATS 8192
+
+typedef struct {
+    cllm_chunk_fn row;
+    void *job;
+    int64_t n, per;
+} ce_rows;
+
+static void ce_rows_task(void *arg, int64_t q, int worker)
+{
+    const ce_rows *r = arg;
+    int64_t end = (q + 1) * r->per < r->n ? (q + 1) * r->per : r->n;
+    for (int64_t i = q * r->per; i < end; i++)
+        r->row(r->job, i, worker);
+}
+
+/* row(job, i, worker) for every row i < n of v logits, on the pool */
+static void ce_run(cllm_chunk_fn row, void *job, int64_t n, int64_t v)
+{
+    ce_rows r = {row, job, n, v >= CE_TASK_FLOATS ? 1 : CE_TASK_FLOATS / v};
+    cllm_parallel((n + r.per - 1) / r.per, cllm_threads_for(n * v, ELEM_BLOCK), ce_rows_task,
+                  &r);
+}
+
 static void ce_forward_task(void *arg, int64_t i, int worker)
 {
     const ce_job *j = arg;
@@ -203,7 +233,7 @@ static int ce_forward(const float *logits, const int64_t *targets, int64_t n, in
                 reduction != RED_MEAN ? 1.0f : count ? (float)(1.0 / (double)count) : 0.0f,
                 0.0f, 0.0f, probs, weight, per_row, cllm_simd_current, 0,
                 grad ? &back : NULL};
-    cllm_parallel(n, cllm_threads_for(n * v, ELEM_BLOCK), ce_forward_task, &j);
+    ce_run(ce_forward_task, &j, n, v);
     if (loss && reduction != RED_NONE) {
         double total = 0.0;
         for (int64_t i = 0; i < n; i++)
@@ -293,7 +323,7 @@ int cllm_cross_entropy_backward(const float *probs, const int64_t *targets,
     ce_job j = {NULL, targets, weight, dloss, n, v, 0, label_smoothing, 0.0f,
                 (float)(label_smoothing / (double)v), (float)(1.0 - label_smoothing),
                 (float *)probs, NULL, dlogits, cllm_simd_current, dloss_per_row, NULL};
-    cllm_parallel(n, cllm_threads_for(n * v, ELEM_BLOCK), ce_backward_task, &j);
+    ce_run(ce_backward_task, &j, n, v);
     return CLLM_OK;
 }
 
