@@ -27,7 +27,7 @@ from cllm_spec import checkpoint as ck
 from cllm_spec import checkpoint_format as fmt
 from cllm_spec.commands.info import LoadedCheckpoint, describe, format_description
 from cllm_spec.errors import CheckpointError
-from tests.test_checkpoint import training_state
+from tests.checkpoint_helpers import training_state
 
 _PROFILES = {  # name -> (examples per test, derandomized)
     "ci": (40, True),

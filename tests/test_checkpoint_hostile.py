@@ -26,7 +26,7 @@ from cllm_spec import checkpoint_format as fmt
 from cllm_spec.cli import main
 from cllm_spec.errors import CheckpointError
 from cllm_spec.model import ModelConfig, param_shapes
-from tests.test_checkpoint import expect_rejected, forge, training_state
+from tests.checkpoint_helpers import expect_rejected, forge, training_state
 from tests.test_cli_generate import assert_clean_error
 
 ROOT = Path(__file__).parent.parent
