@@ -12,6 +12,7 @@ pytest.register_assert_rewrite(
     "tests.c_backend_helpers",
     "tests.cli_train_helpers",
     "tests.parallel_coordinator_helpers",
+    "tests.train_parallel_helpers",
 )
 
 

@@ -1,40 +1,21 @@
-"""``cllm train`` with ``parallel.workers`` and ``parallel.engine``: the same bits
-for every worker count and rank count, per-worker statistics, BLAS threads, and
-failures that end the run promptly with the failing worker's (or rank's) error.
-
-The runs are subprocesses on a tiny config of the numpy backend (named
-explicitly: the bitwise claims are for a deterministic backend). ``B = 14``
-rows cut into 12 groups (groups 0 and 1 hold 2 rows, the others one) and
-``grad_accum = 2``, so every step reduces 24 group gradients in the fixed
-order. The MPI tests run ``mpiexec -launcher fork`` (the ``mpich`` wheel's,
-next to the venv's python) in their own session, killed whole if they hang;
-they are skipped, with the reason, when the ``mpi`` extra is missing.
-
-Failures are injected through a backend module written for the test: the
-numpy backend, except that ``layernorm_forward`` misbehaves on its N-th call
-(optionally only on one MPI rank, by ``PMI_RANK``).
+"""``cllm train`` with ``parallel.workers``: every worker count gives the bits
+of one worker (a resume with another count included), and one worker runs the
+group-split step. The run reports per-worker statistics in the metrics log and
+a table, sets the BLAS thread count for the run and restores it afterwards, and
+bad parallel settings are refused with an error naming the field.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 import re
-import shutil
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 from threadpoolctl import threadpool_info, threadpool_limits
 
 from cllm_spec import checkpoint
-from cllm_spec.data import read_dataset_bin, read_default_corpus
+from cllm_spec.data import read_dataset_bin
 from cllm_spec.errors import ConfigError
 from cllm_spec.model import ModelConfig, init_params
 from cllm_spec.parallel import allocate_groups
@@ -44,196 +25,22 @@ from cllm_spec.train.prepare import BatchStream
 from cllm_spec.train.state import model_config
 from cllm_spec.train.step import compute_step_gradients, group_step_gradients
 from cllm_spec.train.trainer import train
-
-ROOT = Path(__file__).resolve().parent.parent
-VENV_BIN = Path(sys.executable).parent
-CLLM = [sys.executable, "-m", "cllm_spec.cli", "train"]
-MPIEXEC = shutil.which(
-    "mpiexec", path=os.pathsep.join([str(VENV_BIN), os.environ.get("PATH", "")])
-)
-HAVE_MPI4PY = importlib.util.find_spec("mpi4py") is not None
-JOB_LIMIT = 120.0  # seconds: a run still going then is killed and the test fails
-QUICK = 20.0  # seconds: a failure must end the run well before that
-
-needs_mpi = pytest.mark.skipif(
-    not HAVE_MPI4PY or MPIEXEC is None,
-    reason="the mpi extra is not installed (needs mpi4py and an mpiexec, e.g. "
-    "pip install 'cllm[mpi]')",
+from tests import train_parallel_helpers
+from tests.train_parallel_helpers import (
+    STEPS,
+    B,
+    K,
+    T,
+    assert_same_tensors,
+    cllm_train,
+    ok,
+    run_tiny,
+    sets,
 )
 
-B, K, T, STEPS = 14, 2, 16, 5
-TINY = {
-    "train.backend": "numpy",
-    "data.tokenizer": "byte",
-    "model.n_embd": 16,
-    "model.n_layer": 1,
-    "model.n_head": 2,
-    "model.block_size": T,
-    "train.seq_len": T,
-    "train.batch_size": B,
-    "train.grad_accum": K,
-    "train.steps": STEPS,
-    "schedule.warmup_steps": 2,
-    "train.eval_every": 0,
-    "train.eval_batches": 2,
-    "train.sample_every": 0,
-    "train.checkpoint_every": 0,
-}
-
-FAULTY_BACKEND = '''"""The numpy backend; layernorm_forward fails at a call."""
-import os
-import threading
-import time
-
-import cllm_numpy
-from cllm_spec.errors import ShapeError
-
-MODE = os.environ.get("CLLM_FAULT_MODE", "none")
-AT = int(os.environ.get("CLLM_FAULT_AT", "0"))
-RANK = os.environ.get("CLLM_FAULT_RANK")  # None: every process
-_lock = threading.Lock()
-_calls = 0
-
-
-def __getattr__(name):
-    return getattr(cllm_numpy, name)
-
-
-def layernorm_forward(*args, **kwargs):
-    global _calls
-    with _lock:
-        _calls += 1
-        n = _calls
-    if n == AT and (RANK is None or os.environ.get("PMI_RANK") == RANK):
-        if MODE == "raise":
-            raise RuntimeError("injected kernel failure")
-        if MODE == "typed":
-            raise ShapeError("injected kernel failure")
-        if MODE == "hang":
-            time.sleep(120)
-        if MODE == "exit":
-            os._exit(1)
-    return cllm_numpy.layernorm_forward(*args, **kwargs)
-'''
-
-
-# ============================================================== harness ====
-class Run:
-    """One ``cllm train`` process (or mpiexec job) and its run directory."""
-
-    def __init__(self, out: Path, rc: int, stdout: str, stderr: str, s: float):
-        self.out, self.rc, self.stdout, self.stderr = out, rc, stdout, stderr
-        self.seconds = s
-
-    def rows(self, kind: str) -> list[dict[str, Any]]:
-        lines = (self.out / "metrics.jsonl").read_text().splitlines()
-        return [r for r in map(json.loads, lines) if r["kind"] == kind]
-
-    def trajectory(self) -> list[tuple[float, float, float, int]]:
-        return [
-            (r["loss"], r["grad_norm"], r["lr"], r["epoch"]) for r in self.rows("train")
-        ]
-
-    def tensors(self, step: int | None = None) -> dict[str, np.ndarray]:
-        path = (
-            checkpoint.latest(self.out)
-            if step is None
-            else checkpoint.checkpoint_path(self.out, step)
-        )
-        assert path is not None, f"no checkpoint in {self.out}"
-        return checkpoint.load(path)[0]
-
-
-def sets(**fields: object) -> list[str]:
-    """``--set`` arguments for TINY updated with ``fields`` (``a__b`` = ``a.b``)."""
-    merged = {**TINY, **{k.replace("__", "."): v for k, v in fields.items()}}
-    return [arg for k, v in merged.items() for arg in ("--set", f"{k}={v}")]
-
-
-def launch(
-    out: Path,
-    args: list[str],
-    *,
-    ranks: int | None = None,
-    env: dict[str, str] | None = None,
-    pythonpath: Path | None = None,
-) -> subprocess.Popen[str]:
-    cmd = [*CLLM, *args]
-    if ranks is not None:
-        assert MPIEXEC is not None
-        cmd = [MPIEXEC, "-launcher", "fork", "-n", str(ranks), *cmd]
-    full = dict(os.environ)
-    full["PATH"] = os.pathsep.join([str(VENV_BIN), full.get("PATH", "")])
-    paths = [str(ROOT), *([str(pythonpath)] if pythonpath else [])]
-    full["PYTHONPATH"] = os.pathsep.join([*paths, full.get("PYTHONPATH", "")])
-    full.pop("CLLM_BACKEND", None)
-    full.update(env or {})
-    return subprocess.Popen(
-        cmd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=full,
-        start_new_session=True,  # its own process group: killed whole on timeout
-    )
-
-
-def finish(proc: subprocess.Popen[str], out: Path, start: float) -> Run:
-    try:
-        stdout, stderr = proc.communicate(timeout=JOB_LIMIT)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        stdout, stderr = proc.communicate()
-        pytest.fail(f"the run hung for {JOB_LIMIT} s\n{stderr[-3000:]}")
-    return Run(out, proc.returncode, stdout, stderr, time.monotonic() - start)
-
-
-def cllm_train(out: Path, *extra: str, **kwargs: Any) -> Run:
-    start = time.monotonic()
-    return finish(launch(out, list(extra), **kwargs), out, start)
-
-
-def run_tiny(out: Path, corpus: Path, *extra: str, **kwargs: Any) -> Run:
-    fields = {"data__corpus": corpus, "train__out_dir": out}
-    return cllm_train(out, *sets(**fields), *extra, **kwargs)
-
-
-def ok(run: Run) -> Run:
-    assert run.rc == 0, run.stdout + run.stderr
-    return run
-
-
-def assert_same_tensors(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
-    assert sorted(a) == sorted(b)
-    for name in a:
-        assert a[name].dtype == b[name].dtype, name
-        assert a[name].tobytes() == b[name].tobytes(), name
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    """4000 characters of the bundled corpus: 3600 train + 400 validation bytes
-    (14 batches of 14 windows of 17 bytes fit 1.03 times: an epoch ends at
-    micro-batch 15, so step 8 of the resume test crosses it)."""
-    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
-    path.write_text(read_default_corpus()[:4000])
-    return path
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory, corpus) -> Run:
-    """One worker: the run every other worker and rank count must reproduce."""
-    out = tmp_path_factory.mktemp("reference") / "run"
-    return ok(run_tiny(out, corpus, "--set", "parallel.workers=1"))
-
-
-@pytest.fixture
-def faulty(tmp_path) -> Path:
-    """A directory holding the module ``faulty_backend`` (put it on PYTHONPATH)."""
-    where = tmp_path / "faulty"
-    where.mkdir()
-    (where / "faulty_backend.py").write_text(FAULTY_BACKEND)
-    return where
+# pytest finds a test's fixtures among its module's names
+corpus = train_parallel_helpers.corpus
+reference = train_parallel_helpers.reference
 
 
 # ===================================================== the same bits ====
@@ -405,221 +212,3 @@ def test_bad_parallel_settings_name_the_field(overrides, field):
     with pytest.raises(ConfigError) as info:
         load_config(None, overrides)
     assert info.value.message.startswith(field + ":")
-
-
-# ============================================================ failures ====
-@pytest.mark.parametrize(
-    ("mode", "rc", "needles"),
-    [
-        (
-            "raise",
-            1,
-            ["RuntimeError: injected kernel failure", "raised by worker "],
-        ),
-        (
-            "typed",
-            2,
-            ["cllm train: error: injected kernel failure", "  raised by worker "],
-        ),
-    ],
-)
-def test_a_failing_worker_stops_the_run_with_its_error(
-    tmp_path, corpus, faulty, mode, rc, needles
-):
-    # Call 100 of layernorm_forward falls in step 2: a group's forward calls it
-    # 3 times (ln_1, ln_2, ln_f), and a step computes 24 groups (B = 14 fills
-    # all 12, K = 2), so step 1 makes calls 1-72 and goes through.
-    run = run_tiny(
-        tmp_path / "run",
-        corpus,
-        "--set",
-        "parallel.workers=3",
-        "--set",
-        "train.backend=faulty_backend",
-        "--set",
-        "train.checkpoint_every=1",
-        env={"CLLM_FAULT_MODE": mode, "CLLM_FAULT_AT": "100"},
-        pythonpath=faulty,
-    )
-    assert run.rc == rc, run.stdout + run.stderr
-    assert run.seconds < QUICK
-    for needle in needles:
-        assert needle in run.stderr, run.stderr
-    worker = int(re.search(r"raised by worker (\d)", run.stderr).group(1))
-    assert 0 <= worker < 3
-    assert [r["step"] for r in run.rows("train")] == [1]
-    assert [s for s, _ in checkpoint.list_checkpoints(run.out)] == [1]
-
-
-def test_a_hung_worker_ends_the_run_at_the_timeout(tmp_path, corpus, faulty):
-    run = run_tiny(
-        tmp_path / "run",
-        corpus,
-        "--set",
-        "parallel.workers=2",
-        "--set",
-        "parallel.timeout=1",
-        "--set",
-        "train.backend=faulty_backend",
-        env={"CLLM_FAULT_MODE": "hang", "CLLM_FAULT_AT": "100"},
-        pythonpath=faulty,
-    )
-    assert run.rc == 2, run.stdout + run.stderr
-    assert run.seconds < QUICK
-    assert re.search(
-        r"cllm train: error: step 1: no result within 1\.0 s for .*\(worker [01]\)",
-        run.stderr,
-    ), run.stderr
-
-
-# ================================================================= MPI ====
-def mpi_tiny(out: Path, corpus: Path, ranks: int, *extra: str, **kw: Any) -> Run:
-    return run_tiny(
-        out, corpus, "--set", "parallel.engine=mpi", *extra, ranks=ranks, **kw
-    )
-
-
-@needs_mpi
-@pytest.mark.parametrize("ranks", [2, 3])
-def test_mpiexec_equals_one_process(tmp_path, corpus, reference, ranks):
-    run = ok(mpi_tiny(tmp_path / "run", corpus, ranks))
-    assert "ended abnormally" not in run.stderr
-    assert run.trajectory() == reference.trajectory()
-    assert run.rows("eval") == reference.rows("eval")
-    assert_same_tensors(run.tensors(), reference.tensors())
-    # Only rank 0 prints, logs and writes.
-    assert run.stdout.count("trained 5 steps") == 1, run.stdout
-    assert run.stdout.count("final validation loss") == 1
-    assert f"parallel: {ranks} MPI ranks" in run.stdout
-    assert "weights compared after every step" in run.stdout
-    (row,) = run.rows("parallel")
-    assert (row["engine"], row["workers"]) == ("mpi", ranks)
-    for r, w in enumerate(row["per_worker"]):
-        owned = allocate_groups(ranks).groups_of(r)
-        assert w["batches"] == STEPS * K * len(owned)
-    assert sum(w["tokens"] for w in row["per_worker"]) == STEPS * K * B * T
-    assert "    rank   groups" in run.stdout
-
-
-@needs_mpi
-def test_mpi_engine_without_mpiexec_is_one_rank(tmp_path, corpus, reference):
-    run = ok(run_tiny(tmp_path / "run", corpus, "--set", "parallel.engine=mpi"))
-    assert "parallel: 1 MPI rank " in run.stdout
-    assert run.trajectory() == reference.trajectory()
-    assert_same_tensors(run.tensors(), reference.tensors())
-
-
-@needs_mpi
-def test_mpi_resume_is_bitwise(tmp_path, corpus, reference):
-    first = ok(mpi_tiny(tmp_path / "first", corpus, 2, "--set", "train.steps=3"))
-    second = ok(
-        cllm_train(
-            tmp_path / "first",
-            "--resume",
-            str(first.out),
-            "--set",
-            f"train.steps={STEPS}",
-            "--set",
-            "parallel.check_every=2",
-            # the first run planned 3 steps; the reference planned them all
-            "--set",
-            "schedule.on_resume=replan",
-            ranks=2,
-        )
-    )
-    assert "weights compared every 2 steps" in second.stdout
-    assert first.trajectory() == reference.trajectory()  # rows 1-5, appended
-    assert_same_tensors(second.tensors(), reference.tensors())
-    assert [s for s, _ in checkpoint.list_checkpoints(first.out)] == [3, STEPS]
-
-
-@needs_mpi
-def test_mpi_ctrl_c_saves_on_rank_0_and_every_rank_exits_130(tmp_path, corpus):
-    out = tmp_path / "run"
-    fields = {"data__corpus": corpus, "train__out_dir": out, "train__steps": 10**6}
-    start = time.monotonic()
-    proc = launch(out, [*sets(**fields), "--set", "parallel.engine=mpi"], ranks=2)
-    metrics = out / "metrics.jsonl"
-    while not (metrics.exists() and metrics.read_text().count("\n") >= 3):
-        if time.monotonic() - start > 60 or proc.poll() is not None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            pytest.fail(f"no progress: {proc.communicate()[1][-2000:]}")
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)  # mpiexec forwards it to every rank
-    run = finish(proc, out, start)
-    assert run.rc == 130, run.stdout + run.stderr
-    assert "Traceback" not in run.stderr
-    assert "ended abnormally" not in run.stderr  # rank 0 told its watcher
-    step = int(re.search(r"interrupted at step (\d+)", run.stdout).group(1))
-    assert run.stdout.count("interrupted at step") == 1
-    assert [s for s, _ in checkpoint.list_checkpoints(out)] == [step]
-    assert run.rows("train")[-1]["step"] == step
-    ok(cllm_train(out, "--resume", str(out), "--set", f"train.steps={step + 1}"))
-    assert [r["step"] for r in run.rows("train")][-2:] == [step, step + 1]
-
-
-@needs_mpi
-def test_mpiexec_without_the_mpi_engine_is_refused(tmp_path, corpus):
-    run = run_tiny(tmp_path / "run", corpus, ranks=2)
-    assert run.rc == 2, run.stdout + run.stderr
-    assert "Traceback" not in run.stderr
-    line = "cllm train: error: parallel.engine: this is one of 2 processes started"
-    assert run.stderr.count(line) == 2  # every process says why it stopped
-    assert "hint: add --set parallel.engine=mpi" in run.stderr
-    assert not run.out.exists()
-
-
-@needs_mpi
-def test_rank_0_refusing_the_run_ends_every_rank_at_once(tmp_path, corpus):
-    # Only rank 0 checks the run directory; the others must not wait for it
-    # until parallel.timeout.
-    out = tmp_path / "run"
-    ok(run_tiny(out, corpus, "--set", "train.steps=3"))
-    run = mpi_tiny(out, corpus, 2, "--set", "parallel.timeout=60")
-    assert run.rc == 2, run.stdout + run.stderr
-    assert run.seconds < QUICK
-    assert "cllm train: error: train.out_dir: " in run.stderr
-    assert "already holds a run" in run.stderr
-    assert "MPI rank 1 of 2: rank 0 could not prepare the run" in run.stderr
-    assert "Traceback" not in run.stderr
-
-
-@needs_mpi
-@pytest.mark.parametrize(
-    ("mode", "needles"),
-    [
-        (
-            "raise",
-            [
-                "cllm mpi: rank 1 of 2 failed in step 1",
-                "RuntimeError: injected kernel failure",
-                "on MPI rank 1 of 2, in step 1",
-            ],
-        ),
-        ("exit", []),
-    ],
-)
-def test_a_failing_rank_ends_the_job(tmp_path, corpus, faulty, mode, needles):
-    # Rank 1 of 2 computes 12 groups a step (6 of 12, K = 2): 36 calls, so its
-    # call 50 falls in step 2.
-    run = mpi_tiny(
-        tmp_path / "run",
-        corpus,
-        2,
-        "--set",
-        "train.backend=faulty_backend",
-        "--set",
-        "parallel.timeout=60",
-        env={"CLLM_FAULT_MODE": mode, "CLLM_FAULT_AT": "50", "CLLM_FAULT_RANK": "1"},
-        pythonpath=faulty,
-    )
-    assert run.rc != 0
-    assert run.seconds < QUICK, run.stderr
-    for needle in needles:
-        assert needle in run.stderr, run.stderr
-    assert [r["step"] for r in run.rows("train")] == [1]
-    assert checkpoint.list_checkpoints(run.out) == []
-    # mpiexec killed rank 0 without a word: its watcher says what happened, once.
-    lost = "cllm train: error: the MPI job of 2 ranks ended abnormally"
-    assert run.stderr.count(lost) == 1, run.stderr
-    assert "hint: no checkpoint was written yet" in run.stderr
