@@ -137,9 +137,10 @@ def test_causal_attention_through_the_blocks_has_the_gemms_bits(shape, avx512):
 def test_a_non_finite_value_the_mask_hides_still_reaches_the_output(bad, avx512):
     """v's last row is seen only by the last query, but 0 * inf is NaN: every
     output of the pair must carry it, as the whole product does. The blocks
-    skip the hidden keys, so a pair with a non-finite operand must not take
-    them. The public functions refuse non-finite input, so this calls the
-    kernel itself (a value can still overflow inside the model)."""
+    skip the hidden keys, so a pair whose last output row shows a non-finite
+    v must start again on the GEMM. The public functions refuse non-finite
+    input, so this calls the kernel itself (a value can still overflow inside
+    the model)."""
     rng = np.random.default_rng(3)
     q, k, v = (rng.standard_normal((1, 2, 32, 16)).astype(F32) for _ in range(3))
     v[0, 1, -1, 5] = bad
@@ -159,6 +160,48 @@ def test_a_non_finite_value_the_mask_hides_still_reaches_the_output(bad, avx512)
     assert np.isnan(column[:-1]).all(), "the NaN of 0 * inf went missing"
     assert not np.isfinite(column[-1]), "the query that sees the bad value"
     assert np.isfinite(blocks[0][0, 0]).all(), "another head saw the bad value"
+
+
+#: (operand, row): a position the causal mask hides from some queries' or
+#: keys' products, so skipping it loses the NaN of 0 * inf: the first query's
+#: (dout, q) and the last key's (k, v)
+BACKWARD_BAD = (("dout", 0), ("q", 0), ("k", -1), ("v", -1))
+
+
+@pytest.mark.parametrize(("operand", "row"), BACKWARD_BAD)
+@pytest.mark.parametrize("bad", (np.inf, np.nan))
+def test_a_non_finite_backward_operand_gets_the_whole_products(
+    operand, row, bad, avx512
+):
+    """The backward's blocks skip what the causal mask zeroes; with a
+    non-finite operand the whole products have NaNs there. The pair's output
+    rows that sum over every row of an operand show it, and the pair starts
+    again on the GEMM: the bits of the blocks off. att comes from finite
+    operands, so only the backward's own products can show the bad value."""
+    rng = np.random.default_rng(11)
+    b, nh, t, hs = 1, 2, 32, 16
+    q, k, v, dout = (rng.standard_normal((b, nh, t, hs)).astype(F32) for _ in range(4))
+    _, cache = cllm_c.attention_forward(q, k, v, causal=True)
+    att = np.array(cache.att)
+    dict(dout=dout, q=q, k=k, v=v)[operand][0, 1, row, 5] = bad
+    lib, ffi = _lib.lib, _lib.ffi
+    layout = ffi.new("cllm_layout[7]", [(nh * t * hs, t * hs, hs)] * 7)
+
+    def run() -> tuple[np.ndarray, ...]:
+        dq, dk, dv = (np.empty_like(q) for _ in range(3))
+        status = lib.cllm_attention_backward_ex(
+            _lib.ptr(dout), _lib.ptr(q), _lib.ptr(k), _lib.ptr(v), _lib.ptr(att),
+            layout, b, nh, t, t, hs, 0.25, _lib.ptr(dq), _lib.ptr(dk), _lib.ptr(dv),
+        )  # fmt: skip
+        assert status == 0
+        return dq, dk, dv
+
+    blocks, gemm = _both(run, 1)
+    _same(blocks, gemm, ("dq", "dk", "dv"))
+    # the whole products spread the bad value past what the skipping ones reach
+    hit = [np.count_nonzero(~np.isfinite(a[0, 1])) for a in blocks]
+    assert max(hit) >= t, f"{operand}: the NaNs of the hidden products went missing"
+    assert all(np.isfinite(a[0, 0]).all() for a in blocks), "another head saw it"
 
 
 def test_a_shorter_gemm_k_slice_sends_attention_back_to_the_gemm(avx512):

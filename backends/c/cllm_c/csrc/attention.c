@@ -82,17 +82,18 @@ static void att_forward_task(void *arg, int64_t p, int worker)
     const uint8_t *mp = j->mask ? j->mask + (p / j->nh) * tk : NULL;
     float *ap = j->att + p * tq * tk, *op = j->out + pair_at(l[L_OUT], p, nh);
     int64_t shift = tk - tq;
-    /* out = att v: past a row's last visible key att is 0, and 0 * v adds
-     * nothing unless v holds an inf or NaN */
-    int skip = j->causal && cllm_finite_rows(vp, tk, hs, l[L_V].row);
 #if CLLM_X86
-    if (skip && j->blocks) {
+    if (j->blocks) { /* checked after: see cllm_attention_blocks */
         cllm_att_over_keys(qp, l[L_Q].row, tq, kp, l[L_K].row, tk, hs, shift, ap, w);
         softmax_rows(j, ap, mp);
         cllm_att_mix(ap, tq, tk, shift, vp, l[L_V].row, hs, op, l[L_OUT].row, NULL);
-        return;
+        if (cllm_finite_rows(op + (tq - 1) * l[L_OUT].row, 1, hs, l[L_OUT].row))
+            return;
     }
 #endif
+    /* out = att v: past a row's last visible key att is 0, and 0 * v adds
+     * nothing unless v holds an inf or NaN */
+    int skip = j->causal && cllm_finite_rows(vp, tk, hs, l[L_V].row);
     /* scores (Tq, Tk) = q (Tq, HS) k^T (HS, Tk); under a causal mask the
      * hidden ones are not computed (the softmax never reads them) */
     cllm_sgemm_causal(j->causal ? CLLM_CAUSAL_COLS : CLLM_CAUSAL_NONE, shift, 0, 1, tq, tk,
@@ -106,9 +107,24 @@ static void att_forward_task(void *arg, int64_t p, int worker)
 /* A pair's products go through attention_blocks.c where they fit (causal,
  * no padding mask, AVX-512); cllm_attention_blocks(0) sends them all
  * through the GEMM, so the two can be compared. It returns how many forward
- * or backward calls ran with the blocks since it was last called (a pair
- * with a non-finite operand still takes the GEMM), so a test can tell that
- * they were used at all. */
+ * or backward calls ran with the blocks since it was last called, so a test
+ * can tell that they were used at all.
+ *
+ * The blocks skip what the causal mask zeroes, which gives the whole
+ * products' bits only when the operands those zeros would multiply are
+ * finite (0 * inf is NaN). The GEMM path checks its operands first, row by
+ * row; the blocks run unchecked and then read a few output rows, each a sum
+ * over every row of an operand: the forward's last query row (it sees every
+ * key: att v over all of v), the backward's first rows of dv (att^T dout
+ * over all of dout) and dk (ds^T q over all of q, and ds over dout and v)
+ * and last row of dq (ds k over all of k, its ds row over all of v). A
+ * non-finite operand makes such a row non-finite: x * inf and 0 * NaN are
+ * not finite, nor is any float sum with such a term. So finite rows prove
+ * finite operands, and any other pair starts again on the GEMM path, which
+ * then decides as it always did (an overflow with finite operands, or a
+ * non-finite att, gets the blocks' bits from the GEMM's skipping products).
+ * Those checks read 5 x Tk rows of a pair, one row stride apart; these read
+ * 4 rows. */
 static int use_blocks = 1;
 static int64_t block_calls;
 
@@ -218,6 +234,18 @@ static void att_backward_task(void *arg, int64_t p, int worker)
     float *dqp = j->dq + pair_at(l[L_DQ], p, nh), *dkp = j->dk + pair_at(l[L_DK], p, nh);
     float *dvp = j->dv + pair_at(l[L_DV], p, nh);
     int64_t shift = tk - tq;
+#if CLLM_X86
+    if (j->blocks) { /* checked after: see cllm_attention_blocks */
+        cllm_att_mix_t(ap, tq, tk, shift, g, ldo, hs, dvp, lddv, NULL);
+        cllm_att_over_keys(g, ldo, tq, vp, ldv, tk, hs, shift, ds, w);
+        softmax_grad_rows(j, ap, ds, 1);
+        cllm_att_mix(ds, tq, tk, shift, kp, ldk, hs, dqp, lddq, &j->scale);
+        cllm_att_mix_t(ds, tq, tk, shift, qp, ldq, hs, dkp, lddk, &j->scale);
+        if (cllm_finite_rows(dvp, 1, hs, lddv) && cllm_finite_rows(dkp, 1, hs, lddk)
+            && cllm_finite_rows(dqp + (tq - 1) * lddq, 1, hs, lddq))
+            return;
+    }
+#endif
     /* Under a causal mask att and ds are 0 past each query's last key: the
      * products skip those zeros (the same bits, see cllm_sgemm_causal) when
      * every operand they would have multiplied is finite */
@@ -227,16 +255,6 @@ static void att_backward_task(void *arg, int64_t p, int worker)
     int cols = skip ? CLLM_CAUSAL_COLS : CLLM_CAUSAL_NONE;
     int prefix = skip ? CLLM_CAUSAL_PREFIX : CLLM_CAUSAL_NONE;
     int suffix = skip ? CLLM_CAUSAL_SUFFIX : CLLM_CAUSAL_NONE;
-#if CLLM_X86
-    if (skip && j->blocks) {
-        cllm_att_mix_t(ap, tq, tk, shift, g, ldo, hs, dvp, lddv, NULL);
-        cllm_att_over_keys(g, ldo, tq, vp, ldv, tk, hs, shift, ds, w);
-        softmax_grad_rows(j, ap, ds, skip);
-        cllm_att_mix(ds, tq, tk, shift, kp, ldk, hs, dqp, lddq, &j->scale);
-        cllm_att_mix_t(ds, tq, tk, shift, qp, ldq, hs, dkp, lddk, &j->scale);
-        return;
-    }
-#endif
     /* dv (Tk, HS) = att^T (Tk, Tq) dout (Tq, HS) */
     cllm_sgemm_causal(suffix, shift, 1, 0, tk, hs, tq, ap, tk, g, ldo, dvp, lddv, w);
     /* da (Tq, Tk) = dout (Tq, HS) v^T (HS, Tk) */
