@@ -44,6 +44,30 @@ def ce_inputs(
     return logits, targets
 
 
+def ce_matches_oracle(
+    backend: Any,
+    oracle: Any,
+    check: Any,
+    logits: np.ndarray,
+    targets: np.ndarray,
+    dloss: np.ndarray,
+    **kw: Any,
+) -> None:
+    """The loss of ``cross_entropy_forward(logits, targets, **kw)`` and the
+    logits' gradient for ``dloss`` match the float64 oracle's."""
+    loss, cache = backend.cross_entropy_forward(logits, targets, **kw)
+    grad = backend.cross_entropy_backward(dloss, cache)
+    logits64, dloss64 = as_oracle(logits, dloss)
+    loss64, cache64 = oracle.cross_entropy_forward(logits64, targets, **kw)
+    check.close(loss, loss64, "cross_entropy", dtype=logits.dtype)
+    check.close(
+        grad,
+        oracle.cross_entropy_backward(dloss64, cache64),
+        "cross_entropy.dlogits",
+        dtype=logits.dtype,
+    )
+
+
 def ref_log_softmax(logits: np.ndarray) -> np.ndarray:
     """log softmax in float64, written out independently of any backend."""
     z = logits.astype(np.float64)
@@ -159,18 +183,10 @@ def test_ce_forward_backward_match_oracle_over_v(
     n = 9
     logits, targets = ce_inputs(rng, n, v, dtype, ignored=2)
     dloss = upstream(rng, reduction, (n,), dtype)
-    kw = {"reduction": reduction, "label_smoothing": 0.1}
-    loss, cache = backend.cross_entropy_forward(logits, targets, **kw)
-    grad = backend.cross_entropy_backward(dloss, cache)
-    logits64, dloss64 = as_oracle(logits, dloss)
-    loss64, cache64 = oracle.cross_entropy_forward(logits64, targets, **kw)
-    check.close(loss, loss64, "cross_entropy", dtype=dtype)
-    check.close(
-        grad,
-        oracle.cross_entropy_backward(dloss64, cache64),
-        "cross_entropy.dlogits",
-        dtype=dtype,
-    )
+    ce_matches_oracle(
+        backend, oracle, check, logits, targets, dloss,
+        reduction=reduction, label_smoothing=0.1,
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize("n", EDGE_SIZES)
@@ -205,18 +221,10 @@ def test_ce_over_many_rows_matches_oracle(
     logits, targets = ce_inputs(rng, n, v, dtype, ignored=40)
     targets[-1] = -100  # an ignored row in the last group too
     dloss = upstream(rng, reduction, (n,), dtype)
-    kw = {"reduction": reduction, "label_smoothing": 0.1}
-    loss, cache = backend.cross_entropy_forward(logits, targets, **kw)
-    grad = backend.cross_entropy_backward(dloss, cache)
-    logits64, dloss64 = as_oracle(logits, dloss)
-    loss64, cache64 = oracle.cross_entropy_forward(logits64, targets, **kw)
-    check.close(loss, loss64, "cross_entropy", dtype=dtype)
-    check.close(
-        grad,
-        oracle.cross_entropy_backward(dloss64, cache64),
-        "cross_entropy.dlogits",
-        dtype=dtype,
-    )
+    ce_matches_oracle(
+        backend, oracle, check, logits, targets, dloss,
+        reduction=reduction, label_smoothing=0.1,
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize("eps", [0.0, 0.3])
