@@ -141,8 +141,8 @@ def test_existing_run_needs_resume_or_overwrite(tmp_path, corpus):
     assert [r["step"] for r in rows(tmp_path / "r", "train")] == [1, 2, 3]
 
 
-def test_resume_cannot_change_the_model(tmp_path, corpus):
-    run = tmp_path / "r"
+def _three_step_run(run: Path, corpus: Path) -> Path:
+    """A finished 3-step run in ``run``, for the tests that then resume it."""
     ok(
         cllm_train(
             *sets(
@@ -153,23 +153,18 @@ def test_resume_cannot_change_the_model(tmp_path, corpus):
             )
         )
     )
+    return run
+
+
+def test_resume_cannot_change_the_model(tmp_path, corpus):
+    run = _three_step_run(tmp_path / "r", corpus)
     result = cllm_train("--resume", str(run), "--set", "model.n_embd=32")
     expect_error(result, r"model\.n_embd: cannot change when resuming")
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "foreign"])
 def test_damaged_checkpoint_is_refused_with_a_hint(tmp_path, corpus, damage):
-    run = tmp_path / "r"
-    ok(
-        cllm_train(
-            *sets(
-                data__corpus=corpus,
-                train__out_dir=run,
-                train__steps=3,
-                schedule__warmup_steps=1,
-            )
-        )
-    )
+    run = _three_step_run(tmp_path / "r", corpus)
     path = checkpoint.latest(run)
     data = bytearray(path.read_bytes())
     if damage == "truncate":
