@@ -157,3 +157,35 @@ def test_gemm_streamed_output_matches_the_cached_path(rng, trans_b):
     gemm(streamed, 0, _lib.ptr(bias))
     want = bias + a.astype(np.float64) @ op_b
     np.testing.assert_allclose(streamed, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("n", [128, 384, 1000, 2100])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_gemm_a_read_in_place_has_the_packed_bits(rng, n, threads):
+    # Up to N = 2048 the AVX-512 kernel reads a row-major A where it is
+    # stored; a transposed A is always packed first. The kernel does the same
+    # multiply-adds in the same order on both, so A and a transposed copy of
+    # it give the same bits: over two K slices (accumulating into C), with a
+    # last micro-panel of fewer than 12 rows, split by rows (M > N) and by
+    # columns, and past the limit (2100), where both are packed.
+    lib = _lib.lib
+    m, k = (2 * n + 5, 500) if n < 1000 else (53, 500)
+    a = _normal(rng, m, k)
+    a_t = np.ascontiguousarray(a.T)
+    b = _normal(rng, n, k)
+    before = _lib.num_threads()
+    outs = []
+    try:
+        _lib.set_num_threads(threads)
+        for ta, a_op in ((0, a), (1, a_t)):
+            c = _lib.empty((m, n), F32)
+            status = lib.cllm_sgemm(ta, 1, m, n, k, _lib.ptr(a_op), a_op.shape[1],
+                                    _lib.ptr(b), k, _lib.ptr(c), n, 0,
+                                    _lib.ffi.NULL)  # fmt: skip
+            assert status == lib.CLLM_OK
+            outs.append(c)
+    finally:
+        _lib.set_num_threads(before)
+    np.testing.assert_array_equal(outs[0], outs[1])
+    want = a.astype(np.float64) @ b.T.astype(np.float64)
+    np.testing.assert_allclose(outs[0], want, rtol=1e-4, atol=1e-4)
