@@ -45,7 +45,7 @@ from cllm_spec import checks
 from cllm_spec.data.tokenizers import BOS_ID
 from cllm_spec.errors import ConfigError
 from cllm_spec.generate import Decoder, validate_generate
-from cllm_spec.model import ModelConfig
+from cllm_spec.model import CheckedParams, ModelConfig
 from cllm_spec.sampling import SamplingConfig
 
 MAX_BEAMS = 1024
@@ -67,7 +67,7 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
 def beam_search(
     backend: Any,
     model_cfg: ModelConfig,
-    params: np.ndarray,
+    params: np.ndarray | CheckedParams,
     prompt_ids: np.ndarray,
     max_new_tokens: int,
     beams: int,

@@ -365,7 +365,7 @@ def decode_last(
 def generate(
     backend: Any,
     model_cfg: ModelConfig,
-    params: np.ndarray,
+    params: np.ndarray | CheckedParams,
     prompt_ids: np.ndarray,
     max_new_tokens: int,
     sampling: SamplingConfig,
@@ -384,7 +384,7 @@ def generate(
 def generate_batch(
     backend: Any,
     model_cfg: ModelConfig,
-    params: np.ndarray,
+    params: np.ndarray | CheckedParams,
     prompt_ids: np.ndarray,
     max_new_tokens: int,
     sampling: SamplingConfig,
@@ -430,7 +430,7 @@ def _generate(
 def generate_stream(
     backend: Any,
     model_cfg: ModelConfig,
-    params: np.ndarray,
+    params: np.ndarray | CheckedParams,
     prompt_ids: np.ndarray,
     max_new_tokens: int,
     sampling: SamplingConfig,

@@ -7,6 +7,7 @@ logits, not another checkpoint) with the flags it was given.
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import subprocess
@@ -187,6 +188,27 @@ def test_interactive_continues_each_stdin_line_until_eof(word_ckpt):
     ]
     assert code == 0, err
     assert out.split("\n") == [*want, ""]
+
+
+def test_interactive_session_checks_the_weights_once(word_ckpt, capsys, monkeypatch):
+    # every reply reuses the weights checked when the session started: a
+    # production model's O(P) finite scan is not paid again per prompt
+    from cllm_spec import checks
+
+    scanned: list[str] = []
+    real = checks.expect_finite
+
+    def counting(name: str, *args: object, **kwargs: object) -> None:
+        scanned.append(name)
+        real(name, *args, **kwargs)
+
+    monkeypatch.setattr(checks, "expect_finite", counting)
+    monkeypatch.setattr("sys.stdin", io.StringIO("the cat\na dog met\nthe log\n"))
+    code = main(["generate", str(word_ckpt.path), "--interactive", "-n", "3"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert len(out.rstrip("\n").split("\n")) == 3  # three replies
+    assert scanned.count("params") == 1
 
 
 def test_missing_checkpoint_is_a_clean_error(tmp_path):

@@ -54,6 +54,7 @@ from cllm_spec.data.tokenizers import EOS_ID, Tokenizer
 from cllm_spec.errors import ConfigError
 from cllm_spec.files import open_regular
 from cllm_spec.generate import generate_stream
+from cllm_spec.model import checked_params
 from cllm_spec.sampling import SamplingConfig
 
 DEFAULT_NEW_TOKENS = 50
@@ -213,7 +214,12 @@ class TextStream:
 
 
 class Session:
-    """A loaded checkpoint ready to continue prompts, printing as it goes."""
+    """A loaded checkpoint ready to continue prompts, printing as it goes.
+
+    The weights are checked (finite, the model's size) once, here: each reply
+    then skips that O(P) scan, which on a production model costs as much as
+    a short prompt's forward.
+    """
 
     def __init__(
         self,
@@ -224,6 +230,7 @@ class Session:
         out: TextIO,
     ) -> None:
         self.ckpt = ckpt
+        self.params = checked_params(backend, ckpt.cfg, ckpt.params)
         self.tokenizer = tokenizer
         self.backend = backend
         self.sampling = sampling_from_args(args)
@@ -247,7 +254,7 @@ class Session:
         return generate_stream(
             self.backend,
             self.ckpt.cfg,
-            self.ckpt.params,
+            self.params,
             np.tile(prompt_ids, (rows, 1)),  # (K, T)
             self.max_new_tokens,
             self.sampling,
@@ -286,7 +293,7 @@ class Session:
         found = beam_search(
             self.backend,
             self.ckpt.cfg,
-            self.ckpt.params,
+            self.params,
             prompt_ids,
             self.max_new_tokens,
             self.beams,
