@@ -83,6 +83,18 @@ def test_gemm_every_edge_size_transpose_and_stride(simd, rng):
         _lib.set_simd(before)
 
 
+def _times_b_transposed(
+    ta: int, a: np.ndarray, b: np.ndarray, m: int, n: int, k: int
+) -> np.ndarray:
+    """op(a) (m, k) @ b^T into a fresh (m, n) output; b is stored (n, k)."""
+    c = _lib.empty((m, n), F32)
+    status = _lib.lib.cllm_sgemm(ta, 1, m, n, k, _lib.ptr(a), a.shape[1],
+                                 _lib.ptr(b), k, _lib.ptr(c), n, 0,
+                                 _lib.ffi.NULL)  # fmt: skip
+    assert status == _lib.lib.CLLM_OK
+    return c
+
+
 @pytest.mark.parametrize(
     "m, n, k, ta",
     [
@@ -110,12 +122,7 @@ def test_gemm_any_blocking_is_correct_and_thread_independent(rng, m, n, k, ta):
     try:
         for threads in (1, 2, 3):
             _lib.set_num_threads(threads)
-            c = _lib.empty((m, n), F32)
-            status = lib.cllm_sgemm(ta, 1, m, n, k, _lib.ptr(a), a.shape[1],
-                                    _lib.ptr(b), k, _lib.ptr(c), n, 0,
-                                    _lib.ffi.NULL)  # fmt: skip
-            assert status == lib.CLLM_OK
-            outs.append(c)
+            outs.append(_times_b_transposed(ta, a, b, m, n, k))
     finally:
         assert lib.cllm_gemm_set_blocking(384, 240, 3072) == lib.CLLM_OK
         _lib.set_num_threads(before)
@@ -168,7 +175,6 @@ def test_gemm_a_read_in_place_has_the_packed_bits(rng, n, threads):
     # it give the same bits: over two K slices (accumulating into C), with a
     # last micro-panel of fewer than 12 rows, split by rows (M > N) and by
     # columns, and past the limit (2100), where both are packed.
-    lib = _lib.lib
     m, k = (2 * n + 5, 500) if n < 1000 else (53, 500)
     a = _normal(rng, m, k)
     a_t = np.ascontiguousarray(a.T)
@@ -178,12 +184,7 @@ def test_gemm_a_read_in_place_has_the_packed_bits(rng, n, threads):
     try:
         _lib.set_num_threads(threads)
         for ta, a_op in ((0, a), (1, a_t)):
-            c = _lib.empty((m, n), F32)
-            status = lib.cllm_sgemm(ta, 1, m, n, k, _lib.ptr(a_op), a_op.shape[1],
-                                    _lib.ptr(b), k, _lib.ptr(c), n, 0,
-                                    _lib.ffi.NULL)  # fmt: skip
-            assert status == lib.CLLM_OK
-            outs.append(c)
+            outs.append(_times_b_transposed(ta, a_op, b, m, n, k))
     finally:
         _lib.set_num_threads(before)
     np.testing.assert_array_equal(outs[0], outs[1])
