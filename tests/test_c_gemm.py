@@ -169,12 +169,13 @@ def test_gemm_streamed_output_matches_the_cached_path(rng, trans_b):
 @pytest.mark.parametrize("n", [128, 384, 1000, 2100])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_gemm_a_read_in_place_has_the_packed_bits(rng, n, threads):
-    # Up to N = 2048 the AVX-512 kernel reads a row-major A where it is
-    # stored; a transposed A is always packed first. The kernel does the same
-    # multiply-adds in the same order on both, so A and a transposed copy of
-    # it give the same bits: over two K slices (accumulating into C), with a
-    # last micro-panel of fewer than 12 rows, split by rows (M > N) and by
-    # columns, and past the limit (2100), where both are packed.
+    # The AVX-512 kernel reads a row-major A where it is stored, up to N =
+    # 2048 (256 on Intel cores, gemm.c); a transposed A is always packed
+    # first. The kernel does the same multiply-adds in the same order on
+    # both, so A and a transposed copy of it give the same bits: over two K
+    # slices (accumulating into C), with a last micro-panel of fewer than 12
+    # rows, split by rows (M > N) and by columns, and past the limit (2100),
+    # where both are packed.
     m, k = (2 * n + 5, 500) if n < 1000 else (53, 500)
     a = _normal(rng, m, k)
     a_t = np.ascontiguousarray(a.T)

@@ -229,19 +229,27 @@ static void stream_fence(const gemm_t *g)
  * stored: 12 rows, each a sequential stream, stay in L1 while the group of
  * B panels is swept (see macro). That saves the packing (a 16 x 16
  * transpose per block), which costs most where each A micro-panel meets few
- * B panels. On one core of the AMD EPYC (Zen 4) the model's products
- * measured, in place against packed: N = 128 and 256 +6-17%, N = 384 +4-6%
- * (every production dX and the fc2 / attention-projection forwards), N = 512
- * +0-4%, N = 1152 and 1536 +0-1%, N = 4096 and 30000 the same within noise;
- * so every N up to 2048 reads A in place. The multiply-adds are the same, in
- * the same order: so are the bits. A transposed A stays packed: reading it
- * in place strides by lda per k, which maps the panel onto a few L1 sets
- * (measured 40% slower). */
-#define DIRECT_MAX_N 2048
+ * B panels; but the kernel may run slower on unpacked rows. How far it pays
+ * depends on the core. On the Intel Xeon, in place against packed: N = 128
+ * and 256 +6-17% on the model's products, N >= 384 -2-6%. On the AMD EPYC
+ * (Zen 4): N = 384 +4-6% (every production dX, the fc2 and attention
+ * projection forwards), N = 512 +0-4%, N = 1152 and 1536 within 1%, N = 4096
+ * and 30000 the same. Either way the multiply-adds are the same, in the same
+ * order: so are the bits. A transposed A stays packed: reading it in place
+ * strides by lda per k, which maps the panel onto a few L1 sets (measured
+ * 40% slower). */
+static int64_t direct_max_n(void)
+{
+#if CLLM_X86
+    if (__builtin_cpu_is("intel"))
+        return 256;
+#endif
+    return 2048;
+}
 
 static int direct_a(const gemm_t *g, const kernel_t *kr)
 {
-    return kr->mr == 12 && !g->trans_a && g->n <= DIRECT_MAX_N;
+    return kr->mr == 12 && !g->trans_a && g->n <= direct_max_n();
 }
 
 size_t cllm_gemm_work_floats(int64_t m, int64_t n, int64_t k)
